@@ -1,0 +1,124 @@
+"""The command line (the contract in DESIGN.md). Parses, validates, dispatches; nothing else.
+
+Exit codes: 0 success, 2 bad input or configuration (one line on stderr naming the field, file or
+line), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from cai_ray.errors import InputError
+
+
+def _run(args) -> int:
+    from cai_ray import pipeline
+    from cai_ray.config import load_job
+
+    job = load_job(args.job, args.set or [], model=args.model, prompts=args.prompts,
+                   limit=args.limit, run_dir=args.run_dir, stages=args.stages)
+    if args.dry_run:
+        ctx = pipeline.build_context(job, quiet=True)
+        print(json.dumps({"job": job.name, "run_dir": job.run_dir, "stages": job.stages,
+                          "model": ctx.base_model, "constitution": ctx.constitution.name,
+                          "red_team": len(ctx.red_team), "helpful": len(ctx.helpful)}, indent=2))
+        return 0
+    summary = pipeline.run(job, resume=args.resume, force=args.force, quiet=args.quiet)
+    print(pipeline.format_summary(summary))
+    print(f"run directory: {job.run_dir}")
+    return 1 if any(s["status"] == "failed" for s in summary.values()) else 0
+
+
+def _constitution(args) -> int:
+    from cai_ray.constitution import load_constitution, summary
+
+    c = load_constitution(args.file)
+    if args.action == "validate":
+        print(f"{args.file}: ok ({len(c.critique_revision)} critique/revision pairs, "
+              f"{len(c.judge)} judge principles, {len(c.critique_fewshot)} + "
+              f"{len(c.judge_fewshot)} few-shot examples; digest {c.digest()})")
+    else:
+        print(summary(c))
+    return 0
+
+
+def _models(args) -> int:
+    from cai_ray import models
+
+    if args.action == "list":
+        for row in models.list_models():
+            mark = "prepared" if row["prepared"] else "not prepared"
+            print(f"{row['name']:24s} {mark:13s} {row['description']}")
+        return 0
+    if not args.name:
+        raise InputError("models prepare: give a model NAME (see `cai-ray models list`)")
+    print(models.resolve(args.name))
+    return 0
+
+
+def _bench(args) -> int:
+    import importlib
+
+    mod = importlib.import_module(f"cai_ray.bench.{args.what}")
+    return mod.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cai-ray", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the pipeline (default: the packaged job, every stage)")
+    r.add_argument("job", nargs="?", help="job YAML (default: the packaged default job; "
+                   "'tiny' names the packaged tiny job)")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a job field (repeatable)")
+    r.add_argument("--model", help="model name or folder (model.name)")
+    r.add_argument("--prompts", help="red-team prompt source (prompts.red_team)")
+    r.add_argument("--limit", type=int, help="at most N prompts (prompts.limit)")
+    r.add_argument("--run-dir", help="run directory (run_dir)")
+    r.add_argument("--stages", help="comma-separated stages: sl_cai,sft,preferences,reward,ppo,eval")
+    r.add_argument("--resume", action="store_true", help="skip stages already complete")
+    r.add_argument("--force", action="store_true", help="reuse a run directory of another job")
+    r.add_argument("--dry-run", action="store_true", help="validate and load inputs, then stop")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(fn=_run)
+
+    c = sub.add_parser("constitution", help="validate or show a constitution")
+    c.add_argument("action", choices=["validate", "show"])
+    c.add_argument("file")
+    c.set_defaults(fn=_constitution)
+
+    m = sub.add_parser("models", help="list or prepare models")
+    m.add_argument("action", choices=["list", "prepare"])
+    m.add_argument("name", nargs="?")
+    m.set_defaults(fn=_models)
+
+    b = sub.add_parser("bench", help="benchmarks (JSON + table)")
+    b.add_argument("what", choices=["generation", "sl_cai", "train", "judge", "ppo"])
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(fn=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.fn(args) or 0
+    except InputError as exc:
+        print(f"cai-ray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cai-ray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

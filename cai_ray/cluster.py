@@ -1,0 +1,52 @@
+"""Connecting to Ray: a local cluster on 127.0.0.1 by default, or an existing one by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+# Environment every Ray worker needs: quiet vLLM, DeepSpeed on CPU where there is no GPU, caches in
+# folders we control (STACK-NOTES pitfall 8).
+WORKER_ENV_KEYS = ("CAI_RAY_CACHE", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT", "DS_ACCELERATOR",
+                   "CAI_RAY_FORCE_CPU", "HF_HUB_OFFLINE", "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM")
+
+
+def default_env() -> None:
+    from cai_ray.platform import has_cuda
+
+    cache = os.environ.setdefault("CAI_RAY_CACHE", os.path.expanduser("~/.cache/cai-ray"))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(cache, "torch_extensions"))
+    os.environ.setdefault("VLLM_CACHE_ROOT", os.path.join(cache, "vllm"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its CPU warnings flood the log
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if not has_cuda():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None,
+             temp_dir: str | None = None) -> None:
+    """Start (or join) Ray once per process. A local cluster binds to 127.0.0.1 and keeps Ray's
+    token authentication as Ray configures it (on by default in 2.60)."""
+    import ray
+
+    default_env()
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True,
+                    "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             _temp_dir=temp_dir, **kwargs)
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,310 @@
+"""The job file: one typed, validated YAML document with command-line overrides.
+
+A bad value fails here, at load time, with the dotted path of the field and the reason, before any
+actor starts. Everything else receives plain values taken from these objects.
+
+    job = load_job("jobs/tiny.yaml", overrides=["sl_cai.num_rounds=2"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cai_ray.errors import ConfigError
+
+STAGES = ("sl_cai", "sft", "preferences", "reward", "ppo", "eval")
+PACKAGED_JOBS = Path(__file__).parent / "jobs"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelCfg(_Section):
+    name: str = "smollm2-135m-instruct"
+    """Registry name (`cai-ray models list`), a local save_pretrained folder, or a hub id."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "bfloat16"
+    """Generation dtype. Training always keeps fp32 master weights."""
+    max_model_len: int = Field(2048, ge=64)
+    trust_remote_code: bool = False
+    """Never on unless asked: hub code runs with the job's permissions."""
+
+
+class ConstitutionCfg(_Section):
+    path: str = "default"
+    """A YAML of our schema, a CAI-paper folder, an HF-recipe JSON, or a name in constitutions/."""
+
+
+class PromptsCfg(_Section):
+    red_team: list[str] = ["builtin:red_team"]
+    """Prompt sources: builtin:NAME, a file (.jsonl .json .csv .parquet .txt .yaml .jsonl.gz),
+    `hh-rlhf:FILE`, `harmbench:FILE`, `advbench:FILE`, `donotanswer:FILE`, or `hf:NAME[:split]`."""
+    helpful: list[str] = ["builtin:helpful"]
+    limit: int | None = Field(None, ge=1)
+    """Keep at most this many red-team prompts (and as many helpful ones) after de-duplication."""
+    max_chars: int = Field(2000, ge=8)
+    on_too_long: Literal["skip", "truncate"] = "skip"
+    eval_fraction: float = Field(0.125, ge=0.0, lt=1.0)
+    """Share of prompts held out (by stable id hash) for the eval stage."""
+
+
+class EngineCfg(_Section):
+    backend: Literal["vllm", "hf"] = "vllm"
+    num_actors: int = Field(1, ge=1)
+    num_cpus_per_actor: float = Field(1.0, gt=0)
+    num_gpus_per_actor: float = Field(0.0, ge=0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    kv_cache_gib: float = Field(1.0, gt=0)
+    """vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE); on GPU, gpu_memory_utilization is used."""
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_num_seqs: int = Field(64, ge=1)
+    enforce_eager: bool = True
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_in_flight: int = Field(2, ge=1)
+    """Batches in flight per actor; bounds memory and keeps every actor busy."""
+    batch_size: int = Field(16, ge=1)
+    """Requests per call to one actor."""
+    max_restarts: int = Field(1, ge=0)
+
+
+class RayCfg(_Section):
+    address: str | None = None
+    """None starts a local cluster in-process; 'auto' or ray://host:port joins one."""
+    num_cpus: int | None = Field(None, ge=1)
+    temp_dir: str | None = None
+
+
+class SlCaiCfg(_Section):
+    num_rounds: int = Field(1, ge=1, le=16)
+    """Critique-then-revision rounds; Bai et al. 2022 use up to 4, a new principle each round."""
+    num_fewshot: int = Field(1, ge=0)
+    prompt_form: Literal["chat", "transcript"] = "chat"
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    helpful_ratio: float = Field(0.5, ge=0)
+    """Helpful samples per red-team sample in the SFT view (0 turns the helpful mix off)."""
+    drop_flagged: bool = True
+    expand_prompts: int = Field(0, ge=0)
+    """Red-team prompts to write with the model from few-shot seed prompts (0: off)."""
+    expand_fewshot: int = Field(4, ge=1)
+
+
+class TrainCfg(_Section):
+    """Shared by the sft, reward and ppo learners."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    micro_batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    grad_clip: float = Field(1.0, gt=0)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    max_len: int = Field(512, ge=16)
+    eval_fraction: float = Field(0.1, ge=0, lt=1)
+    checkpoint_every: int = Field(50, ge=1)
+    max_failures: int = Field(1, ge=0)
+
+
+class SftCfg(TrainCfg):
+    lr: float = Field(2e-5, gt=0)
+
+
+class RewardCfg(TrainCfg):
+    lr: float = Field(1e-5, gt=0)
+    base_model: str | None = None
+    """Model the reward head sits on; default: the policy's base model."""
+
+
+class PreferencesCfg(_Section):
+    num_samples: int = Field(2, ge=2)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(96, ge=1)
+    principles_per_pair: int = Field(2, ge=1)
+    num_fewshot: int = Field(1, ge=0)
+    both_orders: bool = True
+    chain_of_thought: bool = False
+    cot_max_new_tokens: int = Field(96, ge=1)
+    judge_model: str | None = None
+    """None: the policy judges itself; else a model name or folder on its own engine actors."""
+
+
+class PpoCfg(TrainCfg):
+    iterations: int = Field(8, ge=1)
+    prompts_per_iter: int = Field(8, ge=1)
+    samples_per_prompt: int = Field(2, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    ppo_epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-6, gt=0)
+    critic_lr: float = Field(5e-6, gt=0)
+    clip: float = Field(0.2, gt=0)
+    value_clip: float = Field(0.2, gt=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    kl_coef: float = Field(0.05, ge=0)
+    kl_target: float | None = Field(None, gt=0)
+    """Set to use the adaptive KL controller (Ziegler et al. 2019) towards this KL."""
+    kl_horizon: int = Field(10000, ge=1)
+    whiten_advantages: bool = True
+    async_mode: bool = False
+    max_staleness: int = Field(1, ge=0)
+    weight_sync: Literal["object_store", "nccl"] = "object_store"
+    colocate: bool = False
+
+
+class EvalCfg(_Section):
+    max_prompts: int = Field(32, ge=1)
+    max_new_tokens: int = Field(96, ge=1)
+    principles_per_pair: int = Field(2, ge=1)
+
+
+class JobConfig(_Section):
+    name: str = "cai"
+    run_dir: str = "runs/default"
+    seed: int = 0
+    stages: list[str] = list(STAGES)
+    model: ModelCfg = ModelCfg()
+    constitution: ConstitutionCfg = ConstitutionCfg()
+    prompts: PromptsCfg = PromptsCfg()
+    engine: EngineCfg = EngineCfg()
+    ray: RayCfg = RayCfg()
+    sl_cai: SlCaiCfg = SlCaiCfg()
+    sft: SftCfg = SftCfg()
+    preferences: PreferencesCfg = PreferencesCfg()
+    reward: RewardCfg = RewardCfg()
+    ppo: PpoCfg = PpoCfg()
+    eval: EvalCfg = EvalCfg()
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in STAGES]
+        if bad:
+            raise ValueError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
+        if not v:
+            raise ValueError("no stages given")
+        return [s for s in STAGES if s in v]  # always in the method's order
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "JobConfig":
+        e = self.engine
+        if e.num_gpus_per_actor == 0 and e.tensor_parallel_size > 1:
+            raise ValueError("engine.tensor_parallel_size > 1 needs engine.num_gpus_per_actor > 0")
+        for sec in ("sft", "reward", "ppo"):
+            t: TrainCfg = getattr(self, sec)
+            if t.zero_stage == 3 and t.offload_params and not t.offload_optimizer:
+                raise ValueError(f"{sec}.offload_params needs {sec}.offload_optimizer")
+        return self
+
+    def digest(self, *sections: str) -> str:
+        """Stable digest of the whole config, or of the named sections only (stage resume)."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {k: data[k] for k in sections}
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field (check the spelling; `cai-ray run --help` lists the sections)"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{more}"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'sl_cai.num_rounds=2' -> (['sl_cai', 'num_rounds'], 2); values are parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_override(data: dict, path: list[str], value: Any) -> None:
+    node = data
+    for p in path[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {p} is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def read_job_file(path: str | Path | None) -> tuple[dict, str]:
+    """Raw YAML mapping of a job file (None: the packaged default job) and its display name."""
+    if path is None:
+        path = PACKAGED_JOBS / "default.yaml"
+    elif not Path(path).exists() and (PACKAGED_JOBS / f"{path}.yaml").exists():
+        path = PACKAGED_JOBS / f"{path}.yaml"
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: job file not found (give a YAML path, or one of "
+                          f"{sorted(x.stem for x in PACKAGED_JOBS.glob('*.yaml'))})")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the job file must be a mapping of sections, got {type(data).__name__}")
+    return data, str(p)
+
+
+def load_job(path: str | Path | None = None, overrides: list[str] = (), **flags: Any) -> JobConfig:
+    """Load, override and validate. `flags` are the CLI shortcuts (model, prompts, limit, run_dir,
+    stages), applied after the --set overrides. Raises ConfigError naming the field."""
+    data, source = read_job_file(path)
+    for item in overrides:
+        apply_override(data, *parse_override(item))
+    shortcuts = {
+        "model": ["model", "name"], "prompts": ["prompts", "red_team"],
+        "limit": ["prompts", "limit"], "run_dir": ["run_dir"], "stages": ["stages"],
+    }
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key == "prompts":
+            value = [value] if isinstance(value, str) else list(value)
+        if key == "stages" and isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        if key == "limit" and value is not None and value < 1:
+            raise ConfigError(f"--limit {value}: prompts.limit must be at least 1")
+        apply_override(data, shortcuts[key], value)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as err:
+        loc = [str(x) for x in err.errors()[0]["loc"]]
+        for item in overrides:  # blame the --set that introduced the bad value, if one did
+            path, _ = parse_override(item)
+            if path == loc[:len(path)]:
+                source = f"--set {item}"
+        raise ConfigError(_format_validation(err, source)) from None

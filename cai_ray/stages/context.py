@@ -1,0 +1,77 @@
+"""What every stage receives: the validated job, the run directory, the constitution, the prompts,
+and helpers to start engine actors and find the models earlier stages wrote."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cai_ray.config import JobConfig
+from cai_ray.constitution import Constitution
+from cai_ray.prompts.sources import Prompt, PromptSet, split_heldout
+from cai_ray.rundir import RunDir
+
+log = logging.getLogger("cai_ray")
+
+
+@dataclass
+class Context:
+    job: JobConfig
+    run: RunDir
+    constitution: Constitution
+    red_team: PromptSet
+    helpful: PromptSet
+    base_model: str
+    """Resolved folder (or hub id) of job.model.name."""
+    quiet: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    # -- prompts -------------------------------------------------------------------------------
+    def train_prompts(self, prompts: list[Prompt]) -> list[Prompt]:
+        return split_heldout(prompts, self.job.prompts.eval_fraction)[0]
+
+    def heldout_prompts(self, prompts: list[Prompt]) -> list[Prompt]:
+        return split_heldout(prompts, self.job.prompts.eval_fraction)[1]
+
+    # -- models written by earlier stages ------------------------------------------------------
+    def stage_model(self, stage: str) -> str | None:
+        folder = self.run.path / stage / "model"
+        return str(folder) if (folder / "config.json").exists() else None
+
+    def policy_model(self) -> str:
+        """The newest policy: PPO's, else SFT's, else the base model."""
+        return self.stage_model("ppo") or self.stage_model("sft") or self.base_model
+
+    def sft_model(self) -> str:
+        return self.stage_model("sft") or self.base_model
+
+    # -- engines -------------------------------------------------------------------------------
+    def engine_kwargs(self) -> dict:
+        m, e = self.job.model, self.job.engine
+        return {"max_model_len": m.max_model_len, "dtype": m.dtype, "seed": self.job.seed,
+                "trust_remote_code": m.trust_remote_code, "enforce_eager": e.enforce_eager,
+                "max_num_seqs": e.max_num_seqs, "tensor_parallel_size": e.tensor_parallel_size,
+                "gpu_memory_utilization": e.gpu_memory_utilization,
+                "kv_cache_gib": e.kv_cache_gib, "batch_size": e.batch_size}
+
+    def engine_pool(self, model_path: str, name: str = "engine", num_actors: int | None = None):
+        from cai_ray.engines.pool import EnginePool
+
+        e = self.job.engine
+        return EnginePool(num_actors or e.num_actors, e.backend, model_path,
+                          num_cpus=e.num_cpus_per_actor, num_gpus=e.num_gpus_per_actor,
+                          strategy=e.placement_strategy, max_restarts=e.max_restarts,
+                          engine_kwargs=self.engine_kwargs(), name=name)
+
+    def progress(self, total: int, desc: str, initial: int = 0):
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit="prompt", file=sys.stderr,
+                    disable=self.quiet, dynamic_ncols=True, mininterval=1.0)
+
+
+def model_label(path: str) -> str:
+    p = Path(path)
+    return p.name if p.exists() else path
