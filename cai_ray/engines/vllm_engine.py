@@ -15,6 +15,9 @@ def cpu_env(cpu_cores: str | None, kv_cache_gib: float) -> dict[str, str]:
     env = {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_cache_gib))),
            "VLLM_HOST_IP": "127.0.0.1",       # keep vLLM's own sockets on loopback
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           # The engine core runs inside the actor process: one process per engine on a small
+           # machine, and weight updates can reach the model directly (see _load_folder).
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     if cpu_cores:
         env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
@@ -88,4 +91,16 @@ class VllmEngine(Engine):
 
     def _load_folder(self, folder: str) -> None:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+            self.llm.collective_rpc(_refresh_tied_head)
         self.llm.reset_prefix_cache()
+
+
+def _refresh_tied_head(worker) -> None:
+    """vLLM's in-place reload skips lm_head when it is tied to the embedding (tie_word_embeddings:
+    SmolLM2, the tiny model), so on CPU the packed GEMM copy of the head keeps the old weights while
+    the embedding gets the new ones. Re-running the head's post-load step repacks it."""
+    model = worker.model_runner.model
+    head = getattr(model, "lm_head", None)
+    if head is not None and getattr(model.config, "tie_word_embeddings", False):
+        head.quant_method.process_weights_after_loading(head)

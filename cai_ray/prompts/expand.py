@@ -3,6 +3,7 @@ few-shot examples of human-written ones). Off by default (sl_cai.expand_prompts)
 
 from __future__ import annotations
 
+import difflib
 import random
 import re
 
@@ -26,7 +27,7 @@ def jaccard(a: set, b: set) -> float:
 
 def dedupe(candidates: list[str], existing: list[str], threshold: float = 0.6) -> list[str]:
     """Drop exact duplicates (after normalising) and near-duplicates (word 3-gram Jaccard >=
-    threshold) of each other and of the existing prompts."""
+    threshold, or a character-level similarity of 0.8) of each other and of existing prompts."""
     kept: list[str] = []
     seen = {normalise(t) for t in existing}
     sigs = [shingles(t) for t in existing]
@@ -35,7 +36,8 @@ def dedupe(candidates: list[str], existing: list[str], threshold: float = 0.6) -
         if len(text) < 12 or normalise(text) in seen:
             continue
         s = shingles(text)
-        if any(jaccard(s, o) >= threshold for o in sigs):
+        if any(jaccard(s, o) >= threshold for o in sigs) or any(
+                difflib.SequenceMatcher(None, normalise(text), t).ratio() >= 0.8 for t in seen):
             continue
         kept.append(text)
         seen.add(normalise(text))

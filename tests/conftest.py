@@ -1,0 +1,56 @@
+"""Test tiers: tests/unit (no Ray, no vLLM start; seconds), tests/integration (a real local Ray
+cluster, real vLLM and DeepSpeed on the tiny model; minutes). Marked `slow`: SmolLM2 runs, not in CI.
+Marked `gpu`: needs CUDA, skipped here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CAI_RAY_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+os.environ.setdefault("CAI_RAY_CACHE", str(Path.home() / ".cache" / "cai-ray"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not found (set CAI_RAY_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    from cai_ray import models
+
+    return str(models.prepare("tiny-random-llama"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (4 logical CPUs on 2 cores: engine actors bind
+    their OpenMP threads to distinct cores themselves)."""
+    import ray
+
+    from cai_ray.cluster import init_ray
+
+    init_ray(num_cpus=4)
+    yield ray
+    ray.shutdown()

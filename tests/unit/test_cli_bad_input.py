@@ -1,0 +1,93 @@
+"""Each bad input: exit code 2, one line on stderr naming the file/field, run directory untouched."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cai_ray.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, "CAI_RAY_FORCE_CPU": "1"})
+
+
+def tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        h.update(str(f.relative_to(path)).encode())
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    d = tmp_path / "run"
+    (d / "sl_cai").mkdir(parents=True)
+    (d / "manifest.json").write_text('{"name": "earlier", "stages": {}}\n')
+    (d / "sl_cai" / "data.jsonl").write_text('{"id": "p-1"}\n')
+    return d
+
+
+def _files(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    nonutf = tmp_path / "latin1.txt"
+    nonutf.write_bytes("caf\xe9\n".encode("latin-1"))
+    trunc = tmp_path / "trunc.jsonl"
+    trunc.write_text('{"prompt": "a"}\n{"prompt": "b')
+    noprin = tmp_path / "noprin.yaml"
+    noprin.write_text("name: empty\n")
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("critique_revision:\n  - id: a\n    critique: c\n")
+    wrongtype = tmp_path / "wrongtype.yaml"
+    wrongtype.write_text("critique_revision:\n  - id: a\n    critique: [1, 2]\n    revision: r\n")
+    return locals()
+
+
+CASES = {
+    "constitution without principles": (["--set", "constitution.path={noprin}"], "noprin.yaml"),
+    "constitution missing field": (["--set", "constitution.path={missing}"],
+                                   "critique_revision.0.revision"),
+    "constitution wrong type": (["--set", "constitution.path={wrongtype}"],
+                                "critique_revision.0.critique"),
+    "non-UTF-8 prompt file": (["--prompts", "{nonutf}"], "latin1.txt: line 1: not UTF-8"),
+    "truncated prompt file": (["--prompts", "{trunc}"], "trunc.jsonl: line 2"),
+    "empty prompt set": (["--prompts", "{empty}"], "no usable prompts"),
+    "unknown model": (["--model", "no-such-model"], "no-such-model"),
+    "limit zero": (["--limit", "0"], "--limit 0"),
+    "bad config value": (["--set", "sl_cai.num_rounds=-1"], "sl_cai.num_rounds"),
+    "unknown stage": (["--stages", "sl_cai,bake"], "stages"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exit_2(tmp_path, run_dir, case):
+    files = _files(tmp_path)
+    args, expect = CASES[case]
+    args = [a.format(**files) for a in args]
+    before = tree_digest(run_dir)
+    res = cli("run", "tiny", "--run-dir", str(run_dir), *args)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("cai-ray: error:")]
+    assert len(lines) == 1 and expect in lines[0], res.stderr[-2000:]
+    assert tree_digest(run_dir) == before
+
+
+def test_constitution_validate_cli(tmp_path):
+    assert cli("constitution", "validate", "default").returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("judge:\n  - id: x\n")
+    res = cli("constitution", "validate", str(bad))
+    assert res.returncode == 2 and "judge.0.text" in res.stderr
+    shown = cli("constitution", "show", "short")
+    assert shown.returncode == 0 and "Say how the reply could be harmful." in shown.stdout
+
+
+def test_models_list_cli():
+    res = cli("models", "list")
+    assert res.returncode == 0
+    assert "smollm2-135m-instruct" in res.stdout and "tiny-random-llama" in res.stdout

@@ -1,0 +1,65 @@
+import pytest
+
+from cai_ray.config import STAGES, JobConfig, load_job
+from cai_ray.errors import ConfigError
+
+
+def test_packaged_jobs_load():
+    job = load_job()
+    assert job.model.name == "smollm2-135m-instruct"
+    assert job.stages == list(STAGES)
+    assert load_job("tiny").model.name == "tiny-random-llama"
+
+
+def test_overrides_and_flags():
+    job = load_job("tiny", ["sl_cai.num_rounds=3", "engine.num_actors=2"], limit=5,
+                   stages="sft,sl_cai", run_dir="/tmp/x")
+    assert job.sl_cai.num_rounds == 3 and job.engine.num_actors == 2
+    assert job.prompts.limit == 5 and job.run_dir == "/tmp/x"
+    assert job.stages == ["sl_cai", "sft"]  # always in the method's order
+
+
+@pytest.mark.parametrize("override, field", [
+    ("sl_cai.num_rounds=0", "sl_cai.num_rounds"),
+    ("sl_cai.prompt_form=poem", "sl_cai.prompt_form"),
+    ("engine.num_actors=two", "engine.num_actors"),
+    ("sl_cai.num_roundz=2", "sl_cai.num_roundz"),
+    ("stages=[sl_cai,dance]", "stages"),
+    ("engine.tensor_parallel_size=2", "tensor_parallel_size"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_job("tiny", [override])
+    assert field in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_override_is_blamed_on_the_override():
+    with pytest.raises(ConfigError, match=r"--set sl_cai.num_rounds=0"):
+        load_job("tiny", ["sl_cai.num_rounds=0"])
+
+
+def test_limit_zero():
+    with pytest.raises(ConfigError, match="--limit 0"):
+        load_job("tiny", limit=0)
+
+
+def test_job_file_errors(tmp_path):
+    bad = tmp_path / "job.yaml"
+    bad.write_text("model:\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"job.yaml: line \d+"):
+        load_job(bad)
+    bad.write_text("model:\n  dtype: float64\n")
+    with pytest.raises(ConfigError, match=r"model.dtype"):
+        load_job(bad)
+    bad.write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_job(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_job(tmp_path / "missing.yaml")
+
+
+def test_digest_tracks_sections():
+    a, b = JobConfig(), JobConfig.model_validate({"sl_cai": {"num_rounds": 2}})
+    assert a.digest("model") == b.digest("model")
+    assert a.digest("sl_cai") != b.digest("sl_cai")

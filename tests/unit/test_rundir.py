@@ -1,0 +1,47 @@
+import json
+
+from cai_ray.rundir import ProgressLog, RunDir, read_jsonl, save_dataset, write_json_atomic
+
+
+def test_progress_log_survives_a_torn_line(tmp_path):
+    p = tmp_path / "progress.jsonl"
+    log = ProgressLog(p)
+    log.add({"id": "a", "x": 1})
+    log.add({"id": "b", "x": 2})
+    log.add({"id": "a", "x": 99})  # a second write of the same id is ignored
+    log.close()
+    with open(p, "a") as fh:
+        fh.write('{"id": "c", "x"')  # killed mid-write
+    log2 = ProgressLog(p)
+    assert sorted(log2.rows) == ["a", "b"] and log2.rows["a"]["x"] == 1
+    log2.add({"id": "c", "x": 3})
+    log2.close()
+    assert [r["id"] for r in read_jsonl(p)] == ["a", "b", "c"]
+
+
+def test_save_dataset_writes_both_forms(tmp_path):
+    import datasets
+
+    rows = [{"id": "a", "rounds": [{"k": "v"}], "meta": {"x": 1}}]
+    save_dataset(tmp_path / "data", rows)
+    assert json.loads((tmp_path / "data.jsonl").read_text())["meta"] == {"x": 1}
+    ds = datasets.load_from_disk(str(tmp_path / "data"))
+    assert ds[0]["id"] == "a" and ds[0]["rounds"] == [{"k": "v"}]
+
+
+def test_manifest_and_identity(tmp_path):
+    import pytest
+
+    from cai_ray.errors import InputError
+
+    rd = RunDir(tmp_path / "run")
+    rd.check_identity("id1", "job")  # new directory: fine
+    rd.open("id1", "job", {})
+    rd.mark("sl_cai", status="complete", digest="d1")
+    rd.write_result("sl_cai", {"prompts": 3})
+    assert rd.is_complete("sl_cai", "d1") and not rd.is_complete("sl_cai", "d2")
+    with pytest.raises(InputError, match="belongs to another job"):
+        rd.check_identity("id2", "other")
+    rd.check_identity("id2", "other", force=True)
+    write_json_atomic(tmp_path / "x.json", {"a": 1})
+    assert not list(tmp_path.glob(".x.json.tmp*"))
