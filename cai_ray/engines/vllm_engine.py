@@ -25,6 +25,19 @@ def cpu_env(cpu_cores: str | None, kv_cache_gib: float) -> dict[str, str]:
     return env
 
 
+def _use_cores(cpu_cores: str | None) -> None:
+    """Ray sets OMP_NUM_THREADS to an actor's num_cpus (often 1); an engine bound to a core range
+    should use every core in it."""
+    if not cpu_cores:
+        return
+    import torch
+
+    n = sum(int(b) - int(a) + 1 for a, _, b in (r.partition("-") if "-" in r else (r, "", r)
+                                                for r in cpu_cores.split(",")))
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+
+
 class VllmEngine(Engine):
     backend = "vllm"
 
@@ -39,8 +52,11 @@ class VllmEngine(Engine):
 
         if not has_cuda():
             os.environ.update(cpu_env(cpu_cores, kv_cache_gib))
+            _use_cores(cpu_cores)
         from vllm import LLM
 
+        if dtype == "auto":
+            dtype = "bfloat16" if has_cuda() else "float32"
         kwargs = dict(model=self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
                       trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size,

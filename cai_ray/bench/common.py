@@ -1,0 +1,51 @@
+"""Benchmark plumbing: measured rows -> JSON + a short markdown table under benchmarks/results/."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def machine() -> dict:
+    import torch
+
+    from cai_ray.platform import has_cuda, num_cores
+
+    return {"cores": num_cores(), "cuda": has_cuda(), "torch": torch.__version__,
+            "python": platform.python_version(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    head = "| " + " | ".join(cols) + " |"
+    sep = "|" + "|".join("---" for _ in cols) + "|"
+    body = ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def write(name: str, payload: dict, tbl: str, out_dir: Path | None = None) -> Path:
+    out = Path(out_dir or RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "machine": machine(), **payload}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out / f"{name}.md").write_text(f"# {name}\n\n{tbl}\n")
+    print(tbl)
+    print(f"\nwritten: {out / f'{name}.json'}")
+    return out / f"{name}.json"
+
+
+class Timer:
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0

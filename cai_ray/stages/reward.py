@@ -1,0 +1,35 @@
+"""Stage reward: a preference model trained on the AI judge's soft labels (Bai et al. 2022 sec. 4.1),
+Bradley-Terry loss, DeepSpeed ZeRO under Ray Train. Writes RUN_DIR/reward/model."""
+
+from __future__ import annotations
+
+from cai_ray.stages.context import Context
+from cai_ray.stages.data import read_rows, split_rows, write_split
+
+SECTIONS = ("model", "reward", "seed")
+
+
+def run(ctx: Context) -> dict:
+    from cai_ray import models
+    from cai_ray.train.core import fit
+
+    cfg = ctx.job.reward
+    out = ctx.run.stage_dir("reward")
+    rows = read_rows(cfg.data or ctx.run.path / "preferences" / "data",
+                     ("chosen", "rejected"), "the preference data")
+    if "prompt" not in rows[0] and "conversation" not in rows[0]:
+        from cai_ray.errors import InputError
+
+        raise InputError("preference data needs a prompt or conversation column")
+    train, evals = split_rows(rows, cfg.eval_fraction)
+    data = write_split(out / "data", train, evals)
+    base = models.resolve(cfg.base_model) if cfg.base_model else ctx.base_model
+    metrics = fit("reward", base, data, cfg.model_dump(), out, seed=ctx.job.seed,
+                  task_kwargs={"max_len": cfg.max_len})
+    return {"pairs_train": len(train), "pairs_eval": len(evals), "steps": metrics.get("step"),
+            "soft_labels": any(0 < float(r.get("p_chosen", 1.0)) < 1 for r in rows),
+            "train/loss_first": metrics.get("train/loss_first"),
+            "train/loss_last": metrics.get("train/loss"), "eval/loss": metrics.get("eval/loss"),
+            "eval/accuracy": metrics.get("eval/accuracy"),
+            "perf/samples_per_s": metrics.get("perf/samples_per_s"),
+            "model": str(out / "model")}

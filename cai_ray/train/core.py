@@ -1,0 +1,300 @@
+"""One training core for every trainer: DeepSpeed ZeRO inside Ray Train workers.
+
+    fit(task, model_path, data_dir, cfg, out_dir)  # driver side: TorchTrainer(...).fit()
+
+A `Task` (train/sft.py, train/reward.py) says how to build the model, batch the rows and compute a
+step's loss; this module owns everything else: the DeepSpeed config, the loop, gradient accumulation,
+checkpoints every k steps (reported to Ray Train, so a restarted worker group resumes from the last
+one), metrics to JSONL and TensorBoard, and the final `save_pretrained` export (ZeRO-3 gathered).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+CKPT_TAG = "ckpt"
+
+
+class Task(Protocol):
+    name: str
+
+    def build_model(self, model_path: str): ...
+
+    def encode(self, rows: list[dict], tokenizer) -> list[dict]: ...
+
+    def collate(self, items: list[dict], pad_id: int) -> dict: ...
+
+    def step(self, engine, batch: dict) -> tuple[Any, dict]: ...
+
+    def evaluate(self, engine, batches: list[dict]) -> dict: ...
+
+    def tokens(self, batch: dict) -> int: ...
+
+
+def deepspeed_config(cfg: dict, world_size: int) -> dict:
+    """The DeepSpeed JSON config from the job's training section (a plain dict)."""
+    zero: dict = {"stage": cfg["zero_stage"]}
+    if cfg["offload_optimizer"]:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if cfg["offload_params"] and cfg["zero_stage"] == 3:
+        zero["offload_param"] = {"device": "cpu"}
+    if cfg["zero_stage"] == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    out = {
+        "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
+        "gradient_accumulation_steps": cfg["grad_accum"],
+        "train_batch_size": cfg["micro_batch_size"] * cfg["grad_accum"] * world_size,
+        "gradient_clipping": cfg["grad_clip"],
+        "zero_optimization": zero,
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+    if cfg["precision"] == "bf16":
+        out["bf16"] = {"enabled": True}
+    if cfg["offload_optimizer"]:  # ZeRO-Offload needs DeepSpeed's CPU Adam
+        out["optimizer"] = {"type": "AdamW", "params": {"lr": cfg["lr"],
+                                                        "weight_decay": cfg["weight_decay"]}}
+    return out
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier of the base learning rate at optimizer step s (0-based)."""
+    def f(s: int) -> float:
+        if warmup and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        frac = min(1.0, (s - warmup) / max(1, total - warmup))
+        return 0.5 * (1 + math.cos(math.pi * frac)) if schedule == "cosine" else 1.0 - frac
+    return f
+
+
+def batches(items: list[dict], size: int, seed: int, epoch: int, shuffle: bool = True):
+    order = list(range(len(items)))
+    if shuffle:
+        random.Random(seed * 1000 + epoch).shuffle(order)
+    return [[items[i] for i in order[k:k + size]] for k in range(0, len(order) - size + 1, size)]
+
+
+class MetricsWriter:
+    """Rank 0's metrics: one JSON line per step plus TensorBoard scalars (namespaced keys)."""
+
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.fh = open(out_dir / "metrics.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        self.fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.fh.flush()
+        if self.tb:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.fh.close()
+            if self.tb:
+                self.tb.close()
+
+
+def train_loop(config: dict) -> None:
+    """Runs in every Ray Train worker (gloo on CPU, NCCL on GPU)."""
+    import deepspeed
+    import ray.train
+    import torch
+    from transformers import AutoTokenizer
+
+    from cai_ray.train.tasks import make_task
+
+    cfg, task = config["train"], make_task(config["task"], config.get("task_kwargs", {}))
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    torch.manual_seed(config["seed"])
+    deepspeed.init_distributed(dist_backend="nccl" if cfg["use_gpu"] else "gloo")
+    tok = AutoTokenizer.from_pretrained(config["model_path"])
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    train_items = task.encode(_read_rows(config["data_dir"], "train"), tok)
+    eval_items = task.encode(_read_rows(config["data_dir"], "eval"), tok)
+    global_batch = cfg["micro_batch_size"] * world
+    steps_per_epoch = max(1, len(train_items) // (global_batch * cfg["grad_accum"]))
+    total = min(cfg["max_steps"] or 10 ** 9, steps_per_epoch * cfg["epochs"])
+
+    model = task.build_model(config["model_path"])
+    ds_cfg = deepspeed_config(cfg, world)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = None if "optimizer" in ds_cfg else torch.optim.AdamW(
+        params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=params,
+                                                   optimizer=optimizer, config=ds_cfg)
+    lr_at = lr_lambda(cfg["lr_schedule"], cfg["warmup_steps"], total)
+
+    step = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            _, client = engine.load_checkpoint(d, tag=CKPT_TAG)
+            step = client["step"]
+    out_dir = Path(config["out_dir"])
+    writer = MetricsWriter(out_dir, rank == 0)
+    t_start, tokens_seen = time.time(), 0
+    eval_batches = [task.collate(b, pad_id) for b in
+                    batches(eval_items, cfg["micro_batch_size"], 0, 0, shuffle=False)]
+    first_loss = None
+    while step < total:
+        epoch, within = divmod(step, steps_per_epoch)
+        micro = batches(train_items, global_batch, config["seed"], epoch)
+        start = within * cfg["grad_accum"]
+        losses, extra = [], {}
+        lr = cfg["lr"] * lr_at(step)
+        for group in optimizer.param_groups:  # the schedule, set before this optimizer step
+            group["lr"] = lr
+        for mb in micro[start:start + cfg["grad_accum"]]:
+            batch = task.collate(mb[rank::world], pad_id)
+            engine.train()
+            loss, m = task.step(engine, batch)
+            engine.backward(loss)
+            engine.step()
+            losses.append(float(loss))
+            tokens_seen += task.tokens(batch) * world
+            for k, v in m.items():
+                extra[k] = extra.get(k, 0.0) + v / cfg["grad_accum"]
+        step += 1
+        loss_v = _all_mean(sum(losses) / len(losses))
+        first_loss = loss_v if first_loss is None else first_loss
+        elapsed = time.time() - t_start
+        metrics = {"train/loss": loss_v, "train/lr": lr,
+                   "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                   "train/epoch": epoch, "perf/tokens_per_s": tokens_seen / elapsed,
+                   "perf/samples_per_s": step * global_batch * cfg["grad_accum"] / elapsed,
+                   **{f"train/{k}": v for k, v in extra.items()}}
+        writer.log(step, metrics)
+        last = step == total
+        if step % cfg["checkpoint_every"] == 0 or last:
+            if last and eval_batches:
+                metrics.update(task.evaluate(engine, eval_batches))
+                writer.log(step, metrics)
+            _report(engine, step, {**metrics, "step": step, "train/loss_first":
+                                          first_loss}, config, last)
+        if config.get("fail_at_step") == step and not ckpt and rank == 0:
+            os._exit(1)  # test hook: a worker dies after a checkpoint, before the end
+    writer.close()
+
+
+def _all_mean(x: float) -> float:
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / dist.get_world_size()
+
+
+def _read_rows(data_dir: str, split: str) -> list[dict]:
+    p = Path(data_dir) / f"{split}.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] \
+        if p.exists() else []
+
+
+def _report(engine, step: int, metrics: dict, config: dict, last: bool) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine.save_checkpoint(tmp, tag=CKPT_TAG, client_state={"step": step})
+        if last:
+            export_model(engine, config["export_dir"])
+        ray.train.report({k: v for k, v in metrics.items() if v is not None},
+                         checkpoint=Checkpoint.from_directory(tmp))
+
+
+def export_model(engine, out_dir: str) -> None:
+    """save_pretrained of the full model on rank 0; under ZeRO-3 the shards are gathered first."""
+    import deepspeed
+    import torch.distributed as dist
+
+    module = engine.module
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    params = list(module.parameters())
+    gather = getattr(params[0], "ds_id", None) is not None  # ZeRO-3 partitioned parameters
+    ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if gather else _null()
+    with ctx:
+        if rank == 0:
+            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            tmp = Path(out_dir).with_name(Path(out_dir).name + ".tmp")
+            module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            import shutil
+
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.replace(tmp, out_dir)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *, seed: int = 0,
+        task_kwargs: dict | None = None, fail_at_step: int | None = None) -> dict:
+    """Driver side: run train_loop on cfg['num_workers'] Ray Train workers; the model is exported to
+    out_dir/model. Returns the last reported metrics."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    out_dir = Path(out_dir).resolve()
+    export = out_dir / "model"
+    config = {"task": task, "task_kwargs": task_kwargs or {}, "train": cfg, "seed": seed,
+              "model_path": str(model_path), "data_dir": str(Path(data_dir).resolve()),
+              "out_dir": str(out_dir), "export_dir": str(export), "fail_at_step": fail_at_step}
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=cfg["num_workers"], use_gpu=cfg["use_gpu"],
+                                     resources_per_worker={"CPU": 1}),
+        torch_config=TorchConfig(backend="nccl" if cfg["use_gpu"] else "gloo"),
+        run_config=RunConfig(name="ray_train", storage_path=str(out_dir),
+                             failure_config=FailureConfig(max_failures=cfg["max_failures"])))
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    metrics = dict(result.metrics or {})
+    if not (export / "config.json").exists():
+        raise RuntimeError(f"{task}: training finished without exporting {export}")
+    copy_tokenizer(model_path, export)
+    return metrics
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "generation_config.json", "vocab.json", "merges.txt")
+
+
+def copy_tokenizer(src: str, dst: Path) -> None:
+    import shutil
+
+    for name in TOKENIZER_FILES:
+        f = Path(src) / name
+        if f.exists() and not (dst / name).exists():
+            shutil.copy(f, dst / name)

@@ -1,0 +1,82 @@
+"""Supervised fine-tuning on chat messages, loss on assistant tokens only (the SL-CAI model)."""
+
+from __future__ import annotations
+
+import torch
+
+from cai_ray.algos.losses import IGNORE, sft_loss
+
+
+def assistant_labels(messages: list[dict], tokenizer, max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered conversation and labels that keep only assistant tokens.
+
+    Each assistant turn's tokens are the difference between the conversation rendered up to and
+    including it and the one rendered up to the turn before it with the generation prompt: the
+    template's own text (role headers, the system prompt) is never a target.
+    """
+    def render(msgs, gen):
+        out = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen,
+                                            return_dict=False)
+        return list(out["input_ids"] if isinstance(out, dict) else out)
+
+    ids = render(messages, False)
+    labels = [IGNORE] * len(ids)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(render(messages[:i], True))
+        end = len(render(messages[:i + 1], False))
+        labels[start:end] = ids[start:end]
+    return ids[:max_len], labels[:max_len]
+
+
+class SftTask:
+    name = "sft"
+
+    def __init__(self, max_len: int = 512):
+        self.max_len = max_len
+
+    def build_model(self, model_path: str):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                    use_safetensors=True)
+
+    def encode(self, rows: list[dict], tokenizer) -> list[dict]:
+        out = []
+        for r in rows:
+            ids, labels = assistant_labels(r["messages"], tokenizer, self.max_len)
+            if any(x != IGNORE for x in labels):
+                out.append({"input_ids": ids, "labels": labels})
+        return out
+
+    def collate(self, items: list[dict], pad_id: int) -> dict:
+        width = max(len(x["input_ids"]) for x in items)
+        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, x in enumerate(items):
+            n = len(x["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = (torch.tensor(x["input_ids"]),
+                                                      torch.tensor(x["labels"]), 1)
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    def step(self, engine, batch: dict):
+        dev = engine.device
+        logits = engine(input_ids=batch["input_ids"].to(dev),
+                        attention_mask=batch["attention_mask"].to(dev)).logits
+        loss, m = sft_loss(logits, batch["labels"].to(dev))
+        return loss, {"target_tokens": m["tokens"]}
+
+    @torch.no_grad()
+    def evaluate(self, engine, batches: list[dict]) -> dict:
+        engine.eval()
+        total, n = 0.0, 0.0
+        for b in batches:
+            loss, m = self.step(engine, b)
+            total += float(loss) * m["target_tokens"]
+            n += m["target_tokens"]
+        return {"eval/loss": total / max(n, 1.0)}
+
+    def tokens(self, batch: dict) -> int:
+        return int(batch["attention_mask"].sum())

@@ -1,0 +1,13 @@
+"""Task registry for the training core (kept apart so Ray workers import only what they run)."""
+
+
+def make_task(name: str, kwargs: dict):
+    if name == "sft":
+        from cai_ray.train.sft import SftTask
+
+        return SftTask(**kwargs)
+    if name == "reward":
+        from cai_ray.train.reward import RewardTask
+
+        return RewardTask(**kwargs)
+    raise ValueError(f"unknown training task {name!r}")

@@ -1,0 +1,106 @@
+"""The sl_cai stage on a real local Ray cluster with real vLLM engine actors (tiny model)."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from cai_ray import pipeline
+from cai_ray.config import load_job
+from cai_ray.rundir import read_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_job(run_dir, *overrides, limit=8):
+    return load_job("tiny", list(overrides), run_dir=str(run_dir), stages="sl_cai", limit=limit)
+
+
+def test_stage_writes_dataset_views_and_resumes(ray_cluster, tmp_path):
+    import datasets
+
+    job = tiny_job(tmp_path / "run", "sl_cai.num_rounds=2")
+    summary = pipeline.run(job, quiet=True)
+    assert summary["sl_cai"]["status"] == "complete"
+    out = tmp_path / "run" / "sl_cai"
+    rows = read_jsonl(out / "data.jsonl")
+    ds = datasets.load_from_disk(str(out / "data"))
+    assert len(ds) == len(rows) == summary["sl_cai"]["result"]["prompts"] > 0
+    row = rows[0]
+    assert {"id", "source", "prompt", "initial", "rounds", "final", "model",
+            "constitution_digest", "seed"} <= set(row)
+    assert len(row["rounds"]) == 2 and row["final"] == row["rounds"][-1]["revision"]
+    assert row["rounds"][0]["principle_id"] in {"harm", "honest"}
+    sft = read_jsonl(out / "sft.jsonl")
+    assert {r["kind"] for r in sft} == {"red_team", "helpful"}
+    assert all(r["messages"][0]["role"] == "user" for r in sft)
+    pairs = read_jsonl(out / "pairs.jsonl")
+    assert pairs and {"prompt", "chosen", "rejected"} <= set(pairs[0])
+    res = json.loads((out / "result.json").read_text())
+    assert res["throughput/generated_tokens_per_s"] > 0 and res["generated_tokens"] > 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stages"]["sl_cai"]["status"] == "complete"
+
+    # Resume: drop two finished prompts from the progress log; only those two run again.
+    progress = read_jsonl(out / "progress.jsonl")
+    missing = {progress[0]["id"], progress[1]["id"]}
+    (out / "progress.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in progress if r["id"] not in missing))
+    again = pipeline.run(job, quiet=True)["sl_cai"]["result"]
+    assert again["processed_now"] == 2
+    ids = [r["id"] for r in read_jsonl(out / "data.jsonl")]
+    assert sorted(ids) == sorted(r["id"] for r in rows) and len(ids) == len(set(ids))
+
+    # --resume with nothing changed: the stage is skipped; a changed config reruns it.
+    assert pipeline.run(job, resume=True, quiet=True)["sl_cai"]["status"].startswith("skipped")
+
+
+def test_transcript_form_runs(ray_cluster, tmp_path):
+    job = tiny_job(tmp_path / "run", "sl_cai.prompt_form=transcript", "sl_cai.helpful_ratio=0",
+                   limit=4)
+    res = pipeline.run(job, quiet=True)["sl_cai"]
+    assert res["status"] == "complete" and res["result"]["prompts"] >= 2
+    row = read_jsonl(tmp_path / "run" / "sl_cai" / "data.jsonl")[0]
+    assert row["prompt_form"] == "transcript"
+
+
+def test_killed_engine_actor_loses_no_prompt(ray_cluster, tmp_path):
+    """Two engine actors; one is SIGKILLed while batches are in flight. The stage finishes and every
+    prompt id appears exactly once."""
+    import ray
+
+    from cai_ray.rundir import ProgressLog
+    from cai_ray.stages.sl_cai import SlCaiRunner
+
+    job = tiny_job(tmp_path / "run", "engine.num_actors=2", "engine.batch_size=2",
+                   "sl_cai.max_new_tokens=48", "engine.max_in_flight=1", limit=24)
+    ctx = pipeline.build_context(job, quiet=True)
+    pool = ctx.engine_pool(ctx.base_model, name="kill-test")
+    pids = [info["pid"] for info in pool.call_all("info")]
+    log = ProgressLog(tmp_path / "progress.jsonl")
+    hlog = ProgressLog(tmp_path / "helpful.jsonl")
+    runner = SlCaiRunner(ctx, pool, log, hlog)
+    prompts = ctx.red_team.prompts
+
+    def killer():
+        deadline = time.time() + 120
+        while len(log.rows) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(pids[0], signal.SIGKILL)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    try:
+        stats = runner.run([runner.chain(p, "red_team") for p in prompts])
+    finally:
+        t.join()
+        pool.shutdown()
+    log.close()
+    ids = [r["id"] for r in read_jsonl(tmp_path / "progress.jsonl")]
+    assert sorted(ids) == sorted(p.id for p in prompts)
+    assert len(ids) == len(set(ids))
+    assert stats["actor_failures"] >= 1
+    assert ray.is_initialized()

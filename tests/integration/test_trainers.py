@@ -1,0 +1,133 @@
+"""The DeepSpeed training core under Ray Train: 2 CPU workers (gloo), tiny model."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from cai_ray.config import RewardCfg, SftCfg
+from cai_ray.rundir import read_jsonl, write_jsonl_atomic
+
+pytestmark = pytest.mark.integration
+
+
+def sft_rows(n=32, seed=0):
+    rng = random.Random(seed)
+    words = ["apple", "river", "stone", "cloud", "green", "tiger"]
+    return [{"id": f"r{i}", "messages": [
+        {"role": "user", "content": f"Say something about {rng.choice(words)}."},
+        {"role": "assistant", "content": "I will answer kindly and safely."}]} for i in range(n)]
+
+
+def write_data(folder, train, evals):
+    write_jsonl_atomic(folder / "train.jsonl", train)
+    write_jsonl_atomic(folder / "eval.jsonl", evals)
+    return folder
+
+
+def losses(out_dir):
+    return [r["train/loss"] for r in read_jsonl(out_dir / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_sft_loss_falls_zero(ray_cluster, tiny_model, tmp_path, stage):
+    from cai_ray.train.core import fit
+
+    data = write_data(tmp_path / "data", sft_rows(32), sft_rows(4, seed=1))
+    cfg = SftCfg(num_workers=2, zero_stage=stage, micro_batch_size=2, lr=3e-3, max_steps=8,
+                 checkpoint_every=4, lr_schedule="constant").model_dump()
+    m = fit("sft", tiny_model, data, cfg, tmp_path / "out")
+    ls = losses(tmp_path / "out")
+    assert len(ls) == 8 and ls[-1] < 0.6 * ls[0], ls
+    assert m["eval/loss"] < ls[0]
+    assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+    assert (tmp_path / "out" / "model" / "tokenizer.json").exists()
+    assert (tmp_path / "out" / "tensorboard").is_dir()
+
+
+def test_accumulation_invariance(ray_cluster, tiny_model, tmp_path):
+    """Batch 4 x accumulation 1 and batch 2 x accumulation 2 give the same losses."""
+    from cai_ray.train.core import fit
+
+    data = write_data(tmp_path / "data", sft_rows(16), sft_rows(2, seed=1))
+    runs = {}
+    for name, (mb, acc) in {"b4a1": (4, 1), "b2a2": (2, 2)}.items():
+        cfg = SftCfg(num_workers=1, zero_stage=2, micro_batch_size=mb, grad_accum=acc, lr=1e-3,
+                     max_steps=4, checkpoint_every=100, lr_schedule="constant").model_dump()
+        fit("sft", tiny_model, data, cfg, tmp_path / name)
+        runs[name] = losses(tmp_path / name)
+    assert runs["b4a1"] == pytest.approx(runs["b2a2"], rel=1e-4, abs=1e-5)
+    assert runs["b4a1"][-1] < runs["b4a1"][0]
+
+
+def test_export_round_trip_gives_the_same_eval_loss(ray_cluster, tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cai_ray.algos.losses import sft_loss
+    from cai_ray.train.core import fit
+    from cai_ray.train.sft import SftTask
+
+    evals = sft_rows(4, seed=3)
+    data = write_data(tmp_path / "data", sft_rows(16), evals)
+    cfg = SftCfg(num_workers=2, zero_stage=3, micro_batch_size=2, lr=1e-3, max_steps=3,
+                 checkpoint_every=10).model_dump()
+    m = fit("sft", tiny_model, data, cfg, tmp_path / "out")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "out" / "model")
+    task = SftTask()
+    items = task.encode(evals, tok)
+    total = n = 0.0
+    with torch.no_grad():
+        for k in range(0, len(items), 2):
+            b = task.collate(items[k:k + 2], tok.pad_token_id)
+            loss, mm = sft_loss(model(input_ids=b["input_ids"],
+                                      attention_mask=b["attention_mask"]).logits, b["labels"])
+            total, n = total + float(loss) * mm["tokens"], n + mm["tokens"]
+    assert total / n == pytest.approx(m["eval/loss"], rel=1e-4)
+
+
+def test_worker_killed_mid_training_resumes(ray_cluster, tiny_model, tmp_path):
+    from cai_ray.train.core import fit
+
+    data = write_data(tmp_path / "data", sft_rows(32), sft_rows(4, seed=1))
+    cfg = SftCfg(num_workers=2, zero_stage=2, micro_batch_size=2, lr=1e-3, max_steps=6,
+                 checkpoint_every=2, max_failures=1).model_dump()
+    m = fit("sft", tiny_model, data, cfg, tmp_path / "out", fail_at_step=3)
+    steps = [r["step"] for r in read_jsonl(tmp_path / "out" / "metrics.jsonl")]
+    # steps 1-3 ran, the worker died at 3; the group restarted from the step-2 checkpoint
+    assert steps[:3] == [1, 2, 3] and steps[3] == 3 and steps[-1] == 6, steps
+    assert m["step"] == 6 and (tmp_path / "out" / "model" / "config.json").exists()
+
+
+def marker_rows(n, seed):
+    rng = random.Random(seed)
+    topics = ["the weather", "cooking rice", "a lost key", "homework", "a noisy neighbour",
+              "a bike", "the garden", "a birthday", "a job interview", "a cold"]
+    fillers = ["Sure, here is what I think about it.", "That depends on a few things.",
+               "Let me explain this briefly.", "Here are some thoughts.", "Good question."]
+    rows = []
+    for i in range(n):
+        a, b = rng.sample(fillers, 2)
+        rows.append({"id": f"m{seed}-{i}", "prompt": f"Tell me about {rng.choice(topics)}.",
+                     "chosen": f"{a} [SAFE]", "rejected": f"{b} [RISK]",
+                     "p_chosen": rng.choice([0.8, 0.9, 1.0])})
+    return rows
+
+
+def test_reward_model_learns_a_marker(ray_cluster, tiny_model, tmp_path):
+    from cai_ray.train.core import fit
+    from cai_ray.train.reward import RewardScorer
+
+    data = write_data(tmp_path / "data", marker_rows(64, 0), marker_rows(32, 1))
+    cfg = RewardCfg(num_workers=2, zero_stage=2, micro_batch_size=4, lr=2e-3, epochs=3,
+                    checkpoint_every=100, lr_schedule="constant").model_dump()
+    m = fit("reward", tiny_model, data, cfg, tmp_path / "out")
+    assert m["eval/accuracy"] > 0.9, m
+    scorer = RewardScorer(str(tmp_path / "out" / "model"))
+    held = marker_rows(16, 2)
+    good = scorer.score([[{"role": "user", "content": r["prompt"]},
+                          {"role": "assistant", "content": r["chosen"]}] for r in held])
+    bad = scorer.score([[{"role": "user", "content": r["prompt"]},
+                         {"role": "assistant", "content": r["rejected"]}] for r in held])
+    assert sum(g > b for g, b in zip(good, bad)) / len(held) > 0.9

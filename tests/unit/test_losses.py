@@ -1,0 +1,69 @@
+"""Training losses against numbers computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from cai_ray.algos.losses import IGNORE, bradley_terry_loss, sft_loss
+
+
+def test_sft_loss_counts_only_labelled_tokens():
+    # position 0 predicts label 0 with p = 1/2; position 1 predicts label 1 with p = 1/(3 + 1)
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]]])
+    labels = torch.tensor([[IGNORE, 0, 1]])
+    loss, m = sft_loss(logits, labels)
+    assert float(loss) == pytest.approx((math.log(2) + math.log(4)) / 2, abs=1e-6)
+    assert m["tokens"] == 2
+    labels2 = torch.tensor([[IGNORE, IGNORE, 1]])
+    assert float(sft_loss(logits, labels2)[0]) == pytest.approx(math.log(4), abs=1e-6)
+
+
+def test_bradley_terry_hard_and_soft():
+    ra, rb = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0])
+    hard, m = bradley_terry_loss(ra, rb, torch.tensor([1.0, 1.0]))
+    # mean of log(1 + e^-1) and log 2
+    assert float(hard) == pytest.approx((math.log1p(math.exp(-1)) + math.log(2)) / 2, abs=1e-6)
+    soft, _ = bradley_terry_loss(ra[:1], rb[:1], torch.tensor([0.5]))
+    assert float(soft) == pytest.approx(0.5 * (math.log1p(math.exp(-1)) + math.log1p(math.e)),
+                                        abs=1e-6)
+    flipped, _ = bradley_terry_loss(rb[:1], ra[:1], torch.tensor([0.0]))
+    assert float(flipped) == pytest.approx(math.log1p(math.exp(-1)), abs=1e-6)
+    assert m["accuracy"] == 0.5  # the tie counts as wrong for a label of 1
+
+
+def test_lr_schedule():
+    from cai_ray.train.core import lr_lambda
+
+    f = lr_lambda("cosine", 2, 10)
+    assert [f(0), f(1)] == [0.5, 1.0]
+    assert f(2) == pytest.approx(1.0) and f(6) == pytest.approx(0.5) and f(10) == pytest.approx(0.0)
+    assert lr_lambda("linear", 0, 4)(2) == pytest.approx(0.5)
+    assert lr_lambda("constant", 0, 4)(3) == 1.0
+
+
+def test_deepspeed_config():
+    from cai_ray.config import SftCfg
+    from cai_ray.train.core import deepspeed_config
+
+    c = deepspeed_config(SftCfg(zero_stage=3, micro_batch_size=2, grad_accum=3,
+                                offload_optimizer=True, precision="bf16").model_dump(), 2)
+    assert c["train_batch_size"] == 12 and c["zero_optimization"]["stage"] == 3
+    assert c["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
+    assert c["bf16"]["enabled"] and c["optimizer"]["type"] == "AdamW"
+
+
+def test_sft_labels_mask_everything_but_the_assistant(tiny_model):
+    from transformers import AutoTokenizer
+
+    from cai_ray.train.sft import assistant_labels
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao"}]
+    ids, labels = assistant_labels(msgs, tok, 512)
+    kept = tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE])
+    assert kept == "Hello!<|im_end|>\nCiao<|im_end|>\n"
+    assert tok.decode(ids).startswith("<|im_start|>user\nHi")
+    short_ids, short_labels = assistant_labels(msgs, tok, 10)
+    assert len(short_ids) == len(short_labels) == 10
