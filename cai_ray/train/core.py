@@ -172,7 +172,7 @@ def train_loop(config: dict) -> None:
             loss, m = task.step(engine, batch)
             engine.backward(loss)
             engine.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             tokens_seen += task.tokens(batch) * world
             for k, v in m.items():
                 extra[k] = extra.get(k, 0.0) + v / cfg["grad_accum"]
@@ -185,16 +185,18 @@ def train_loop(config: dict) -> None:
                    "train/epoch": epoch, "perf/tokens_per_s": tokens_seen / elapsed,
                    "perf/samples_per_s": step * global_batch * cfg["grad_accum"] / elapsed,
                    **{f"train/{k}": v for k, v in extra.items()}}
-        writer.log(step, metrics)
         last = step == total
+        if last and eval_batches:
+            metrics.update(task.evaluate(engine, eval_batches))
+        writer.log(step, metrics)
         if step % cfg["checkpoint_every"] == 0 or last:
-            if last and eval_batches:
-                metrics.update(task.evaluate(engine, eval_batches))
-                writer.log(step, metrics)
             _report(engine, step, {**metrics, "step": step, "train/loss_first":
                                           first_loss}, config, last)
         if config.get("fail_at_step") == step and not ckpt and rank == 0:
-            os._exit(1)  # test hook: a worker dies after a checkpoint, before the end
+            # Fault injection for tests: this worker dies mid-run, a few seconds after the last
+            # checkpoint was reported (Ray Train's controller registers reports when it polls).
+            time.sleep(5)
+            os._exit(1)
     writer.close()
 
 
