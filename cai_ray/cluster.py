@@ -41,8 +41,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if address:
         ray.init(address=address, **kwargs)
         return
+    loopback_only()
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
              _temp_dir=temp_dir, **kwargs)
+
+
+def loopback_only() -> None:
+    """Keep a local single-node cluster on 127.0.0.1. Ray turns 127.0.0.1 into the machine's
+    routable address unless its single-node switch is off; the switch is read from the environment
+    by Ray's child processes and from ray_constants by this one."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def shutdown_ray() -> None:

@@ -56,6 +56,14 @@ class Completion:
     index: int = 0  # which of the n samples
 
 
+def account(stats: dict, out) -> None:
+    """Count one request's result (a list of Completions, or scores) into scheduler stats."""
+    stats["requests"] += 1
+    if out and isinstance(out[0], Completion):
+        stats["prompt_tokens"] += len(out[0].prompt_token_ids)
+        stats["generated_tokens"] += sum(len(c.token_ids) for c in out)
+
+
 class Engine(ABC):
     """Shared logic: tokenisation, length checks. Backends implement _generate_ids and _score_ids."""
 

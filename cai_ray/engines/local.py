@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Hashable, Iterator
 
-from cai_ray.engines.base import Completion, Engine, Request, Sampling
+from cai_ray.engines.base import Completion, Engine, Request, Sampling, account
 
 
 class LocalPool:
@@ -21,7 +21,12 @@ class LocalPool:
 
     def scheduler(self, sampling: Sampling, batch_size: int = 16,
                   max_in_flight: int = 1) -> "LocalScheduler":
-        return LocalScheduler(self.engine, sampling, batch_size)
+        return LocalScheduler(lambda reqs: self.engine.generate(reqs, sampling), batch_size)
+
+    def score_scheduler(self, token_ids: list[int], batch_size: int = 16,
+                        max_in_flight: int = 1) -> "LocalScheduler":
+        return LocalScheduler(lambda reqs: self.engine.next_token_logprobs(reqs, token_ids),
+                              batch_size)
 
     def call_all(self, method: str, *args):
         return [getattr(self.engine, method)(*args)]
@@ -31,8 +36,8 @@ class LocalPool:
 
 
 class LocalScheduler:
-    def __init__(self, engine: Engine, sampling: Sampling, batch_size: int):
-        self.engine, self.sampling, self.batch_size = engine, sampling, batch_size
+    def __init__(self, call, batch_size: int):
+        self.call, self.batch_size = call, batch_size
         self.queue: deque[tuple[Hashable, Request]] = deque()
         self.stats = {"batches": 0, "retried_batches": 0, "actor_failures": 0,
                       "generated_tokens": 0, "prompt_tokens": 0, "requests": 0}
@@ -43,10 +48,9 @@ class LocalScheduler:
     def results(self) -> Iterator[tuple[Hashable, list[Completion]]]:
         while self.queue:
             items = [self.queue.popleft() for _ in range(min(self.batch_size, len(self.queue)))]
-            outs = self.engine.generate([r for _, r in items], self.sampling)
+            outs = self.call([r for _, r in items])
             self.stats["batches"] += 1
-            for (key, _), completions in zip(items, outs):
-                self.stats["requests"] += 1
-                self.stats["prompt_tokens"] += len(completions[0].prompt_token_ids)
-                self.stats["generated_tokens"] += sum(len(c.token_ids) for c in completions)
-                yield key, completions
+            for (key, _), out in zip(items, outs):
+                account(self.stats, out)
+                yield key, out
+

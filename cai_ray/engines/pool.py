@@ -24,7 +24,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cai_ray.engines.base import Completion, Request, Sampling, make_engine
+from cai_ray.engines.base import Completion, Request, Sampling, account, make_engine
 from cai_ray.platform import core_ranges, has_cuda
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ class EngineWorker:
 
     def token_logprobs(self, pairs):
         return self.engine.token_logprobs(pairs)
+
+    def next_token_logprobs(self, requests: list[Request], token_ids: list[int]):
+        return self.engine.next_token_logprobs(requests, token_ids)
 
     def load_weights(self, source) -> int:
         return self.engine.load_weights(source)
@@ -94,7 +97,13 @@ class EnginePool:
 
     def scheduler(self, sampling: Sampling, batch_size: int = 16,
                   max_in_flight: int = 2) -> "Scheduler":
-        return Scheduler(self, sampling, batch_size, max_in_flight)
+        """Streams generate() calls; each result is a list of Completions."""
+        return Scheduler(self, "generate", (sampling,), batch_size, max_in_flight)
+
+    def score_scheduler(self, token_ids: list[int], batch_size: int = 16,
+                        max_in_flight: int = 2) -> "Scheduler":
+        """Streams next_token_logprobs() calls; each result is one log-probability per token."""
+        return Scheduler(self, "next_token_logprobs", (token_ids,), batch_size, max_in_flight)
 
     def call_all(self, method: str, *args) -> list[Any]:
         """Run one method on every live actor (e.g. load_weights) and wait for all."""
@@ -132,8 +141,9 @@ class Scheduler:
     """Streams requests through the pool: at most `max_in_flight` batches per actor; results come
     back in completion order; failed batches are retried on another live actor."""
 
-    def __init__(self, pool: EnginePool, sampling: Sampling, batch_size: int, max_in_flight: int):
-        self.pool, self.sampling = pool, sampling
+    def __init__(self, pool: EnginePool, method: str, args: tuple, batch_size: int,
+                 max_in_flight: int):
+        self.pool, self.method, self.args = pool, method, args
         self.batch_size, self.max_in_flight = batch_size, max_in_flight
         self.queue: deque[tuple[Hashable, Request]] = deque()
         self.inflight: dict[ray.ObjectRef, _Batch] = {}
@@ -154,7 +164,7 @@ class Scheduler:
             while i not in busy and self.queue and self._load(i) < self.max_in_flight:
                 n = min(self.batch_size, max(1, -(-len(self.queue) // self._live())))
                 items = [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
-                ref = actor.generate.remote([r for _, r in items], self.sampling)
+                ref = getattr(actor, self.method).remote([r for _, r in items], *self.args)
                 self.inflight[ref] = _Batch(i, items)
 
     def _live(self) -> int:
@@ -178,11 +188,9 @@ class Scheduler:
                 self._on_failure(batch, exc)
                 continue
             self.stats["batches"] += 1
-            for (key, _), completions in zip(batch.items, outs):
-                self.stats["requests"] += 1
-                self.stats["prompt_tokens"] += len(completions[0].prompt_token_ids)
-                self.stats["generated_tokens"] += sum(len(c.token_ids) for c in completions)
-                yield key, completions
+            for (key, _), out in zip(batch.items, outs):
+                account(self.stats, out)
+                yield key, out
 
     def _on_failure(self, batch: _Batch, exc: Exception) -> None:
         log.warning("%s: actor %d failed (%s); retrying %d request(s)", self.pool.name,

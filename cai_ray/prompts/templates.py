@@ -130,22 +130,30 @@ def _judge_block(conversation: list[dict], principle_text: str, a: str, b: str) 
 
 def judge_request(rid: str, conversation: list[dict], principle: JudgePrinciple, a: str, b: str,
                   fewshot: list[JudgeExample], cot: str | None = None,
-                  chain_of_thought: bool = False) -> Request:
-    """A multiple-choice request whose next token is the option letter. Chat form: the answer
-    starts with 'The answer is: (' so that the next token is A or B. With chain_of_thought, the
-    first call (cot None) asks for reasoning; the second appends it and asks for the letter."""
+                  chain_of_thought: bool = False,
+                  answer_prefix: str = "The answer is: (") -> Request:
+    """A multiple-choice request whose next token is the option letter: the assistant's turn is
+    left open after `answer_prefix` (feedback.option_format picks one that tokenizes cleanly).
+    With chain_of_thought, the first call (cot None) asks for reasoning; the second appends it
+    and asks for the letter."""
     msgs: list[dict] = []
     for ex in fewshot:
-        ex_text = ex.principle or principle.text
+        ex_text = principle.text
         msgs += [{"role": "user", "content": _judge_block([m.model_dump() for m in ex.messages],
                                                           ex_text, *ex.options)},
                  {"role": "assistant", "content":
                   (f"Let's think step by step: {ex.reasoning}\n" if chain_of_thought and
-                   ex.reasoning else "") + f"The answer is: ({ex.answer})"}]
+                   ex.reasoning else "") + _answer(answer_prefix, ex.answer)}]
     msgs.append({"role": "user", "content": _judge_block(conversation, principle.text, a, b)})
     if chain_of_thought and cot is None:
         msgs.append({"role": "assistant", "content": "Let's think step by step:"})
         return Request(rid, messages=msgs, continue_final=True)
     prefix = f"Let's think step by step: {cot.strip()}\n" if chain_of_thought else ""
-    msgs.append({"role": "assistant", "content": prefix + "The answer is: ("})
+    msgs.append({"role": "assistant", "content": prefix + answer_prefix})
     return Request(rid, messages=msgs, continue_final=True)
+
+
+def _answer(prefix: str, letter: str) -> str:
+    sep = "" if prefix.endswith(("(", " ")) else " "
+    close = ")" if prefix.endswith("(") else ""
+    return f"{prefix}{sep}{letter}{close}"

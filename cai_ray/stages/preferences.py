@@ -1,0 +1,130 @@
+"""Stage preferences: AI feedback (Bai et al. 2022 sec. 4.1).
+
+The SL-CAI model samples k answers per red-team prompt; the constitutional judge (the policy itself,
+or a separate feedback model on its own actors) labels each pair with a soft probability. Output in
+RUN_DIR/preferences/: data/ + data.jsonl with prompt, chosen, rejected, p_chosen, per-principle and
+per-order probabilities, judge model and mode; the reward stage trains on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from cai_ray.engines.base import TOO_LONG, Request, Sampling
+from cai_ray.feedback import Judge, JudgeItem
+from cai_ray.rundir import ProgressLog, save_dataset
+from cai_ray.stages.context import Context, model_label
+
+SECTIONS = ("model", "constitution", "prompts", "preferences", "seed")
+
+
+def sample_answers(pool, prompts, cfg, seed: int, batch_size: int, max_in_flight: int) -> dict:
+    """k answers per prompt id, sampled on the pool (temperature, top-p from the job)."""
+    sched = pool.scheduler(Sampling(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                    top_p=cfg.top_p, n=cfg.num_samples, seed=seed),
+                           batch_size, max_in_flight)
+    for p in prompts:
+        sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
+    out = {}
+    for pid, comps in sched.results():
+        if comps[0].finish_reason != TOO_LONG:
+            out[pid] = [c.text.strip() for c in comps]
+    return out, sched.stats
+
+
+def pairs_of(answers: list[str]) -> list[tuple[int, int]]:
+    """Distinct, non-identical answer pairs (all combinations of the k samples)."""
+    return [(i, j) for i, j in itertools.combinations(range(len(answers)), 2)
+            if answers[i].strip() != answers[j].strip()]
+
+
+def run(ctx: Context) -> dict:
+    from transformers import AutoTokenizer
+
+    cfg, e = ctx.job.preferences, ctx.job.engine
+    ctx.constitution.require("judge", ctx.job.constitution.path)
+    out = ctx.run.stage_dir("preferences")
+    log = ProgressLog(out / "progress.jsonl")
+    prompts = [p for p in ctx.train_prompts(ctx.red_team.prompts)]
+    todo = [p for p in prompts if not any(k.startswith(p.id + "#") for k in log.rows)
+            and p.id + "#none" not in log.rows]
+    policy = ctx.sft_model()
+    judge_path = cfg.judge_model and _resolve(cfg.judge_model)
+    t0 = time.time()
+    stats, judge_s, n_judged = {}, 0.0, 0
+    pool = judge_pool = None
+    try:
+        if todo:
+            pool = ctx.engine_pool(policy, name="policy")
+            answers, stats = sample_answers(pool, todo, cfg, ctx.job.seed, e.batch_size,
+                                            e.max_in_flight)
+            if judge_path:
+                pool.shutdown()
+                pool = None
+                judge_pool = ctx.engine_pool(judge_path, name="judge")
+            jp = judge_pool or pool
+            judge = Judge(jp, AutoTokenizer.from_pretrained(judge_path or policy), ctx.constitution,
+                          seed=ctx.job.seed, principles_per_pair=cfg.principles_per_pair,
+                          num_fewshot=cfg.num_fewshot, both_orders=cfg.both_orders,
+                          chain_of_thought=cfg.chain_of_thought,
+                          cot_max_new_tokens=cfg.cot_max_new_tokens, batch_size=e.batch_size,
+                          max_in_flight=e.max_in_flight)
+            by_id = {p.id: p for p in todo}
+            items = []
+            for pid, ans in answers.items():
+                conv = [{"role": "user", "content": by_id[pid].prompt}]
+                items += [JudgeItem(f"{pid}#{i}-{j}", conv, ans[i], ans[j])
+                          for i, j in pairs_of(ans)]
+                if not pairs_of(ans):
+                    log.add({"id": pid + "#none", "skipped": "identical answers"})
+            tj = time.time()
+            bar = ctx.progress(len(items), "judge")
+            for chunk in _chunks(items, 64):
+                for it, jd in zip(chunk, judge.label(chunk)):
+                    log.add(_row(it, jd, by_id[it.id.split("#")[0]], judge_path or policy, cfg))
+                bar.update(len(chunk))
+            bar.close()
+            judge_s, n_judged = time.time() - tj, len(items)
+    finally:
+        for p in (pool, judge_pool):
+            if p is not None:
+                p.shutdown()
+        log.close()
+    rows = [r for r in log.rows.values() if "chosen" in r]
+    save_dataset(out / "data", rows)
+    ps = [r["p_chosen"] for r in rows]
+    orders = sum(r["order_disagreements"] for r in rows)
+    n_orders = sum(len(r["per_principle"]) for r in rows) if cfg.both_orders else 0
+    return {"pairs": len(rows), "prompts": len({r["prompt_id"] for r in rows}),
+            "p_chosen_mean": sum(ps) / len(ps) if ps else None,
+            "order_disagreement": orders / n_orders if n_orders else None,
+            "judge_model": model_label(judge_path or policy), "policy_model": model_label(policy),
+            "mode": "cot" if cfg.chain_of_thought else "direct",
+            "judgements_per_s": n_judged / judge_s if judge_s else None,
+            "timing/generate_s": stats.get("seconds"), "timing/judge_s": judge_s,
+            "timing/total_s": time.time() - t0,
+            "generated_tokens": stats.get("generated_tokens", 0)}
+
+
+def _row(it: JudgeItem, jd, prompt, judge_model: str, cfg) -> dict:
+    first_better = jd.p_first >= 0.5
+    return {"id": it.id, "prompt_id": prompt.id, "prompt": prompt.prompt,
+            "chosen": it.first if first_better else it.second,
+            "rejected": it.second if first_better else it.first,
+            "p_chosen": jd.p_first if first_better else 1.0 - jd.p_first,
+            "per_principle": jd.per_principle, "orders": jd.orders,
+            "order_disagreements": jd.disagreements, "reasoning": jd.reasoning,
+            "judge_model": model_label(judge_model),
+            "mode": "cot" if cfg.chain_of_thought else "direct"}
+
+
+def _chunks(xs: list, n: int):
+    for k in range(0, len(xs), n):
+        yield xs[k:k + n]
+
+
+def _resolve(name: str) -> str:
+    from cai_ray import models
+
+    return models.resolve(name)
