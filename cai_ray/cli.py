@@ -67,6 +67,15 @@ def _bench(args) -> int:
     return mod.main(args.rest)
 
 
+def _eval(args) -> int:
+    from cai_ray import evaluate
+
+    if args.target in ("judge", "reward"):
+        return evaluate.main(args.target, args.rest)
+    raise InputError(f"eval {args.target}: give `judge` or `reward` (evaluating a run directory "
+                     f"arrives with the eval stage)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cai-ray", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -102,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["generation", "sl_cai", "train", "judge", "ppo"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=_bench)
+
+    e = sub.add_parser("eval", help="measure the judge or a reward model against HH-RLHF labels")
+    e.add_argument("target", help="judge | reward")
+    e.add_argument("rest", nargs=argparse.REMAINDER)
+    e.set_defaults(fn=_eval)
     return p
 
 

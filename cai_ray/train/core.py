@@ -128,6 +128,8 @@ def train_loop(config: dict) -> None:
     cfg, task = config["train"], make_task(config["task"], config.get("task_kwargs", {}))
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.manual_seed(config["seed"])
+    if config.get("threads"):  # Ray sets OMP_NUM_THREADS to the worker's 1 CPU; use its share
+        torch.set_num_threads(config["threads"])
     deepspeed.init_distributed(dist_backend="nccl" if cfg["use_gpu"] else "gloo")
     tok = AutoTokenizer.from_pretrained(config["model_path"])
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -154,11 +156,12 @@ def train_loop(config: dict) -> None:
             step = client["step"]
     out_dir = Path(config["out_dir"])
     writer = MetricsWriter(out_dir, rank == 0)
-    t_start, tokens_seen = time.time(), 0
+    t_start, tokens_seen, t_step = time.time(), 0, time.time()
     eval_batches = [task.collate(b, pad_id) for b in
                     batches(eval_items, cfg["micro_batch_size"], 0, 0, shuffle=False)]
     first_loss = None
     while step < total:
+        t_step = time.time()
         epoch, within = divmod(step, steps_per_epoch)
         micro = batches(train_items, global_batch, config["seed"], epoch)
         start = within * cfg["grad_accum"]
@@ -180,7 +183,8 @@ def train_loop(config: dict) -> None:
         loss_v = _all_mean(sum(losses) / len(losses))
         first_loss = loss_v if first_loss is None else first_loss
         elapsed = time.time() - t_start
-        metrics = {"train/loss": loss_v, "train/lr": lr,
+        step_s = time.time() - t_step
+        metrics = {"train/loss": loss_v, "train/lr": lr, "perf/step_s": step_s,
                    "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
                    "train/epoch": epoch, "perf/tokens_per_s": tokens_seen / elapsed,
                    "perf/samples_per_s": step * global_batch * cfg["grad_accum"] / elapsed,
@@ -269,7 +273,11 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
 
     out_dir = Path(out_dir).resolve()
     export = out_dir / "model"
+    from cai_ray.platform import num_cores
+
+    threads = None if cfg["use_gpu"] else max(1, num_cores() // cfg["num_workers"])
     config = {"task": task, "task_kwargs": task_kwargs or {}, "train": cfg, "seed": seed,
+              "threads": threads,
               "model_path": str(model_path), "data_dir": str(Path(data_dir).resolve()),
               "out_dir": str(out_dir), "export_dir": str(export), "fail_at_step": fail_at_step}
     trainer = TorchTrainer(

@@ -1,6 +1,5 @@
 """The DeepSpeed training core under Ray Train: 2 CPU workers (gloo), tiny model."""
 
-import json
 import random
 
 import pytest
