@@ -173,7 +173,10 @@ class PpoCfg(TrainCfg):
     async_mode: bool = False
     max_staleness: int = Field(1, ge=0)
     weight_sync: Literal["object_store", "nccl"] = "object_store"
-    colocate: bool = False
+    reward_fn: str | None = None
+    """A programmatic reward ('short', 'contains:WORD') instead of the trained reward model."""
+    micro_batch_size: int = Field(4, ge=1)
+    checkpoint_every: int = Field(4, ge=1)
 
 
 class EvalCfg(_Section):
@@ -214,6 +217,9 @@ class JobConfig(_Section):
         e = self.engine
         if e.num_gpus_per_actor == 0 and e.tensor_parallel_size > 1:
             raise ValueError("engine.tensor_parallel_size > 1 needs engine.num_gpus_per_actor > 0")
+        if self.ppo.async_mode and self.ppo.max_staleness < 1:
+            raise ValueError("ppo.async_mode needs ppo.max_staleness >= 1 (its rollouts are one "
+                             "version behind the learner)")
         for sec in ("sft", "reward", "ppo"):
             t: TrainCfg = getattr(self, sec)
             if t.zero_stage == 3 and t.offload_params and not t.offload_optimizer:

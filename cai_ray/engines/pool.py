@@ -68,6 +68,8 @@ class EnginePool:
                  engine_kwargs: dict | None = None, name: str = "engine",
                  resources: dict | None = None):
         self.backend, self.model_path, self.name = backend, model_path, name
+        self.latest_weights = None  # ObjectRef of the newest weights (PPO); a restarted actor
+        # reloads them before it takes work again
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
         self.pg = placement_group([dict(bundle) for _ in range(num_actors)], strategy=strategy,
                                   name=f"cai-ray-{name}")
@@ -206,6 +208,8 @@ class Scheduler:
         i = self.suspect.pop(ref)
         try:
             ray.get(ref)  # returns once Ray has restarted the actor
+            if self.pool.latest_weights is not None:
+                ray.get(self.pool.actors[i].load_weights.remote(self.pool.latest_weights))
             log.warning("%s: actor %d is back", self.pool.name, i)
         except ACTOR_ERRORS:
             log.warning("%s: actor %d is gone for good", self.pool.name, i)
