@@ -23,8 +23,27 @@ class ObjectStoreSync:
         """learner_state_ref: an ObjectRef of the bytes (learner.state_bytes.remote())."""
         t = time.time()
         self.pool.latest_weights = learner_state_ref  # restarted engines reload these
-        versions = ray.get([a.load_weights.remote(learner_state_ref) for a in self.pool.actors])
-        return {"timing/weight_sync_s": time.time() - t, "weights_version": max(versions)}
+        refs = [a.load_weights.remote(learner_state_ref) for a in self.pool.actors]
+        versions = [self._wait(i, ref, learner_state_ref) for i, ref in enumerate(refs)]
+        return {"timing/weight_sync_s": time.time() - t,
+                "weights_version": max(v for v in versions if v is not None)}
+
+    def _wait(self, i: int, ref, weights, tries: int = 3):
+        """The engine's new weights version; an engine that dies meanwhile is waited for (Ray
+        restarts it) and loaded again; one gone for good is skipped (None)."""
+        from cai_ray.engines.pool import ACTOR_ERRORS
+
+        actor = self.pool.actors[i]
+        for _ in range(tries):
+            try:
+                return ray.get(ref)
+            except ACTOR_ERRORS:
+                try:
+                    ray.get(actor.ping.remote())
+                except ACTOR_ERRORS:
+                    return None
+                ref = actor.load_weights.remote(weights)
+        return None
 
 
 class NcclSync:

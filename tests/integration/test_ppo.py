@@ -12,8 +12,8 @@ from cai_ray.rundir import read_jsonl
 pytestmark = pytest.mark.integration
 
 PPO = ["ppo.reward_fn=short", "ppo.iterations=14", "ppo.prompts_per_iter=8",
-       "ppo.samples_per_prompt=2", "ppo.max_new_tokens=24", "ppo.lr=3e-4",
-       "ppo.critic_lr=1e-3", "ppo.kl_coef=0.01", "ppo.ppo_epochs=2", "ppo.micro_batch_size=8",
+       "ppo.samples_per_prompt=4", "ppo.max_new_tokens=16", "ppo.lr=5e-4",
+       "ppo.critic_lr=1e-3", "ppo.kl_coef=0.01", "ppo.ppo_epochs=2", "ppo.micro_batch_size=16",
        "ppo.checkpoint_every=5", "ppo.zero_stage=2"]
 
 
@@ -30,7 +30,7 @@ def test_reward_rises(ray_cluster, tmp_path, mode):
     assert len(rows) == 14
     early = sum(r["reward/mean"] for r in rows[:3]) / 3
     late = sum(r["reward/mean"] for r in rows[-3:]) / 3
-    assert late > early + 0.15, [round(r["reward/mean"], 3) for r in rows]
+    assert late > early + 0.2, [round(r["reward/mean"], 3) for r in rows]
     assert max(r["kl/mean"] for r in rows) < 20.0
     assert all(r["policy_version"] == r["iteration"] for r in rows)
     if mode == "async":
@@ -40,3 +40,54 @@ def test_reward_rises(ray_cluster, tmp_path, mode):
     assert (tmp_path / "run" / "ppo" / "model" / "config.json").exists()
     result = json.loads((tmp_path / "run" / "ppo" / "result.json").read_text())
     assert result["reward_last"] == rows[-1]["reward/mean"]
+
+
+def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path):
+    """Two rollout engines; one is killed during generation. The run finishes; a second run on the
+    same directory resumes from the last checkpoint instead of starting over."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray
+
+    job = ppo_job(tmp_path / "run", "ppo.iterations=4", "ppo.checkpoint_every=2",
+                  "engine.num_actors=2", "ppo.max_new_tokens=32")
+    killed = []
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            metrics = tmp_path / "run" / "ppo" / "metrics.jsonl"
+            if metrics.exists() and metrics.read_text().count("\n") >= 1:
+                pids = _engine_pids()
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+            time.sleep(0.2)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    res = pipeline.run(job, quiet=True)["ppo"]
+    t.join(timeout=1)
+    assert killed and res["status"] == "complete", res
+    rows = read_jsonl(tmp_path / "run" / "ppo" / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    assert sum(r["actor_failures"] for r in rows) >= 1
+
+    # As if the driver died after iteration 3: the iteration-4 checkpoint never got written.
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "ppo" / "checkpoints" / "iter_4")
+    res2 = pipeline.run(job, quiet=True)["ppo"]
+    assert res2["status"] == "complete" and res2["result"]["resumed_from"] == 2
+    assert [r["iteration"] for r in read_jsonl(tmp_path / "run" / "ppo" / "metrics.jsonl")] == \
+        [1, 2, 3, 4]
+
+
+def _engine_pids():
+    import subprocess
+
+    out = subprocess.run(["pgrep", "-f", "ray::EngineWorker"], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
