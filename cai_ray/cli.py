@@ -76,6 +76,28 @@ def _eval(args) -> int:
                      f"arrives with the eval stage)")
 
 
+def _submit(args) -> int:
+    from cai_ray.jobs_api import submit
+
+    env = dict(kv.split("=", 1) for kv in args.env or [])
+    rest = args.run_args
+    status = submit(args.job, args.address, rest, follow=args.follow, token=args.token,
+                    token_file=args.token_file, env=env, submission_id=args.submission_id)
+    return 0 if not args.follow or status == "SUCCEEDED" else 1
+
+
+def _jobs(args) -> int:
+    from cai_ray.jobs_api import jobs_command
+
+    return jobs_command(args.action, args.address, args.id, args.token, args.token_file)
+
+
+def _auth_args(p) -> None:
+    p.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard / Jobs API")
+    p.add_argument("--token", help="Ray auth token (else RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+    p.add_argument("--token-file", help="file holding the Ray auth token")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cai-ray", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -112,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=_bench)
 
+    s = sub.add_parser("submit", help="submit a job file to a Ray cluster (Jobs API)")
+    s.add_argument("job", help="job YAML inside the project folder, or a packaged job name")
+    _auth_args(s)
+    s.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
+    s.add_argument("--env", action="append", metavar="KEY=VALUE")
+    s.add_argument("--submission-id")
+    s.epilog = "Flags for `cai-ray run` on the cluster follow a `--`."
+    s.set_defaults(fn=_submit)
+
+    j = sub.add_parser("jobs", help="list, follow, show logs of, or stop submitted jobs")
+    j.add_argument("action", choices=["list", "logs", "stop", "follow"])
+    j.add_argument("id", nargs="?")
+    _auth_args(j)
+    j.set_defaults(fn=_jobs)
+
     e = sub.add_parser("eval", help="measure the judge or a reward model against HH-RLHF labels")
     e.add_argument("target", help="judge | reward")
     e.add_argument("rest", nargs=argparse.REMAINDER)
@@ -120,7 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_args: list[str] = []
+    if argv and argv[0] == "submit" and "--" in argv:  # `submit JOB [opts] -- RUN FLAGS`
+        cut = argv.index("--")
+        argv, run_args = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    args.run_args = run_args
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

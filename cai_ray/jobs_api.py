@@ -1,0 +1,125 @@
+"""Submission to a Ray cluster through the Jobs API (`cai-ray submit`, `cai-ray jobs ...`).
+
+The job file is validated here, before anything is sent. The project folder travels as the job's
+working directory (without .venv, runs, .git), so the cluster runs this very code:
+`python -m cai_ray.cli run JOB.yaml ...`. Ray token authentication: the client sends the token
+from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token when RAY_AUTH_MODE=token (set by
+--token / --token-file here).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from cai_ray.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXCLUDES = [".venv", "runs", ".git", "**/__pycache__", "*.egg-info", "benchmarks/results",
+            ".pytest_cache"]
+FORWARD_ENV = ("CAI_RAY_CACHE", "HF_HUB_OFFLINE", "VLLM_LOGGING_LEVEL")
+
+
+def _auth(token: str | None, token_file: str | None) -> None:
+    if token or token_file:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    if token:
+        os.environ["RAY_AUTH_TOKEN"] = token
+    if token_file:
+        if not Path(token_file).is_file():
+            raise InputError(f"{token_file}: token file not found")
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(token_file).resolve())
+
+
+def client(address: str, token: str | None = None, token_file: str | None = None):
+    from ray.job_submission import JobSubmissionClient
+
+    _auth(token, token_file)
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:  # connection refused, DNS, 401: all mean "cannot use this cluster"
+        msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        hint = ("check the token (--token-file, RAY_AUTH_TOKEN)"
+                if any(w in msg.lower() for w in ("401", "unauthori", "token", "auth"))
+                else "is the head running and the dashboard reachable?")
+        raise InputError(f"{address}: cannot reach the Ray Jobs API ({msg}); {hint}") from None
+
+
+def submit(job_file: str | None, address: str, run_args: list[str], *, follow: bool = False,
+           token: str | None = None, token_file: str | None = None,
+           env: dict | None = None, submission_id: str | None = None) -> str:
+    from cai_ray.config import load_job, read_job_file
+
+    load_job(job_file, _sets(run_args))  # validate before anything is sent
+    _, source = read_job_file(job_file)
+    rel = _job_path(Path(source))
+    c = client(address, token, token_file)
+    env_vars = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+    env_vars.update(env or {})
+    entry = " ".join(shlex.quote(x) for x in ["python", "-m", "cai_ray.cli", "run", rel,
+                                              "--quiet", *run_args])
+    try:
+        sid = c.submit_job(entrypoint=entry, submission_id=submission_id, runtime_env={
+            "working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": env_vars})
+    except Exception as exc:
+        raise InputError(f"{address}: submission refused ({str(exc).splitlines()[0][:300]})") \
+            from None
+    print(f"submitted {sid}: {entry}")
+    if follow:
+        return follow_job(c, sid)
+    return sid
+
+
+def _sets(run_args: list[str]) -> list[str]:
+    out, it = [], iter(run_args)
+    for a in it:
+        if a == "--set":
+            out.append(next(it, ""))
+    return out
+
+
+def _job_path(p: Path) -> str:
+    """The job file as the cluster sees it: relative to the working directory, or packaged."""
+    p = p.resolve()
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        raise InputError(f"{p}: the job file must live inside the project folder ({ROOT}), which "
+                         f"is what travels to the cluster") from None
+
+
+def follow_job(c, sid: str, poll_s: float = 1.0) -> str:
+    """Stream the job's logs until it ends; returns its final status."""
+    from ray.job_submission import JobStatus
+
+    shown = 0
+    while True:
+        logs = c.get_job_logs(sid)
+        sys.stdout.write(logs[shown:])
+        sys.stdout.flush()
+        shown = len(logs)
+        status = c.get_job_status(sid)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            print(f"job {sid}: {status.value}")
+            return status.value
+        time.sleep(poll_s)
+
+
+def jobs_command(action: str, address: str, sid: str | None, token=None, token_file=None) -> int:
+    c = client(address, token, token_file)
+    if action == "list":
+        for j in c.list_jobs():
+            print(f"{j.submission_id or j.job_id:32s} {j.status.value:10s} {j.entrypoint}")
+        return 0
+    if not sid:
+        raise InputError(f"jobs {action}: give the submission id")
+    if action == "logs":
+        print(c.get_job_logs(sid), end="")
+    elif action == "stop":
+        print(f"stop {sid}: {c.stop_job(sid)}")
+    elif action == "follow":
+        return 0 if follow_job(c, sid) == "SUCCEEDED" else 1
+    return 0
