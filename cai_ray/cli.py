@@ -72,8 +72,20 @@ def _eval(args) -> int:
 
     if args.target in ("judge", "reward"):
         return evaluate.main(args.target, args.rest)
-    raise InputError(f"eval {args.target}: give `judge` or `reward` (evaluating a run directory "
-                     f"arrives with the eval stage)")
+    from pathlib import Path
+
+    manifest = Path(args.target) / "manifest.json"
+    if not manifest.exists():
+        raise InputError(f"eval {args.target}: give `judge`, `reward` or a run directory "
+                         f"(no {manifest})")
+    from cai_ray import pipeline
+    from cai_ray.config import JobConfig
+
+    cfg = json.loads(manifest.read_text())["config"]
+    job = JobConfig.model_validate({**cfg, "stages": ["eval"], "run_dir": args.target})
+    summary = pipeline.run(job, quiet=True)
+    print(pipeline.format_summary(summary))
+    return 1 if summary["eval"]["status"] == "failed" else 0
 
 
 def _submit(args) -> int:

@@ -120,6 +120,7 @@ class TrainCfg(_Section):
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     checkpoint_every: int = Field(50, ge=1)
     max_failures: int = Field(1, ge=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
 class SftCfg(TrainCfg):

@@ -130,6 +130,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(config["seed"])
     if config.get("threads"):  # Ray sets OMP_NUM_THREADS to the worker's 1 CPU; use its share
         torch.set_num_threads(config["threads"])
+    _record_worker(Path(config["out_dir"]), rank)
     deepspeed.init_distributed(dist_backend="nccl" if cfg["use_gpu"] else "gloo")
     tok = AutoTokenizer.from_pretrained(config["model_path"])
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -202,6 +203,16 @@ def train_loop(config: dict) -> None:
             time.sleep(5)
             os._exit(1)
     writer.close()
+
+
+def _record_worker(out_dir: Path, rank: int) -> None:
+    """Where each worker ran (node, pid): out_dir/workers.jsonl, one line per worker start."""
+    import ray
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "workers.jsonl", "a") as fh:
+        fh.write(json.dumps({"rank": rank, "node": ray.get_runtime_context().get_node_id(),
+                             "pid": os.getpid(), "time": time.time()}) + "\n")
 
 
 def _all_mean(x: float) -> float:
@@ -283,7 +294,8 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
     trainer = TorchTrainer(
         train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=cfg["num_workers"], use_gpu=cfg["use_gpu"],
-                                     resources_per_worker={"CPU": 1}),
+                                     resources_per_worker={"CPU": 1},
+                                     placement_strategy=cfg["placement_strategy"]),
         torch_config=TorchConfig(backend="nccl" if cfg["use_gpu"] else "gloo"),
         run_config=RunConfig(name="ray_train", storage_path=str(out_dir),
                              failure_config=FailureConfig(max_failures=cfg["max_failures"])))

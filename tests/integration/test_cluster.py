@@ -1,0 +1,112 @@
+"""Cluster-level checks, each in its own Ray cluster started as a user would start it:
+a two-node cluster on 127.0.0.1 (placement of engine actors and trainer workers), and a head
+started with `ray start --head` that receives a submitted job (token authentication on)."""
+
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+TWO_NODES = textwrap.dedent("""
+    import json, sys, tempfile
+    from pathlib import Path
+    from cai_ray.cluster import loopback_only
+    loopback_only()
+    import ray
+    from ray.cluster_utils import Cluster
+    from cai_ray import models
+    from cai_ray.config import SftCfg
+    from cai_ray.engines.pool import EnginePool
+    from cai_ray.rundir import write_jsonl_atomic
+    from cai_ray.train.core import fit
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2,
+                      "resources": {"node_a": 1}, "node_ip_address": "127.0.0.1"})
+    cluster.add_node(num_cpus=2, resources={"node_b": 1}, node_ip_address="127.0.0.1")
+    ray.init(address=cluster.address)
+    cluster.wait_for_nodes()
+    tiny = str(models.prepare("tiny-random-llama"))
+    out = {}
+    for strategy in ("SPREAD", "PACK"):
+        pool = EnginePool(2, "hf", tiny, num_cpus=1, strategy=strategy, name=strategy)
+        out[f"engines_{strategy}"] = pool.node_ids()
+        pool.shutdown()
+    tmp = Path(tempfile.mkdtemp())
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": "hi"},
+             {"role": "assistant", "content": "hello there"}]} for i in range(8)]
+    write_jsonl_atomic(tmp / "data" / "train.jsonl", rows)
+    write_jsonl_atomic(tmp / "data" / "eval.jsonl", rows[:2])
+    cfg = SftCfg(num_workers=2, micro_batch_size=2, max_steps=2, placement_strategy="SPREAD",
+                 checkpoint_every=100).model_dump()
+    fit("sft", tiny, tmp / "data", cfg, tmp / "out")
+    out["nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    out["trainer_nodes"] = sorted(set(json.loads(l)["node"] for l in
+                                  (tmp / "out" / "workers.jsonl").read_text().splitlines()))
+    print("RESULT " + json.dumps(out))
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+def test_two_nodes_spread_and_pack(tmp_path):
+    res = subprocess.run([sys.executable, "-c", TWO_NODES], capture_output=True, text=True,
+                         timeout=900, cwd=tmp_path)
+    line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+    assert line, res.stderr[-4000:]
+    import json
+
+    out = json.loads(line[0][7:])
+    assert len(out["nodes"]) == 2
+    assert len(set(out["engines_SPREAD"])) == 2   # one engine actor on each node
+    assert len(set(out["engines_PACK"])) == 1     # both on one node
+    assert len(out["trainer_nodes"]) == 2         # the two trainer workers spread too
+
+
+def _ray(*args, env, timeout=120):
+    return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def test_submit_to_a_head_with_token_auth(tmp_path):
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32))
+    port = 8265 + (os.getpid() % 500)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    start = _ray("start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                 f"--dashboard-port={port}", "--num-cpus=4", f"--port={port + 1000}",
+                 f"--temp-dir={tmp_path / 'ray'}", env=env)
+    assert start.returncode == 0, start.stderr[-3000:]
+    address = f"http://127.0.0.1:{port}"
+    try:
+        client_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        cai = [sys.executable, "-m", "cai_ray.cli"]
+        # no token: refused, one clear line
+        refused = subprocess.run(cai + ["jobs", "list", "--address", address],
+                                 capture_output=True, text=True, env={**client_env,
+                                                                      "RAY_AUTH_MODE": "token",
+                                                                      "RAY_AUTH_TOKEN": "wrong"})
+        assert refused.returncode == 2 and "cai-ray: error:" in refused.stderr, refused.stderr
+        # with the token: the tiny job runs to success
+        run = subprocess.run(cai + ["submit", "tiny", "--address", address, "--token-file",
+                                    str(token), "--follow", "--", "--stages", "sl_cai",
+                                    "--limit", "4", "--run-dir", str(tmp_path / "run")],
+                             capture_output=True, text=True, env=client_env, timeout=900)
+        assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
+        assert "SUCCEEDED" in run.stdout
+        assert (tmp_path / "run" / "sl_cai" / "data.jsonl").exists()
+        bad = subprocess.run(cai + ["submit", "tiny", "--address", address, "--token-file",
+                                    str(token), "--", "--set", "sl_cai.num_rounds=0"],
+                             capture_output=True, text=True, env=client_env)
+        assert bad.returncode == 2 and "sl_cai.num_rounds" in bad.stderr
+    finally:
+        _ray("stop", "--force", env=env)
+        time.sleep(1)
