@@ -148,6 +148,7 @@ class SlCaiRunner:
                    "critique": t.critique or "", "revision_request": t.principle.revision,
                    "revision": t.revision or ""} for t in c.turns if t.revision is not None]
         row = {"id": c.prompt.id, "source": c.prompt.source, "category": c.prompt.category,
+               "parents": c.prompt.parents,
                "kind": c.kind, "prompt": c.prompt.prompt, "initial": c.initial or "",
                "rounds": rounds, "final": rounds[-1]["revision"] if rounds else (c.initial or ""),
                "flags": flags_for(c.initial or "", rounds) if not skipped else [f"skipped:{skipped}"],

@@ -58,13 +58,20 @@ def test_stage_writes_dataset_views_and_resumes(ray_cluster, tmp_path):
     assert pipeline.run(job, resume=True, quiet=True)["sl_cai"]["status"].startswith("skipped")
 
 
-def test_transcript_form_runs(ray_cluster, tmp_path):
+def test_transcript_form_and_prompt_expansion(ray_cluster, tmp_path):
     job = tiny_job(tmp_path / "run", "sl_cai.prompt_form=transcript", "sl_cai.helpful_ratio=0",
-                   limit=4)
+                   "sl_cai.expand_prompts=3", "sl_cai.expand_fewshot=2", limit=4)
     res = pipeline.run(job, quiet=True)["sl_cai"]
     assert res["status"] == "complete" and res["result"]["prompts"] >= 2
-    row = read_jsonl(tmp_path / "run" / "sl_cai" / "data.jsonl")[0]
-    assert row["prompt_form"] == "transcript"
+    rows = read_jsonl(tmp_path / "run" / "sl_cai" / "data.jsonl")
+    assert all(r["prompt_form"] == "transcript" for r in rows)
+    expanded = [r for r in rows if r["source"].startswith("expanded:")]
+    assert res["result"]["expanded"] == len(expanded) >= 1
+    seeds = {r["id"] for r in rows if not r["source"].startswith("expanded:")}
+    assert all(len(r["parents"]) == 2 and set(r["parents"]) <= seeds
+               for r in expanded)
+    texts = [r["prompt"].lower() for r in rows]
+    assert len(texts) == len(set(texts))
 
 
 def test_killed_engine_actor_loses_no_prompt(ray_cluster, tmp_path):
