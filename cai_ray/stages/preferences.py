@@ -80,7 +80,7 @@ def run(ctx: Context) -> dict:
                     log.add({"id": pid + "#none", "skipped": "identical answers"})
             tj = time.time()
             bar = ctx.progress(len(items), "judge")
-            for chunk in _chunks(items, 64):
+            for chunk in _chunks(items, 16):  # progress and the log advance per chunk
                 for it, jd in zip(chunk, judge.label(chunk)):
                     log.add(_row(it, jd, by_id[it.id.split("#")[0]], judge_path or policy, cfg))
                 bar.update(len(chunk))
