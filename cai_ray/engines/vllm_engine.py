@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from cai_ray.engines.base import Completion, Engine, Sampling
+from cai_ray.engines.base import Completion, Engine, Request, Sampling
 
 
 def cpu_env(cpu_cores: str | None, kv_cache_gib: float) -> dict[str, str]:
@@ -72,7 +72,7 @@ class VllmEngine(Engine):
             n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
             top_p=sampling.top_p, seed=sampling.seed, stop=list(sampling.stop) or None,
             stop_token_ids=self.stop_token_ids or None,
-            logprobs=0 if sampling.logprobs else None, **extra)
+            **{"logprobs": 0 if sampling.logprobs else None, **extra})
 
     def _generate_ids(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
         from vllm.inputs import TokensPrompt
@@ -103,6 +103,30 @@ class VllmEngine(Engine):
             steps = out.prompt_logprobs or []
             # steps[i] is the distribution that produced token i (steps[0] is None)
             result.append([steps[len(p) + k][tok].logprob for k, tok in enumerate(c)])
+        return result
+
+    def next_token_logprobs(self, requests: list[Request], token_ids: list[int],
+                            top_k: int = 20) -> list[list[float]]:
+        """One decode step per request, reading the candidates from the top-k log-probabilities
+        (raw, before sampling). Unlike prompt log-probabilities this keeps prefix caching (the
+        judge's few-shot prefix is shared) and skips a full-vocabulary softmax over every prompt
+        position. A candidate outside the top k falls back to exact teacher-forced scoring."""
+        from vllm.inputs import TokensPrompt
+
+        encoded = [self.encode(r) for r in requests]
+        params = self._params(Sampling(max_tokens=1), logprobs=top_k)
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in encoded], params,
+                                 use_tqdm=False)
+        result: list[list[float] | None] = []
+        for out in outs:
+            top = (out.outputs[0].logprobs or [{}])[0]
+            result.append([top[t].logprob for t in token_ids]
+                          if all(t in top for t in token_ids) else None)
+        missing = [i for i, r in enumerate(result) if r is None]
+        if missing:
+            exact = super().next_token_logprobs([requests[i] for i in missing], token_ids)
+            for i, r in zip(missing, exact):
+                result[i] = r
         return result
 
     def _load_folder(self, folder: str) -> None:

@@ -99,3 +99,15 @@ def test_chat_template_and_stop_tokens(engines):
                              continue_final=True))
     assert hf.tokenizer.decode(cont).endswith("<|im_start|>assistant\nThe answer is: (")
     assert hf.tokenizer.convert_tokens_to_ids("<|im_end|>") in hf.stop_token_ids
+
+
+def test_next_token_logprobs_match_teacher_forcing(engines):
+    hf, vl = engines
+    r = reqs()[:4]
+    toks = hf.tokenizer.encode("AB", add_special_tokens=False)
+    fast = vl.next_token_logprobs(r, toks)          # top-k path (falls back where needed)
+    exact = hf.next_token_logprobs(r, toks)         # teacher forcing in transformers
+    assert sum(fast, []) == pytest.approx(sum(exact, []), abs=1e-3)
+    rare = [t for t in range(200, 203)]             # unlikely tokens: the exact fallback
+    assert sum(vl.next_token_logprobs(r, rare), []) == pytest.approx(
+        sum(hf.next_token_logprobs(r, rare), []), abs=1e-3)
