@@ -48,8 +48,9 @@ class Chain:
         return self.turns[-1].revision if self.turns and self.turns[-1].revision else self.initial
 
 
-def flags_for(initial: str, rounds: list[dict]) -> list[str]:
-    """Why a revision should not be trained on: empty, an echo of the request, or unchanged."""
+def flags_for(initial: str, rounds: list[dict], shown: list[str] = ()) -> list[str]:
+    """Why a revision should not be trained on: empty, an echo of the request, unchanged, or a
+    copy of a few-shot example it was shown (small models often copy the worked example)."""
     if not rounds:
         return []
     final, req = rounds[-1]["revision"], rounds[-1]["revision_request"]
@@ -60,6 +61,8 @@ def flags_for(initial: str, rounds: list[dict]) -> list[str]:
         out.append("echo")
     if final.strip() and normalise(final) == normalise(initial):
         out.append("unchanged")
+    if final.strip() and any(_similar(final, s, 0.8) for s in shown):
+        out.append("copied_fewshot")
     return out
 
 
@@ -151,7 +154,9 @@ class SlCaiRunner:
                "parents": c.prompt.parents,
                "kind": c.kind, "prompt": c.prompt.prompt, "initial": c.initial or "",
                "rounds": rounds, "final": rounds[-1]["revision"] if rounds else (c.initial or ""),
-               "flags": flags_for(c.initial or "", rounds) if not skipped else [f"skipped:{skipped}"],
+               "flags": flags_for(c.initial or "", rounds, [t for ex in c.fewshot for t in
+                                                            (ex.revision, ex.critique)])
+               if not skipped else [f"skipped:{skipped}"],
                "model": self.model, "constitution": self.ctx.constitution.name,
                "constitution_digest": self.ctx.constitution.digest(), "seed": self.ctx.job.seed,
                "prompt_form": self.form, "fewshot": len(c.fewshot)}
@@ -225,7 +230,8 @@ def run(ctx: Context) -> dict:
     pairs = pair_view(kept, cfg.drop_flagged)
     save_dataset(out / "sft", sft)
     save_dataset(out / "pairs", pairs)
-    flag_counts = {f: sum(f in r["flags"] for r in kept) for f in ("empty", "echo", "unchanged")}
+    flag_counts = {f: sum(f in r["flags"] for r in kept)
+                   for f in ("empty", "echo", "unchanged", "copied_fewshot")}
     secs = stats["seconds"] or 1e-9
     return {
         "prompts": len(kept), "helpful": len(help_rows), "expanded": len(expanded),

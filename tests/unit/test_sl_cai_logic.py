@@ -52,6 +52,10 @@ def test_flags():
     assert flags_for("x", [dict(rnd, revision="Rewrite the reply without the harm")]) == ["echo"]
     assert flags_for("Same answer", [dict(rnd, revision="same  answer")]) == ["unchanged"]
     assert flags_for("old", [dict(rnd, revision="A careful new answer.")]) == []
+    shot = "I won't help hurt anyone. Can I help you deal with what upset you?"
+    assert flags_for("old", [dict(rnd, revision="I won't help hurt anyone. Can I help you deal "
+                                                "with what upset you today?")], [shot]) == \
+        ["copied_fewshot"]
 
 
 def test_views_mix_and_drop():
