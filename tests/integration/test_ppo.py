@@ -43,14 +43,12 @@ def test_reward_rises(ray_cluster, tmp_path, mode):
 
 
 def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path):
-    """Two rollout engines; one is killed during generation. The run finishes; a second run on the
-    same directory resumes from the last checkpoint instead of starting over."""
+    """Two rollout engines; one is SIGKILLed after the first iteration. The run finishes; a second
+    run on the same directory resumes from the last checkpoint instead of starting over."""
     import os
     import signal
     import threading
     import time
-
-    import ray
 
     job = ppo_job(tmp_path / "run", "ppo.iterations=4", "ppo.checkpoint_every=2",
                   "engine.num_actors=2", "ppo.max_new_tokens=32")
