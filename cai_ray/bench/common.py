@@ -49,3 +49,36 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
+
+
+def run_child(module: str, spec: str, args: list[str]) -> dict:
+    """Run one benchmark runner in a fresh process (start-up and memory measured alike for every
+    runner): `python -m MODULE --one SPEC ARGS`, which prints one `RESULT {json}` line."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", module, "--one", spec, *args],
+                         capture_output=True, text=True)
+    line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+    if res.returncode or not line:
+        print(res.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{module}: runner {spec} failed")
+    return json.loads(line[0][len("RESULT "):])
+
+
+def step_timer():
+    """A transformers TrainerCallback that records when each step ends, and the list it fills;
+    step durations are the differences (the first includes warm-up)."""
+    from transformers import TrainerCallback
+
+    stamps: list[float] = []
+
+    class Stamp(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            if not stamps:
+                stamps.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            stamps.append(time.perf_counter())
+
+    return Stamp(), stamps

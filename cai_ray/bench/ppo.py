@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from cai_ray.bench.common import table, write
+from cai_ray.bench.common import run_child, step_timer, table, write
 
 PHASES = ("timing/generate_s", "timing/score_s", "timing/train_s", "timing/weight_sync_s")
 
@@ -56,7 +55,7 @@ def ours(model: str, iterations: int, prompts: int, answers: int, max_tokens: in
 def trl(model: str, iterations: int, prompts: int, answers: int, max_tokens: int) -> dict:
     import datasets
     import torch
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from cai_ray import models
@@ -64,15 +63,7 @@ def trl(model: str, iterations: int, prompts: int, answers: int, max_tokens: int
 
     path = models.resolve(model)
     tok = AutoTokenizer.from_pretrained(path)
-    stamps: list[float] = []
-
-    class Stamp(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            if not stamps:
-                stamps.append(time.perf_counter())
-
-        def on_step_end(self, *a, **k):
-            stamps.append(time.perf_counter())
+    stamp, stamps = step_timer()
 
     def short(completions, **kw):
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
@@ -87,7 +78,7 @@ def trl(model: str, iterations: int, prompts: int, answers: int, max_tokens: int
                       max_steps=iterations, learning_rate=1e-6, use_cpu=True, bf16=False,
                       report_to=[], logging_steps=1, save_strategy="no", temperature=1.0)
     tr = GRPOTrainer(model=path, reward_funcs=short, args=args, train_dataset=ds,
-                     processing_class=tok, callbacks=[Stamp()])
+                     processing_class=tok, callbacks=[stamp])
     tr.train()
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
     return {"iteration_s": statistics.mean(steps[1:]), "first_iteration_s": steps[0]}
@@ -115,15 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     for spec in args.runs.split(","):
-        cmd = [sys.executable, "-m", "cai_ray.bench.ppo", "--one", spec, "--model", args.model,
-               "--iterations", str(args.iterations), "--prompts", str(args.prompts),
-               "--answers", str(args.answers), "--max-tokens", str(args.max_tokens)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
-        if res.returncode or not line:
-            print(res.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"bench ppo: {spec} failed")
-        r = json.loads(line[0][7:])
+        r = run_child("cai_ray.bench.ppo", spec, [
+            "--model", args.model, "--iterations", str(args.iterations), "--prompts",
+            str(args.prompts), "--answers", str(args.answers), "--max-tokens", str(args.max_tokens)])
         name = "TRL GRPOTrainer" if spec == "trl" else \
             f"cai-ray PPO {spec.split(':')[0]}, {spec.split(':')[1]} engine(s)"
         row = {"runner": name, "iteration_s": r["iteration_s"]}

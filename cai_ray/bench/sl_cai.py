@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from cai_ray.bench.common import table, write
+from cai_ray.bench.common import run_child, table, write
 
 HARMBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "harmbench" / \
     "harmbench_prompts.txt"
@@ -102,15 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = []
     for mode in args.modes.split(","):
-        cmd = [sys.executable, "-m", "cai_ray.bench.sl_cai", "--one", mode, "--model", args.model,
-               "--prompts", str(args.prompts), "--loop-prompts", str(args.loop_prompts),
-               "--max-tokens", str(args.max_tokens), "--data", args.data]
-        res = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
-        if res.returncode or not line:
-            print(res.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"bench sl_cai: runner {mode} failed")
-        rows.append(json.loads(line[0][7:]))
+        rows.append(run_child("cai_ray.bench.sl_cai", mode, [
+            "--model", args.model, "--prompts", str(args.prompts), "--loop-prompts",
+            str(args.loop_prompts), "--max-tokens", str(args.max_tokens), "--data", args.data]))
         print(f"{mode}: {rows[-1]['prompts_per_s']:.3f} prompts/s", file=sys.stderr)
     base = {r["mode"]: r["prompts_per_s"] for r in rows}
     for r in rows:

@@ -13,13 +13,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from cai_ray.bench.common import table, write
+from cai_ray.bench.common import run_child, step_timer, table, write
 
 FILLER = ("Here is a careful and friendly answer that explains the reasons, the risks and some "
           "safer alternatives in plain words, step by step, without skipping anything important. ")
@@ -72,13 +71,9 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
 def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
     import datasets
     import torch
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
 
-    stamps: list[float] = []
-
-    class Stamp(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            stamps.append(time.perf_counter())
+    stamp, stamps = step_timer()
 
         def on_step_begin(self, *a, **k):
             if not stamps:
@@ -97,7 +92,7 @@ def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
         ds = datasets.Dataset.from_list([{"messages": r["messages"]} for r in sft_rows(batch * steps)])
         m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         tr = SFTTrainer(model=m, args=SFTConfig(packing=False, **common), train_dataset=ds,
-                        processing_class=tok, callbacks=[Stamp()])
+                        processing_class=tok, callbacks=[stamp])
     else:
         from trl import RewardConfig, RewardTrainer
 
@@ -110,7 +105,7 @@ def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
                          {"role": "assistant", "content": r["rejected"]}]}
             for r in rm_rows(batch * steps)])
         tr = RewardTrainer(model=load_value_model(model), args=RewardConfig(**common),
-                           train_dataset=ds, processing_class=tok, callbacks=[Stamp()])
+                           train_dataset=ds, processing_class=tok, callbacks=[stamp])
     tr.train()
     deltas = [b - a for a, b in zip(stamps, stamps[1:])]
     return {"step_s": statistics.median(deltas[1:]), "first_step_s": deltas[0]}
@@ -145,15 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {t: matmul_peak(t) for t in (1, 2)}
     rows = []
     for spec in args.runs.split(","):
-        cmd = [sys.executable, "-m", "cai_ray.bench.train", "--one", spec, "--model", args.model,
-               "--steps", str(args.steps), "--length", str(args.length), "--batch",
-               str(args.batch)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
-        if res.returncode or not line:
-            print(res.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"bench train: {spec} failed")
-        r = json.loads(line[0][7:])
+        r = run_child("cai_ray.bench.train", spec, [
+            "--model", args.model, "--steps", str(args.steps), "--length", str(args.length),
+            "--batch", str(args.batch)])
         task, who, *rest = spec.split(":")
         seqs = args.batch * (2 if task == "reward" else 1)
         tokens = seqs * args.length
