@@ -14,7 +14,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 

@@ -74,11 +74,6 @@ def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
     from transformers import AutoTokenizer
 
     stamp, stamps = step_timer()
-
-        def on_step_begin(self, *a, **k):
-            if not stamps:
-                stamps.append(time.perf_counter())
-
     tok = AutoTokenizer.from_pretrained(model)
     common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch,
                   gradient_accumulation_steps=1, max_steps=steps, learning_rate=1e-5,
