@@ -35,7 +35,7 @@ TWO_NODES = textwrap.dedent("""
     cluster.wait_for_nodes()
     tiny = str(models.prepare("tiny-random-llama"))
     out = {}
-    for strategy in ("SPREAD", "PACK"):
+    for strategy in ("STRICT_SPREAD", "STRICT_PACK"):
         pool = EnginePool(2, "hf", tiny, num_cpus=1, strategy=strategy, name=strategy)
         out[f"engines_{strategy}"] = pool.node_ids()
         pool.shutdown()
@@ -65,8 +65,8 @@ def test_two_nodes_spread_and_pack(tmp_path):
 
     out = json.loads(line[0][7:])
     assert len(out["nodes"]) == 2
-    assert len(set(out["engines_SPREAD"])) == 2   # one engine actor on each node
-    assert len(set(out["engines_PACK"])) == 1     # both on one node
+    assert len(set(out["engines_STRICT_SPREAD"])) == 2   # one engine actor on each node
+    assert len(set(out["engines_STRICT_PACK"])) == 1     # both on one node
     assert len(out["trainer_nodes"]) == 2         # the two trainer workers spread too
 
 
@@ -76,6 +76,9 @@ def _ray(*args, env, timeout=120):
 
 
 def test_submit_to_a_head_with_token_auth(tmp_path):
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # AF_UNIX paths: at most 107 bytes
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(32))
     port = 8265 + (os.getpid() % 500)
@@ -83,7 +86,7 @@ def test_submit_to_a_head_with_token_auth(tmp_path):
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     start = _ray("start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
                  f"--dashboard-port={port}", "--num-cpus=4", f"--port={port + 1000}",
-                 f"--temp-dir={tmp_path / 'ray'}", env=env)
+                 f"--temp-dir={short}", env=env)
     assert start.returncode == 0, start.stderr[-3000:]
     address = f"http://127.0.0.1:{port}"
     try:
