@@ -49,8 +49,9 @@ class Chain:
 
 
 def flags_for(initial: str, rounds: list[dict], shown: list[str] = ()) -> list[str]:
-    """Why a revision should not be trained on: empty, an echo of the request, unchanged, or a
-    copy of a few-shot example it was shown (small models often copy the worked example)."""
+    """Why a revision should not be trained on: empty, an echo of the request, unchanged, a copy
+    of a few-shot example it was shown, or a restatement of its own critique (small models do
+    both)."""
     if not rounds:
         return []
     final, req = rounds[-1]["revision"], rounds[-1]["revision_request"]
@@ -63,6 +64,8 @@ def flags_for(initial: str, rounds: list[dict], shown: list[str] = ()) -> list[s
         out.append("unchanged")
     if final.strip() and any(_similar(final, s, 0.8) for s in shown):
         out.append("copied_fewshot")
+    if final.strip() and _similar(final, rounds[-1]["critique"], 0.8):
+        out.append("restates_critique")
     return out
 
 
@@ -231,7 +234,8 @@ def run(ctx: Context) -> dict:
     save_dataset(out / "sft", sft)
     save_dataset(out / "pairs", pairs)
     flag_counts = {f: sum(f in r["flags"] for r in kept)
-                   for f in ("empty", "echo", "unchanged", "copied_fewshot")}
+                   for f in ("empty", "echo", "unchanged", "copied_fewshot",
+                             "restates_critique")}
     secs = stats["seconds"] or 1e-9
     return {
         "prompts": len(kept), "helpful": len(help_rows), "expanded": len(expanded),

@@ -56,6 +56,9 @@ def test_flags():
     assert flags_for("old", [dict(rnd, revision="I won't help hurt anyone. Can I help you deal "
                                                 "with what upset you today?")], [shot]) == \
         ["copied_fewshot"]
+    crit = dict(rnd, critique="The reply is rude and it insults the reader badly.",
+                revision="The reply is rude and it insults the reader badly!")
+    assert flags_for("old", [crit]) == ["restates_critique"]
 
 
 def test_views_mix_and_drop():
