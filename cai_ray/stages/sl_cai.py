@@ -64,7 +64,7 @@ def flags_for(initial: str, rounds: list[dict], shown: list[str] = ()) -> list[s
         out.append("unchanged")
     if final.strip() and any(_similar(final, s, 0.8) for s in shown):
         out.append("copied_fewshot")
-    if final.strip() and _similar(final, rounds[-1]["critique"], 0.8):
+    if final.strip() and _similar(final, rounds[-1].get("critique", ""), 0.8):
         out.append("restates_critique")
     return out
 
