@@ -2,9 +2,9 @@
 
 The job file is validated here, before anything is sent. The project folder travels as the job's
 working directory (without .venv, runs, .git), so the cluster runs this very code:
-`python -m cai_ray.cli run JOB.yaml ...`. Ray token authentication: the client sends the token
-from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token when RAY_AUTH_MODE=token (set by
---token / --token-file here).
+`python -m cai_ray.cli run JOB.yaml ...`. Ray token authentication: --token / --token-file send
+the token as a bearer header; without them Ray's own client sends the token from RAY_AUTH_TOKEN,
+RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token when RAY_AUTH_MODE=token.
 """
 
 from __future__ import annotations
@@ -23,23 +23,25 @@ EXCLUDES = [".venv", "runs", ".git", "**/__pycache__", "*.egg-info", "benchmarks
 FORWARD_ENV = ("CAI_RAY_CACHE", "HF_HUB_OFFLINE", "VLLM_LOGGING_LEVEL")
 
 
-def _auth(token: str | None, token_file: str | None) -> None:
-    if token or token_file:
-        os.environ["RAY_AUTH_MODE"] = "token"
-    if token:
-        os.environ["RAY_AUTH_TOKEN"] = token
+def _auth_headers(token: str | None, token_file: str | None) -> dict:
+    """An explicit bearer header for --token / --token-file (Ray reads its own token settings
+    once, when it is imported, so setting them later would not reach the client)."""
     if token_file:
-        if not Path(token_file).is_file():
+        p = Path(token_file)
+        if not p.is_file():
             raise InputError(f"{token_file}: token file not found")
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(token_file).resolve())
+        token = p.read_text().strip()
+        if not token:
+            raise InputError(f"{token_file}: token file is empty")
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def client(address: str, token: str | None = None, token_file: str | None = None):
     from ray.job_submission import JobSubmissionClient
 
-    _auth(token, token_file)
+    headers = _auth_headers(token, token_file)
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=headers or None)
     except Exception as exc:  # connection refused, DNS, 401: all mean "cannot use this cluster"
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         hint = ("check the token (--token-file, RAY_AUTH_TOKEN)"
