@@ -38,7 +38,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     env = {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
     kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True,
                     "logging_level": logging.WARNING}
-    address = address or os.environ.get("RAY_ADDRESS")  # set inside a submitted Ray job
+    if not address and os.environ.get("RAY_ADDRESS"):
+        # Inside a submitted Ray job: its runtime env (working dir, env vars) already applies.
+        ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
+        return
     if address:
         ray.init(address=address, **kwargs)
         return

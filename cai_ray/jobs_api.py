@@ -63,12 +63,19 @@ def submit(job_file: str | None, address: str, run_args: list[str], *, follow: b
     env_vars.update(env or {})
     entry = " ".join(shlex.quote(x) for x in ["python", "-m", "cai_ray.cli", "run", rel,
                                               "--quiet", *run_args])
-    try:
-        sid = c.submit_job(entrypoint=entry, submission_id=submission_id, runtime_env={
-            "working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": env_vars})
-    except Exception as exc:
-        raise InputError(f"{address}: submission refused ({str(exc).splitlines()[0][:300]})") \
-            from None
+    runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
+    deadline = time.time() + 60
+    while True:
+        try:
+            sid = c.submit_job(entrypoint=entry, submission_id=submission_id,
+                               runtime_env=runtime_env)
+            break
+        except Exception as exc:
+            msg = str(exc).splitlines()[0][:300]
+            if "No available agent" in msg and time.time() < deadline:
+                time.sleep(2)  # a head that has just started: its job agent is not up yet
+                continue
+            raise InputError(f"{address}: submission refused ({msg})") from None
     print(f"submitted {sid}: {entry}")
     if follow:
         return follow_job(c, sid)

@@ -70,6 +70,18 @@ def test_two_nodes_spread_and_pack(tmp_path):
     assert len(out["trainer_nodes"]) == 2         # the two trainer workers spread too
 
 
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def _ray(*args, env, timeout=120):
     return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], capture_output=True,
                           text=True, env=env, timeout=timeout)
@@ -81,11 +93,14 @@ def test_submit_to_a_head_with_token_auth(tmp_path):
     short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # AF_UNIX paths: at most 107 bytes
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(32))
-    port = 8265 + (os.getpid() % 500)
+    port, agent, grpc, metrics, renv, gcs = _free_ports(6)  # another cluster may hold defaults
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the head as from an activated venv:
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
     start = _ray("start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                 f"--dashboard-port={port}", "--num-cpus=4", f"--port={port + 1000}",
+                 f"--dashboard-port={port}", "--num-cpus=4", f"--port={gcs}",
+                 f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
+                 f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={renv}",
                  f"--temp-dir={short}", env=env)
     assert start.returncode == 0, start.stderr[-3000:]
     address = f"http://127.0.0.1:{port}"
