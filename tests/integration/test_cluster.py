@@ -82,9 +82,21 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _ray(*args, env, timeout=120):
-    return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+def _wait_for_dashboard(port: int, proc, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"ray start exited: {proc.stderr.read().decode()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2)
+            return
+        except OSError as exc:  # 401 (token) also means it is up
+            if getattr(exc, "code", None) in (401, 403):
+                return
+            time.sleep(1)
+    raise AssertionError("the Ray dashboard did not come up")
 
 
 def test_submit_to_a_head_with_token_auth(tmp_path):
@@ -97,12 +109,16 @@ def test_submit_to_a_head_with_token_auth(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the head as from an activated venv:
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    start = _ray("start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                 f"--dashboard-port={port}", "--num-cpus=4", f"--port={gcs}",
-                 f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
-                 f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={renv}",
-                 f"--temp-dir={short}", env=env)
-    assert start.returncode == 0, start.stderr[-3000:]
+    # --block keeps `ray start` in the foreground: stopping its process group stops this head
+    # and nothing else (`ray stop` would stop every Ray cluster on the machine).
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={port}",
+         "--num-cpus=4", f"--port={gcs}", f"--dashboard-agent-listen-port={agent}",
+         f"--dashboard-agent-grpc-port={grpc}", f"--metrics-export-port={metrics}",
+         f"--runtime-env-agent-port={renv}", f"--temp-dir={short}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    _wait_for_dashboard(port, head)
     address = f"http://127.0.0.1:{port}"
     try:
         client_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
@@ -126,5 +142,10 @@ def test_submit_to_a_head_with_token_auth(tmp_path):
                              capture_output=True, text=True, env=client_env)
         assert bad.returncode == 2 and "sl_cai.num_rounds" in bad.stderr
     finally:
-        _ray("stop", "--force", env=env)
-        time.sleep(1)
+        import signal
+
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
