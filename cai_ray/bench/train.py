@@ -93,11 +93,14 @@ def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
 
         from cai_ray.train.reward import load_value_model
 
+        def cut(text):  # RewardTrainer drops (not truncates) rows over max_length: fit them
+            return tok.decode(tok.encode(text, add_special_tokens=False)[:length - 40])
+
         ds = datasets.Dataset.from_list([{
             "chosen": [{"role": "user", "content": r["prompt"]},
-                       {"role": "assistant", "content": r["chosen"]}],
+                       {"role": "assistant", "content": cut(r["chosen"])}],
             "rejected": [{"role": "user", "content": r["prompt"]},
-                         {"role": "assistant", "content": r["rejected"]}]}
+                         {"role": "assistant", "content": cut(r["rejected"])}]}
             for r in rm_rows(batch * steps)])
         tr = RewardTrainer(model=load_value_model(model), args=RewardConfig(**common),
                            train_dataset=ds, processing_class=tok, callbacks=[stamp])
