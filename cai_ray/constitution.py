@@ -219,7 +219,7 @@ _TURN = re.compile(r"\n\n(Human|Assistant|CritiqueRequest|Critique|RevisionReque
 
 def parse_transcript(text: str) -> list[tuple[str, str]]:
     """'\\n\\nHuman: hi\\n\\nAssistant: hello' -> [('Human', 'hi'), ('Assistant', 'hello')]."""
-    parts = _TURN.split("\n\n" + text.lstrip("\n") if not text.startswith("\n\n") else text)
+    parts = _TURN.split("\n\n" + text.lstrip("\n"))
     return [(parts[i], parts[i + 1].strip()) for i in range(1, len(parts) - 1, 2)]
 
 

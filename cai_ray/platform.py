@@ -46,10 +46,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_rss_children_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
 def current_rss_mb(pid: int | None = None) -> float:
     """Resident memory of a process and its children (MiB), from /proc."""
     pid = pid or os.getpid()

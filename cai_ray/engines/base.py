@@ -97,9 +97,6 @@ class Engine(ABC):
             return self.tokenizer.encode(req.text, add_special_tokens=False)
         raise ValueError(f"request {req.id}: give messages, text or token_ids")
 
-    def render(self, req: Request) -> str:
-        return self.tokenizer.decode(self.encode(req))
-
     def fits(self, ids: list[int], max_tokens: int) -> bool:
         return len(ids) + max_tokens <= self.max_model_len
 
