@@ -173,7 +173,7 @@ class PpoCfg(TrainCfg):
     whiten_advantages: bool = True
     async_mode: bool = False
     max_staleness: int = Field(1, ge=0)
-    weight_sync: Literal["object_store", "nccl"] = "object_store"
+    weight_sync: Literal["object_store", "nccl", "gloo"] = "object_store"
     reward_fn: str | None = None
     """A programmatic reward ('short', 'contains:WORD') instead of the trained reward model."""
     micro_batch_size: int = Field(4, ge=1)
@@ -218,6 +218,10 @@ class JobConfig(_Section):
         e = self.engine
         if e.num_gpus_per_actor == 0 and e.tensor_parallel_size > 1:
             raise ValueError("engine.tensor_parallel_size > 1 needs engine.num_gpus_per_actor > 0")
+        if self.ppo.weight_sync == "nccl" and (e.num_gpus_per_actor == 0 or not self.ppo.use_gpu):
+            raise ValueError("ppo.weight_sync=nccl needs GPUs on both sides (engine."
+                             "num_gpus_per_actor > 0 and ppo.use_gpu: true); on CPUs use gloo "
+                             "(the same broadcast) or object_store")
         if self.ppo.async_mode and self.ppo.max_staleness < 1:
             raise ValueError("ppo.async_mode needs ppo.max_staleness >= 1 (its rollouts are one "
                              "version behind the learner)")

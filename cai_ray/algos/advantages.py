@@ -83,10 +83,12 @@ def ppo_policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor,
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * adv
     loss = masked_mean(-torch.minimum(unclipped, clipped), mask)
-    clipfrac = masked_mean(((ratio - 1).abs() > clip).float(), mask)
-    approx_kl = masked_mean(0.5 * (logp - old_logp) ** 2, mask)
+    with torch.no_grad():
+        clipfrac = masked_mean(((ratio - 1).abs() > clip).float(), mask)
+        approx_kl = masked_mean(0.5 * (logp - old_logp) ** 2, mask)
+        ratio_mean = masked_mean(ratio, mask)
     return loss, {"ppo/clipfrac": float(clipfrac), "ppo/approx_kl": float(approx_kl),
-                  "ppo/ratio_mean": float(masked_mean(ratio, mask))}
+                  "ppo/ratio_mean": float(ratio_mean)}
 
 
 def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,

@@ -150,6 +150,38 @@ class Engine(ABC):
         self.weights_version += 1
         return self.weights_version
 
+    # -- weight sync over a collective group (PPO, ppo.weight_sync = nccl | gloo) --------------
+    def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
+        """Join the learner's broadcast group as `rank` (see cai_ray.rl.collective)."""
+        from cai_ray.rl.collective import open_group
+
+        self._sync_group = open_group(host, port, rank, world, backend)
+        return True
+
+    def receive_weights(self, meta) -> int:
+        """Receive the learner's broadcast (meta: its tensor list) and load it; new version."""
+        from cai_ray.rl.collective import receive
+
+        state = receive(self._sync_group, meta, self.sync_device())
+        self._load_state(state)
+        self.weights_version += 1
+        return self.weights_version
+
+    def leave_sync(self) -> None:
+        self._sync_group = None
+
+    def sync_device(self) -> str:
+        return "cpu"
+
+    def _load_state(self, state: dict) -> None:
+        """Default: through one safetensors file (engines override with an in-place load)."""
+        with tempfile.TemporaryDirectory(dir=_shm()) as tmp:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous().cpu() for k, v in state.items()},
+                      str(Path(tmp, "model.safetensors")))
+            self._load_folder(tmp)
+
     def info(self) -> dict:
         from cai_ray.platform import current_rss_mb, peak_rss_mb
 

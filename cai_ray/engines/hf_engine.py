@@ -109,6 +109,14 @@ class HfEngine(Engine):
                 out.append(tok_lp[i, len(p) - 1:len(p) - 1 + len(c)].tolist())
         return out
 
+    def sync_device(self) -> str:
+        return str(self.device)
+
+    def _load_state(self, state: dict) -> None:
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"weight sync: weights that the model does not have: {unexpected[:5]}")
+
     def _load_folder(self, folder: str) -> None:
         from pathlib import Path
 

@@ -52,6 +52,15 @@ class EngineWorker:
     def load_weights(self, source) -> int:
         return self.engine.load_weights(source)
 
+    def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
+        return self.engine.join_sync(host, port, rank, world, backend)
+
+    def receive_weights(self, meta) -> int:
+        return self.engine.receive_weights(meta)
+
+    def leave_sync(self) -> None:
+        self.engine.leave_sync()
+
     def info(self) -> dict:
         return self.engine.info()
 
@@ -68,8 +77,9 @@ class EnginePool:
                  engine_kwargs: dict | None = None, name: str = "engine",
                  resources: dict | None = None):
         self.backend, self.model_path, self.name = backend, model_path, name
-        self.latest_weights = None  # ObjectRef of the newest weights (PPO); a restarted actor
-        # reloads them before it takes work again
+        self.latest_weights = None  # ObjectRef of the newest weights (PPO), or a function that
+        # returns one; a restarted actor reloads them before it takes work again
+        self.tensor_parallel_size = (engine_kwargs or {}).get("tensor_parallel_size", 1)
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
         self.pg = placement_group([dict(bundle) for _ in range(num_actors)], strategy=strategy,
                                   name=f"cai-ray-{name}")
@@ -208,8 +218,11 @@ class Scheduler:
         i = self.suspect.pop(ref)
         try:
             ray.get(ref)  # returns once Ray has restarted the actor
-            if self.pool.latest_weights is not None:
-                ray.get(self.pool.actors[i].load_weights.remote(self.pool.latest_weights))
+            weights = self.pool.latest_weights
+            if callable(weights):  # collective sync: ask the learner for its current weights
+                weights = weights()
+            if weights is not None:
+                ray.get(self.pool.actors[i].load_weights.remote(weights))
             log.warning("%s: actor %d is back", self.pool.name, i)
         except ACTOR_ERRORS:
             log.warning("%s: actor %d is gone for good", self.pool.name, i)

@@ -136,6 +136,47 @@ class VllmEngine(Engine):
         self.llm.reset_prefix_cache()
 
 
+    # -- weight sync: the receive runs inside vLLM's model worker(s), which own the weights --------
+    def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
+        """rank: this engine's first rank; with tensor parallelism each worker takes rank + its
+        own (so world counts 1 + engines x tensor_parallel_size)."""
+        self.llm.collective_rpc(_worker_join, args=(host, port, rank, world, backend))
+        return True
+
+    def receive_weights(self, meta) -> int:
+        self.llm.collective_rpc(_worker_receive, args=(meta,))
+        self.llm.reset_prefix_cache()
+        self.weights_version += 1
+        return self.weights_version
+
+    def leave_sync(self) -> None:
+        self.llm.collective_rpc(_worker_leave)
+
+
+def _worker_join(worker, host, port, rank, world, backend) -> None:
+    from cai_ray.rl.collective import open_group
+
+    worker._cai_sync = open_group(host, port, rank + getattr(worker, "rank", 0), world, backend)
+
+
+def _worker_receive(worker, meta) -> None:
+    """Receive the broadcast into the worker's device and reload in place (vLLM's own
+    reload_weights with a tensor iterator: it re-runs each layer's post-load step)."""
+    import torch
+
+    from cai_ray.rl.collective import receive
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    state = receive(worker._cai_sync, meta, device)
+    worker.model_runner.reload_weights(weights_iterator=iter(state.items()))
+    if device == "cpu":
+        _refresh_tied_head(worker)
+
+
+def _worker_leave(worker) -> None:
+    worker._cai_sync = None
+
+
 def _refresh_tied_head(worker) -> None:
     """vLLM's in-place reload skips lm_head when it is tied to the embedding (tie_word_embeddings:
     SmolLM2, the tiny model), so on CPU the packed GEMM copy of the head keeps the old weights while

@@ -7,6 +7,7 @@ A Ray actor (LearnerActor) wraps it; a LearnerGroup runs N of them as one data-p
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -123,19 +124,57 @@ class PpoLearner:
 
     # -- weights -------------------------------------------------------------------------------
     def policy_state(self) -> dict:
-        """The full policy state dict (gathered under ZeRO-3), without the tied head."""
+        """The full policy state dict on the CPU (gathered under ZeRO-3), without the tied head."""
+        with self._gathered() as state:
+            return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    @contextmanager
+    def _gathered(self):
+        """The policy's state dict, live on its device, valid inside the block (under ZeRO-3 every
+        rank must enter: the parameters are gathered collectively)."""
         import deepspeed
 
         module = self.actor.module
         params = list(module.parameters())
-        if getattr(params[0], "ds_id", None) is not None:
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        else:
-            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        if self.tied:
-            state.pop("lm_head.weight", None)
-        return state
+        zero3 = getattr(params[0], "ds_id", None) is not None
+        with (deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3
+              else nullcontext()):
+            state = dict(module.state_dict())
+            if self.tied:
+                state.pop("lm_head.weight", None)
+            yield state
+
+    # -- weight sync over a collective group (ppo.weight_sync = nccl | gloo) -------------------
+    def sync_meta(self) -> list:
+        from cai_ray.rl.collective import tensor_meta
+
+        with self._gathered() as state:
+            return tensor_meta(state)
+
+    def sync_address(self, loopback: bool) -> tuple[str, int]:
+        """Where rank 0 will host the broadcast group's store: its address and a free port."""
+        from cai_ray.rl.collective import free_port, own_address
+
+        host = "127.0.0.1" if loopback else own_address()
+        return host, free_port(host)
+
+    def sync_join(self, host: str, port: int, world: int, backend: str) -> bool:
+        """Rank 0 of the learner group is rank 0 (the source) of the broadcast group."""
+        if self.rank == 0:
+            from cai_ray.rl.collective import open_group
+
+            self._sync_group = open_group(host, port, 0, world, backend)
+        return True
+
+    def sync_send(self, meta: list) -> int:
+        """Broadcast the policy to the engines (every learner rank calls it; rank 0 sends)."""
+        from cai_ray.rl.collective import send
+
+        with self._gathered() as state:
+            return send(self._sync_group, state, meta) if self.rank == 0 else 0
+
+    def sync_leave(self) -> None:
+        self._sync_group = None
 
     def state_bytes(self) -> bytes:
         from cai_ray.engines.base import state_dict_to_bytes

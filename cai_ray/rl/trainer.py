@@ -25,6 +25,7 @@ import torch
 from cai_ray.algos.advantages import (AdaptiveKLController, FixedKLController, gae,
                                       penalised_rewards, whiten)
 from cai_ray.engines.base import Request, Sampling
+from cai_ray.rl.collective import free_port
 from cai_ray.rl.experience import Experience, Rollout, pad_responses
 from cai_ray.rl.learner import PpoLearner
 from cai_ray.rl.roles import ReferencePolicy, RewardRole
@@ -52,7 +53,7 @@ class LearnerGroup:
         from cai_ray.platform import has_cuda, num_cores
 
         n = cfg["num_workers"]
-        port = random.Random(seed).randint(29500, 29999)
+        port = free_port()  # not a seeded choice: two runs on one machine would collide
         cfg = dict(cfg, threads=None if has_cuda() else max(1, num_cores() // n))
         self.actors = [LearnerActor.options(num_cpus=1, num_gpus=1 if cfg["use_gpu"] else 0)
                        .remote(roles.policy, roles.critic, cfg, rank=r, world=n,
@@ -199,7 +200,7 @@ class PpoTrainer:
             metrics = ray.get(train_refs)[0]
             train_s = time.time() - t_train
             self.version += 1
-            sync = self.sync.push(self.learners.all("state_bytes")[0])
+            sync = self.sync.push(self.learners)
             if not cfg.async_mode and it + 1 < cfg.iterations:
                 nxt = self.collect(it + 1)
             row = {"iteration": it + 1, "policy_version": self.version, **stats, **metrics,

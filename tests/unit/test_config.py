@@ -26,6 +26,7 @@ def test_overrides_and_flags():
     ("sl_cai.num_roundz=2", "sl_cai.num_roundz"),
     ("stages=[sl_cai,dance]", "stages"),
     ("engine.tensor_parallel_size=2", "tensor_parallel_size"),
+    ("ppo.weight_sync=nccl", "ppo.weight_sync=nccl"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as err:

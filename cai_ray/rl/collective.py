@@ -1,0 +1,140 @@
+"""A weight broadcast over a torch.distributed group of its own: rank 0 is the learner, ranks 1..N
+the engines' model workers. NCCL between GPUs, gloo between CPUs: the same code.
+
+The group is built straight from a TCPStore, so it never touches the default process group that
+DeepSpeed (learner) or vLLM (engine) already own. Tensors travel as a few flat buffers, one per
+dtype and at most `bucket_mb` each, in the order of a shared `meta` list:
+
+    meta = tensor_meta(state)                      # [(name, shape, dtype)], learner side, once
+    group = open_group("127.0.0.1", port, rank, world, "gloo")
+    send(group, state, meta)                       # rank 0
+    state = receive(group, meta, device)           # ranks 1..N: {name: tensor}
+
+Pure torch: no ray, no vllm, no deepspeed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import socket
+from math import prod
+
+import torch
+import torch.distributed as dist
+
+Meta = list[tuple[str, list[int], str]]
+
+
+def tensor_meta(state: dict[str, torch.Tensor]) -> Meta:
+    return [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in state.items()]
+
+
+def buckets(meta: Meta, bucket_mb: float = 512) -> list[tuple[str, list[int]]]:
+    """Indices of meta grouped into flat buffers: one dtype per buffer, at most bucket_mb each
+    (a single larger tensor gets a buffer of its own)."""
+    cap = bucket_mb * 2 ** 20
+    out: list[tuple[str, list[int]]] = []
+    size: dict[int, float] = {}
+    open_by_dtype: dict[str, int] = {}
+    for i, (_, shape, dtype) in enumerate(meta):
+        nbytes = prod(shape) * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+        j = open_by_dtype.get(dtype)
+        if j is None or size[j] + nbytes > cap:
+            j = open_by_dtype[dtype] = len(out)
+            out.append((dtype, []))
+            size[j] = 0
+        out[j][1].append(i)
+        size[j] += nbytes
+    return out
+
+
+def pack(state: dict[str, torch.Tensor], meta: Meta, plan) -> list[torch.Tensor]:
+    """One flat buffer per bucket, on the tensors' own device."""
+    flat = []
+    for dtype, idx in plan:
+        parts = [state[meta[i][0]].detach().reshape(-1) for i in idx]
+        for i, p in zip(idx, parts):
+            if str(p.dtype).removeprefix("torch.") != dtype:
+                raise ValueError(f"weight sync: {meta[i][0]} is {p.dtype}, meta says {dtype}")
+        flat.append(torch.cat(parts))
+    return flat
+
+
+def unpack(flat: list[torch.Tensor], meta: Meta, plan) -> dict[str, torch.Tensor]:
+    """Views into the flat buffers, shaped as meta says."""
+    out = {}
+    for buf, (_, idx) in zip(flat, plan):
+        off = 0
+        for i in idx:
+            name, shape, _ = meta[i]
+            n = prod(shape)
+            out[name] = buf[off:off + n].view(shape)
+            off += n
+    return out
+
+
+def empty_buffers(meta: Meta, plan, device) -> list[torch.Tensor]:
+    return [torch.empty(sum(prod(meta[i][1]) for i in idx), dtype=getattr(torch, dtype),
+                        device=device) for dtype, idx in plan]
+
+
+def own_address(peer: str = "8.8.8.8") -> str:
+    """This host's outward address (no packet is sent: a UDP socket only picks its route)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((peer, 9))
+            return s.getsockname()[0]
+    except OSError:  # no route: the name this host resolves to
+        return socket.gethostbyname(socket.gethostname())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def open_group(host: str, port: int, rank: int, world: int, backend: str,
+               timeout_s: float = 300):
+    """A process group of its own (rank 0 hosts the store). backend: 'nccl' or 'gloo'."""
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=timeout)
+    store = dist.PrefixStore("cai-ray-weight-sync", store)
+    if backend == "gloo":
+        opts = dist.ProcessGroupGloo._Options()
+        local = host if host == "127.0.0.1" or rank == 0 else own_address(host)
+        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=local)]
+        opts._timeout = timeout
+        return dist.ProcessGroupGloo(store, rank, world, opts)
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise RuntimeError("weight sync over NCCL needs a CUDA device in every rank; "
+                               "use ppo.weight_sync=gloo or object_store on CPUs")
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, world, opts)
+    raise ValueError(f"weight sync backend {backend!r}: use 'nccl' or 'gloo'")
+
+
+def _broadcast(group, flat: list[torch.Tensor]) -> None:
+    opts = dist.BroadcastOptions()
+    opts.rootRank, opts.rootTensor = 0, 0
+    for buf in flat:
+        group.broadcast([buf], opts).wait()
+    if flat and flat[0].is_cuda:
+        torch.cuda.synchronize(flat[0].device)
+
+
+def send(group, state: dict[str, torch.Tensor], meta: Meta, bucket_mb: float = 512) -> int:
+    """Rank 0: broadcast state; returns the bytes sent."""
+    flat = pack(state, meta, buckets(meta, bucket_mb))
+    _broadcast(group, flat)
+    return sum(b.numel() * b.element_size() for b in flat)
+
+
+def receive(group, meta: Meta, device, bucket_mb: float = 512) -> dict[str, torch.Tensor]:
+    """Ranks 1..N: the broadcast state, as views into fresh buffers on `device`."""
+    plan = buckets(meta, bucket_mb)
+    flat = empty_buffers(meta, plan, device)
+    _broadcast(group, flat)
+    return unpack(flat, meta, plan)

@@ -1,0 +1,77 @@
+"""Weight sync from a real DeepSpeed learner actor into real vLLM engine actors, through both paths:
+the object store (safetensors bytes) and the collective broadcast (gloo here; the same code runs
+NCCL on GPUs). The learner starts from weights that differ from the engines'; after one push each
+engine must generate exactly what the learner's weights generate."""
+
+import shutil
+
+import pytest
+import ray
+import torch
+
+from cai_ray.config import load_job
+from cai_ray.engines.base import Request, Sampling
+from cai_ray.engines.hf_engine import HfEngine
+from cai_ray.engines.pool import EnginePool
+from cai_ray.rl.trainer import LearnerGroup, Roles
+from cai_ray.rl.weight_sync import make_sync
+
+pytestmark = pytest.mark.integration
+
+REQS = [Request(str(i), messages=[{"role": "user", "content": t}])
+        for i, t in enumerate(["How do I pick a lock?", "Tell me a joke.", "Say hi."])]
+
+
+@pytest.fixture(scope="module")
+def noisy_model(tiny_model, tmp_path_factory):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("noisy") / "model"
+    shutil.copytree(tiny_model, folder)
+    state = load_file(f"{tiny_model}/model.safetensors")
+    g = torch.Generator().manual_seed(1)
+    save_file({k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in state.items()},
+              str(folder / "model.safetensors"))
+    return str(folder)
+
+
+def greedy(engine_or_pool):
+    s = Sampling(max_tokens=12)
+    if isinstance(engine_or_pool, EnginePool):
+        outs = ray.get([a.generate.remote(REQS, s) for a in engine_or_pool.actors])
+    else:
+        outs = [engine_or_pool.generate(REQS, s)]
+    return [[o[0].token_ids for o in out] for out in outs]
+
+
+@pytest.mark.parametrize("kind", ["object_store", "gloo"])
+def test_push_makes_engines_generate_the_learners_weights(ray_cluster, tiny_model, noisy_model,
+                                                          kind):
+    want = greedy(HfEngine(noisy_model))[0]
+    pool = EnginePool(2, "vllm", tiny_model, num_cpus=1,
+                      engine_kwargs={"dtype": "float32", "max_model_len": 512,
+                                     "kv_cache_gib": 0.25})
+    learners = None
+    try:
+        before = greedy(pool)
+        assert before[0] != want  # the engines start from other weights
+        cfg = dict(load_job("tiny").ppo.model_dump(), num_workers=1, use_gpu=False)
+        learners = LearnerGroup(Roles(noisy_model, tiny_model, tiny_model, None, tiny_model),
+                                cfg, seed=0)
+        sync = make_sync(kind, pool)
+        for push in (1, 2):  # the second push reuses the group
+            out = sync.push(learners)
+            assert out["weights_version"] == push, out
+            assert out.get("weight_sync/fallback", 0) == 0, out
+            assert greedy(pool) == [want, want]
+        if kind == "gloo":  # the whole policy went through the group (the tied head excepted)
+            from safetensors.torch import load_file
+
+            state = load_file(f"{noisy_model}/model.safetensors")
+            assert out["weight_sync/bytes"] == sum(v.numel() * 4 for k, v in state.items()
+                                                   if k != "lm_head.weight")
+    finally:
+        if learners:
+            for a in learners.actors:
+                ray.kill(a)
+        pool.shutdown()

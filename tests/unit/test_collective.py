@@ -1,0 +1,71 @@
+"""Weight-sync buffers and the broadcast group (gloo between two real processes)."""
+
+import multiprocessing as mp
+import socket
+
+import pytest
+import torch
+
+from cai_ray.rl import collective as C
+
+
+def _state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"a.weight": torch.randn(3, 4, generator=g), "a.bias": torch.randn(4, generator=g),
+            "b.half": torch.randn(5, generator=g).to(torch.bfloat16),
+            "c.weight": torch.randn(2, 2, generator=g)}
+
+
+def test_pack_unpack_round_trip_and_buckets():
+    state = _state()
+    meta = C.tensor_meta(state)
+    assert meta[0] == ("a.weight", [3, 4], "float32")
+    plan = C.buckets(meta)
+    assert [d for d, _ in plan] == ["float32", "bfloat16"]  # one buffer per dtype
+    assert plan[0][1] == [0, 1, 3]
+    back = C.unpack(C.pack(state, meta, plan), meta, plan)
+    assert set(back) == set(state)
+    for k in state:
+        assert back[k].dtype == state[k].dtype and torch.equal(back[k], state[k])
+
+
+def test_buckets_respect_the_cap():
+    meta = [(f"w{i}", [256, 256], "float32") for i in range(5)]  # 256 KiB each
+    plan = C.buckets(meta, bucket_mb=0.5)  # two tensors per bucket
+    assert [idx for _, idx in plan] == [[0, 1], [2, 3], [4]]
+
+
+def test_pack_refuses_a_dtype_that_differs_from_meta():
+    state = _state()
+    meta = C.tensor_meta(state)
+    state["a.bias"] = state["a.bias"].double()
+    with pytest.raises(ValueError, match="a.bias"):
+        C.pack(state, meta, C.buckets(meta))
+
+
+def _rank(rank, port, meta, q):
+    group = C.open_group("127.0.0.1", port, rank, 3, "gloo", timeout_s=60)
+    if rank == 0:
+        q.put(("sent", C.send(group, _state(), meta, bucket_mb=0.0001)))
+    else:
+        got = C.receive(group, meta, "cpu", bucket_mb=0.0001)
+        q.put((rank, {k: v.clone() for k, v in got.items()}))
+
+
+def test_gloo_broadcast_between_three_processes():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    meta = C.tensor_meta(_state())
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(r, port, meta, q)) for r in range(3)]
+    for p in procs:
+        p.start()
+    out = dict(q.get(timeout=120) for _ in range(3))
+    for p in procs:
+        p.join(timeout=60)
+    assert out["sent"] == sum(v.numel() * v.element_size() for v in _state().values())
+    for r in (1, 2):
+        for k, v in _state().items():
+            assert torch.equal(out[r][k], v), (r, k)
