@@ -75,7 +75,7 @@ def join_sequences(prompt_ids: list[list[int]], responses: list[list[int]], pad_
 def response_positions(prompt_lens: Tensor, width: int) -> Tensor:
     """Index into the joined sequence of the position that predicts response token t:
     prompt_len - 1 + t, (B, T)."""
-    return (prompt_lens.unsqueeze(1) - 1 + torch.arange(width).unsqueeze(0))
+    return prompt_lens.unsqueeze(1) - 1 + torch.arange(width, device=prompt_lens.device)[None]
 
 
 def gather_response(x: Tensor, prompt_lens: Tensor, width: int) -> Tensor:

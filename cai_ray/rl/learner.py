@@ -83,7 +83,7 @@ class PpoLearner:
         self.actor.eval()
         self.critic.eval()
         _, logp, (ids, att, plens) = self._forward(prompt_ids, response, mask)
-        values = self._values(ids, att, plens, response.shape[1]) * mask
+        values = self._values(ids, att, plens, response.shape[1]) * mask.to(self.critic.device)
         return logp.cpu(), values.cpu()
 
     # -- training ------------------------------------------------------------------------------
