@@ -70,8 +70,9 @@ class EngineCfg(_Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_in_flight: int = Field(2, ge=1)
     """Batches in flight per actor; bounds memory and keeps every actor busy."""
-    batch_size: int = Field(16, ge=1)
-    """Requests per call to one actor."""
+    batch_size: int = Field(64, ge=1)
+    """Requests per call to one actor (at most; the queue is shared out among live actors). The
+    default matches max_num_seqs, so one call can fill the engine's batch."""
     max_restarts: int = Field(1, ge=0)
 
 

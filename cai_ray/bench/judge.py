@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     for actors in (1, 2):
         with Timer() as start:
             pool = EnginePool(actors, "vllm", path, engine_kwargs={"dtype": "auto"})
-        judge = Judge(pool, tok, const, principles_per_pair=args.principles, batch_size=16)
+        judge = Judge(pool, tok, const, principles_per_pair=args.principles, batch_size=64)
         with Timer() as t:
             out = judge.label(items)
         labels[actors] = [j.p_first for j in out]

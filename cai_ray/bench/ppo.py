@@ -1,8 +1,9 @@
 """`cai-ray bench ppo`: seconds per PPO iteration and the phase split on SmolLM2-135M, synchronous vs
 asynchronous, 1 vs 2 rollout engines, against TRL's GRPOTrainer (TRL 1.16 has no PPO trainer) with
 the same model, prompts per step, answers per prompt, answer length and steps. Both optimise the
-same programmatic reward (shorter answers), so no reward model is needed. The first iteration is
-warm-up and left out of the means.
+same programmatic reward (shorter answers), so no reward model is needed. Both take one optimizer
+step per iteration on the whole batch (PPO: one epoch, one minibatch; PPO also steps its critic).
+The first iteration is warm-up and left out of the means.
 
     cai-ray bench ppo [--iterations 3] [--prompts 8] [--answers 2] [--max-tokens 64]
 """
@@ -37,7 +38,9 @@ def ours(model: str, iterations: int, prompts: int, answers: int, max_tokens: in
     job = load_job(None, ["ppo.reward_fn=short", f"ppo.iterations={iterations}",
                           f"ppo.prompts_per_iter={prompts}", f"ppo.samples_per_prompt={answers}",
                           f"ppo.max_new_tokens={max_tokens}", f"ppo.async_mode={async_mode}",
-                          f"engine.num_actors={engines}", "ppo.checkpoint_every=1000"],
+                          f"engine.num_actors={engines}", "ppo.checkpoint_every=1000",
+                          # one optimizer step per iteration, as GRPOTrainer takes
+                          "ppo.ppo_epochs=1", f"ppo.micro_batch_size={prompts * answers}"],
                    model=model)
     red = load_prompts(["builtin:red_team"])
     init_ray()

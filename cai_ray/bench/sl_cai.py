@@ -37,7 +37,7 @@ def _ctx(model: str, max_tokens: int, actors: int, run_dir: Path):
 
     job = load_job(None, [f"sl_cai.max_new_tokens={max_tokens}", "sl_cai.num_rounds=1",
                           "sl_cai.num_fewshot=1", f"engine.num_actors={actors}",
-                          "engine.batch_size=16", "engine.max_in_flight=2"], model=model)
+                          "engine.max_in_flight=2"], model=model)
     empty = PromptSet([], Counter())
     return Context(job, RunDir(run_dir), load_constitution("default"), empty, empty,
                    models.resolve(model), quiet=True)

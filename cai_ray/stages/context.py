@@ -65,10 +65,10 @@ class Context:
                           strategy=e.placement_strategy, max_restarts=e.max_restarts,
                           engine_kwargs=self.engine_kwargs(), name=name)
 
-    def progress(self, total: int, desc: str, initial: int = 0):
+    def progress(self, total: int, desc: str, initial: int = 0, unit: str = "prompt"):
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, unit="prompt", file=sys.stderr,
+        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
                     disable=self.quiet, dynamic_ncols=True, mininterval=1.0)
 
 

@@ -69,7 +69,7 @@ def run(ctx: Context) -> dict:
         trainer.history = history
         if ckpt:
             trainer.kl.value = state["kl_coef"]
-        bar = ctx.progress(cfg.iterations, "ppo", initial=start)
+        bar = ctx.progress(cfg.iterations, "ppo", initial=start, unit="iter")
 
         def on_iteration(tr, row):
             writer.log(row["iteration"], row)

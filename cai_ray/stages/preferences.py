@@ -79,7 +79,7 @@ def run(ctx: Context) -> dict:
                 if not pairs_of(ans):
                     log.add({"id": pid + "#none", "skipped": "identical answers"})
             tj = time.time()
-            bar = ctx.progress(len(items), "judge")
+            bar = ctx.progress(len(items), "judge", unit="pair")
             for chunk in _chunks(items, 16):  # progress and the log advance per chunk
                 for it, jd in zip(chunk, judge.label(chunk)):
                     log.add(_row(it, jd, by_id[it.id.split("#")[0]], judge_path or policy, cfg))
