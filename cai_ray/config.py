@@ -179,6 +179,10 @@ class PpoCfg(TrainCfg):
     """A programmatic reward ('short', 'contains:WORD') instead of the trained reward model."""
     micro_batch_size: int = Field(4, ge=1)
     checkpoint_every: int = Field(4, ge=1)
+    colocate: bool = False
+    """Put learner rank i in rollout engine i's placement-group bundle (same node, same devices:
+    on GPUs each takes half of the bundle's GPUs), and the reference and reward roles in bundle 0.
+    Needs ppo.num_workers == engine.num_actors."""
 
 
 class EvalCfg(_Section):
@@ -223,6 +227,16 @@ class JobConfig(_Section):
             raise ValueError("ppo.weight_sync=nccl needs GPUs on both sides (engine."
                              "num_gpus_per_actor > 0 and ppo.use_gpu: true); on CPUs use gloo "
                              "(the same broadcast) or object_store")
+        if self.ppo.colocate and self.ppo.num_workers != e.num_actors:
+            raise ValueError(f"ppo.colocate needs ppo.num_workers == engine.num_actors (one learner "
+                             f"rank per engine bundle); got {self.ppo.num_workers} and "
+                             f"{e.num_actors}")
+        if self.ppo.colocate and e.tensor_parallel_size > 1:
+            raise ValueError("ppo.colocate shares one GPU between an engine and a learner rank: "
+                             "it needs engine.tensor_parallel_size 1")
+        if self.ppo.colocate and e.num_gpus_per_actor and e.gpu_memory_utilization > 0.5:
+            raise ValueError("ppo.colocate on GPUs shares each GPU between an engine and a learner "
+                             "rank: set engine.gpu_memory_utilization <= 0.5")
         if self.ppo.async_mode and self.ppo.max_staleness < 1:
             raise ValueError("ppo.async_mode needs ppo.max_staleness >= 1 (its rollouts are one "
                              "version behind the learner)")

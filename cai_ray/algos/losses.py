@@ -33,6 +33,22 @@ def sft_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, dict]:
     return loss, {"tokens": float(n)}
 
 
+def label_positions(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Where the causal-LM loss counts: a (B, T) bool mask over input positions (position t predicts
+    labels[t + 1]; the last position predicts nothing) and the targets there, (N,)."""
+    sel = torch.zeros_like(labels, dtype=torch.bool)
+    sel[:, :-1] = labels[:, 1:] != IGNORE
+    return sel, labels[:, 1:][sel[:, :-1]]
+
+
+def selected_sft_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, dict]:
+    """sft_loss on the counted positions only: logits (N, V) there, targets (N,). Equal to
+    sft_loss on the full (B, T, V) logits, without computing the rest."""
+    n = targets.shape[0]
+    loss = F.cross_entropy(logits.float(), targets, reduction="sum") / max(n, 1)
+    return loss, {"tokens": float(n)}
+
+
 def bradley_terry_loss(r_a: Tensor, r_b: Tensor, p_a: Tensor) -> tuple[Tensor, dict]:
     """Preference loss with soft labels (Bradley & Terry 1952; Bai et al. 2022 sec. 4.1 train the
     preference model on the feedback model's probabilities).

@@ -109,6 +109,19 @@ class HfEngine(Engine):
                 out.append(tok_lp[i, len(p) - 1:len(p) - 1 + len(c)].tolist())
         return out
 
+    @torch.no_grad()
+    def next_token_logprobs(self, requests, token_ids: list[int]) -> list[list[float]]:
+        """One forward pass per prompt (batched, left-padded) and the candidates read off the last
+        position's log-softmax: (len(requests), len(token_ids))."""
+        prompts, out = [self.encode(r) for r in requests], []
+        for k in range(0, len(prompts), self.batch_size):
+            ids, mask = self._left_pad(prompts[k:k + self.batch_size])  # (b, width)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)  # positions as if unpadded
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            lp = torch.log_softmax(logits[:, -1].float(), -1)  # (b, vocab)
+            out += lp[:, token_ids].tolist()
+        return out
+
     def sync_device(self) -> str:
         return str(self.device)
 

@@ -75,12 +75,18 @@ class EnginePool:
     def __init__(self, num_actors: int, backend: str, model_path: str, *, num_cpus: float = 1.0,
                  num_gpus: float = 0.0, strategy: str = "PACK", max_restarts: int = 1,
                  engine_kwargs: dict | None = None, name: str = "engine",
-                 resources: dict | None = None):
+                 resources: dict | None = None, shared: dict | None = None):
+        """shared: resources added to every bundle for roles co-located with the engines (PPO's
+        learner ranks); on GPUs the engine then takes half of its bundle's GPUs."""
         self.backend, self.model_path, self.name = backend, model_path, name
         self.latest_weights = None  # ObjectRef of the newest weights (PPO), or a function that
         # returns one; a restarted actor reloads them before it takes work again
         self.tensor_parallel_size = (engine_kwargs or {}).get("tensor_parallel_size", 1)
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
+        if shared:
+            bundle = {k: bundle.get(k, 0) + shared.get(k, 0) for k in {*bundle, *shared}}
+            num_gpus = num_gpus / 2 if num_gpus else 0.0
+        self.bundle = bundle
         self.pg = placement_group([dict(bundle) for _ in range(num_actors)], strategy=strategy,
                                   name=f"cai-ray-{name}")
         ready, _ = ray.wait([self.pg.ready()], timeout=600)
@@ -106,6 +112,10 @@ class EnginePool:
 
     def __len__(self) -> int:
         return len(self.actors)
+
+    def bundle_strategy(self, i: int) -> PlacementGroupSchedulingStrategy:
+        """Schedule another role into bundle i of this pool (co-location)."""
+        return PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
 
     def scheduler(self, sampling: Sampling, batch_size: int = 16,
                   max_in_flight: int = 2) -> "Scheduler":

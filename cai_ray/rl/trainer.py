@@ -49,16 +49,24 @@ class Roles:
 class LearnerGroup:
     """N learner actors as one data-parallel group; rank 0 answers for the group."""
 
-    def __init__(self, roles: Roles, cfg: dict, seed: int):
+    def __init__(self, roles: Roles, cfg: dict, seed: int, colocate_with=None):
+        """colocate_with: an EnginePool built with room for one learner rank per bundle."""
         from cai_ray.platform import has_cuda, num_cores
 
         n = cfg["num_workers"]
         port = free_port()  # not a seeded choice: two runs on one machine would collide
         cfg = dict(cfg, threads=None if has_cuda() else max(1, num_cores() // n))
-        self.actors = [LearnerActor.options(num_cpus=1, num_gpus=1 if cfg["use_gpu"] else 0)
+        self.actors = [LearnerActor.options(**self._placement(r, cfg, colocate_with))
                        .remote(roles.policy, roles.critic, cfg, rank=r, world=n,
                                master_port=port, seed=seed) for r in range(n)]
         ray.get([a.get_version.remote() for a in self.actors])
+
+    @staticmethod
+    def _placement(rank: int, cfg: dict, pool) -> dict:
+        if pool is None:
+            return {"num_cpus": 1, "num_gpus": 1 if cfg["use_gpu"] else 0}
+        gpus = pool.bundle.get("GPU", 0) / 2 if cfg["use_gpu"] else 0  # the engine has the rest
+        return {"num_cpus": 1, "num_gpus": gpus, "scheduling_strategy": pool.bundle_strategy(rank)}
 
     def all(self, method: str, *args):
         return [getattr(a, method).remote(*args) for a in self.actors]
@@ -77,10 +85,11 @@ class PpoTrainer:
         self.prompts, self.out = prompts, Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         d = cfg.model_dump()
-        self.learners = LearnerGroup(roles, d, seed)
-        self.ref = ReferenceActor.options(num_cpus=0).remote(roles.reference)
-        self.reward = RewardActor.options(num_cpus=0).remote(roles.reward_model, reward_fn,
-                                                             cfg.max_new_tokens)
+        self.learners = LearnerGroup(roles, d, seed, colocate_with=pool if cfg.colocate else None)
+        near = {"scheduling_strategy": pool.bundle_strategy(0)} if cfg.colocate else {}
+        self.ref = ReferenceActor.options(num_cpus=0, **near).remote(roles.reference)
+        self.reward = RewardActor.options(num_cpus=0, **near).remote(
+            roles.reward_model, reward_fn, cfg.max_new_tokens)
         self.sync = make_sync(cfg.weight_sync, pool)
         self.kl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                    if cfg.kl_target else FixedKLController(cfg.kl_coef))

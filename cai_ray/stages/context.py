@@ -56,14 +56,15 @@ class Context:
                 "gpu_memory_utilization": e.gpu_memory_utilization,
                 "kv_cache_gib": e.kv_cache_gib, "batch_size": e.batch_size}
 
-    def engine_pool(self, model_path: str, name: str = "engine", num_actors: int | None = None):
+    def engine_pool(self, model_path: str, name: str = "engine", num_actors: int | None = None,
+                    shared: dict | None = None):
         from cai_ray.engines.pool import EnginePool
 
         e = self.job.engine
         return EnginePool(num_actors or e.num_actors, e.backend, model_path,
                           num_cpus=e.num_cpus_per_actor, num_gpus=e.num_gpus_per_actor,
                           strategy=e.placement_strategy, max_restarts=e.max_restarts,
-                          engine_kwargs=self.engine_kwargs(), name=name)
+                          engine_kwargs=self.engine_kwargs(), name=name, shared=shared)
 
     def progress(self, total: int, desc: str, initial: int = 0, unit: str = "prompt"):
         from tqdm import tqdm

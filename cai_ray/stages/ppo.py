@@ -59,7 +59,8 @@ def run(ctx: Context) -> dict:
                   critic=str(ckpt / "critic") if ckpt else (reward_model or sft),
                   reward_model=reward_model, tokenizer=sft)
     prompts = ctx.train_prompts(ctx.red_team.prompts) + ctx.train_prompts(ctx.helpful.prompts)
-    pool = ctx.engine_pool(roles.policy, name="rollout")
+    pool = ctx.engine_pool(roles.policy, name="rollout",
+                           shared={"CPU": 1} if cfg.colocate else None)  # a learner rank each
     writer = MetricsWriter(out, True)
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cai_ray.algos.losses import IGNORE, sft_loss
+from cai_ray.algos.losses import IGNORE, label_positions, selected_sft_loss
 
 
 def assistant_labels(messages: list[dict], tokenizer, max_len: int) -> tuple[list[int], list[int]]:
@@ -62,10 +62,16 @@ class SftTask:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
     def step(self, engine, batch: dict):
+        """The LM head runs only where the loss counts (assistant tokens): prompts and the
+        template's text never pay for the (T x vocab) projection and its softmax."""
         dev = engine.device
-        logits = engine(input_ids=batch["input_ids"].to(dev),
-                        attention_mask=batch["attention_mask"].to(dev)).logits
-        loss, m = sft_loss(logits, batch["labels"].to(dev))
+        model = getattr(engine, "module", engine)  # a DeepSpeed engine or a plain model
+        sel, targets = label_positions(batch["labels"].to(dev))  # (B, T) bool, (N,)
+        backbone = getattr(model, model.base_model_prefix)
+        hidden = backbone(input_ids=batch["input_ids"].to(dev),
+                          attention_mask=batch["attention_mask"].to(dev)).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[sel])  # (N, vocab)
+        loss, m = selected_sft_loss(logits, targets)
         return loss, {"target_tokens": m["tokens"]}
 
     @torch.no_grad()

@@ -39,6 +39,18 @@ TWO_NODES = textwrap.dedent("""
         pool = EnginePool(2, "hf", tiny, num_cpus=1, strategy=strategy, name=strategy)
         out[f"engines_{strategy}"] = pool.node_ids()
         pool.shutdown()
+    from cai_ray.config import PpoCfg
+    from cai_ray.rl.trainer import LearnerGroup, Roles
+    pool = EnginePool(2, "hf", tiny, num_cpus=1, strategy="STRICT_SPREAD", name="coloc",
+                      shared={"CPU": 1})  # PPO's ppo.colocate: a learner rank in each bundle
+    cfg = dict(PpoCfg(num_workers=2, colocate=True).model_dump(), use_gpu=False)
+    group = LearnerGroup(Roles(tiny, tiny, tiny, None, tiny), cfg, seed=0, colocate_with=pool)
+    out["colocated_engines"] = pool.node_ids()
+    out["colocated_learners"] = ray.get([a.__ray_call__.remote(
+        lambda self: ray.get_runtime_context().get_node_id()) for a in group.actors])
+    for a in group.actors:
+        ray.kill(a)
+    pool.shutdown()
     tmp = Path(tempfile.mkdtemp())
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": "hi"},
              {"role": "assistant", "content": "hello there"}]} for i in range(8)]
@@ -68,6 +80,9 @@ def test_two_nodes_spread_and_pack(tmp_path):
     assert len(set(out["engines_STRICT_SPREAD"])) == 2   # one engine actor on each node
     assert len(set(out["engines_STRICT_PACK"])) == 1     # both on one node
     assert len(out["trainer_nodes"]) == 2         # the two trainer workers spread too
+    # ppo.colocate: learner rank i on engine i's node, one pair per node
+    assert out["colocated_learners"] == out["colocated_engines"]
+    assert len(set(out["colocated_learners"])) == 2
 
 
 def _free_ports(n: int) -> list[int]:

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from cai_ray.engines.base import TOO_LONG, Request, Sampling, state_dict_to_bytes
+from cai_ray.engines.base import TOO_LONG, Engine, Request, Sampling, state_dict_to_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,9 @@ def test_next_token_logprobs_match_teacher_forcing(engines):
     r = reqs()[:4]
     toks = hf.tokenizer.encode("AB", add_special_tokens=False)
     fast = vl.next_token_logprobs(r, toks)          # top-k path (falls back where needed)
-    exact = hf.next_token_logprobs(r, toks)         # teacher forcing in transformers
+    exact = hf.next_token_logprobs(r, toks)         # one padded forward pass in transformers
+    forced = Engine.next_token_logprobs(hf, r, toks)  # teacher forcing, one pair per candidate
+    assert sum(exact, []) == pytest.approx(sum(forced, []), abs=1e-4)
     assert sum(fast, []) == pytest.approx(sum(exact, []), abs=1e-3)
     rare = [t for t in range(200, 203)]             # unlikely tokens: the exact fallback
     assert sum(vl.next_token_logprobs(r, rare), []) == pytest.approx(

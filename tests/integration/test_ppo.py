@@ -89,3 +89,15 @@ def _engine_pids():
 
     out = subprocess.run(["pgrep", "-f", "ray::EngineWorker"], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
+
+
+def test_colocated_roles_finish_a_run(ray_cluster, tmp_path):
+    """ppo.colocate: the learner rank lives in the rollout engine's bundle (and the reference and
+    reward roles beside it); a short run completes and its weights reach the engine."""
+    job = ppo_job(tmp_path / "run", "ppo.colocate=true", "ppo.iterations=2",
+                  "ppo.weight_sync=gloo")
+    res = pipeline.run(job, quiet=True)["ppo"]
+    assert res["status"] == "complete", res
+    rows = read_jsonl(tmp_path / "run" / "ppo" / "metrics.jsonl")
+    assert [r["weights_version"] for r in rows] == [1, 2]
+    assert all(r["weight_sync/fallback"] == 0 for r in rows)

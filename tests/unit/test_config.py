@@ -64,3 +64,11 @@ def test_digest_tracks_sections():
     a, b = JobConfig(), JobConfig.model_validate({"sl_cai": {"num_rounds": 2}})
     assert a.digest("model") == b.digest("model")
     assert a.digest("sl_cai") != b.digest("sl_cai")
+
+
+def test_colocate_needs_one_learner_rank_per_engine():
+    assert load_job("tiny", ["ppo.colocate=true"]).ppo.colocate
+    with pytest.raises(ConfigError, match="ppo.colocate needs ppo.num_workers == engine.num_actors"):
+        load_job("tiny", ["ppo.colocate=true", "ppo.num_workers=2"])
+    with pytest.raises(ConfigError, match="gpu_memory_utilization <= 0.5"):
+        load_job("tiny", ["ppo.colocate=true", "engine.num_gpus_per_actor=1"])

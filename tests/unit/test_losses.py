@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from cai_ray.algos.losses import IGNORE, bradley_terry_loss, sft_loss
+from cai_ray.algos.losses import (IGNORE, bradley_terry_loss, label_positions,
+                                  selected_sft_loss, sft_loss)
 
 
 def test_sft_loss_counts_only_labelled_tokens():
@@ -67,3 +68,16 @@ def test_sft_labels_mask_everything_but_the_assistant(tiny_model):
     assert tok.decode(ids).startswith("<|im_start|>user\nHi")
     short_ids, short_labels = assistant_labels(msgs, tok, 10)
     assert len(short_ids) == len(short_labels) == 10
+
+
+def test_selected_positions_give_the_full_sft_loss():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, generator=g)
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 4, 1], [IGNORE, 2, IGNORE, 6, IGNORE]])
+    sel, targets = label_positions(labels)
+    assert sel.tolist() == [[False, True, True, True, False], [True, False, True, False, False]]
+    assert targets.tolist() == [3, 4, 1, 2, 6]
+    full, m_full = sft_loss(logits, labels)
+    part, m_part = selected_sft_loss(logits[sel], targets)
+    assert float(part) == pytest.approx(float(full), abs=1e-6)
+    assert m_part["tokens"] == m_full["tokens"] == 5
