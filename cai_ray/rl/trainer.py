@@ -111,8 +111,10 @@ class PpoTrainer:
         t0 = time.time()
         sampling = Sampling(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             n=cfg.samples_per_prompt, seed=self.seed * 100_003 + it, logprobs=True)
-        sched = self.pool.scheduler(sampling, batch_size=max(1, cfg.prompts_per_iter // 2),
-                                    max_in_flight=1)
+        # one batch per engine: each engine's rollouts go to scoring as soon as they return
+        # (splitting further only shrinks the engines' batches: decode cost per step is flat)
+        per_engine = -(-cfg.prompts_per_iter // max(1, len(self.pool)))
+        sched = self.pool.scheduler(sampling, batch_size=per_engine, max_in_flight=1)
         by_id = {}
         for p in self._batch_prompts(it):
             by_id[p.id] = p
@@ -122,7 +124,7 @@ class PpoTrainer:
             for c in comps:
                 chunk.append((Rollout(pid, by_id[pid].prompt, c.prompt_token_ids, c.token_ids,
                                       c.text, self.version, c.finish_reason), c.logprobs or []))
-            if len(chunk) >= cfg.samples_per_prompt * max(1, cfg.prompts_per_iter // 2):
+            if len(chunk) >= cfg.samples_per_prompt * per_engine:
                 pending.append(self._score(chunk))
                 rollouts += [r for r, _ in chunk]
                 chunk = []
