@@ -76,11 +76,14 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return f
 
 
-def batches(items: list[dict], size: int, seed: int, epoch: int, shuffle: bool = True):
+def batches(items: list[dict], size: int, seed: int, epoch: int, shuffle: bool = True,
+            keep_last: bool = False):
+    """Batches of `size` (training drops a short last batch; evaluation keeps it)."""
     order = list(range(len(items)))
     if shuffle:
         random.Random(seed * 1000 + epoch).shuffle(order)
-    return [[items[i] for i in order[k:k + size]] for k in range(0, len(order) - size + 1, size)]
+    stop = len(order) if keep_last else len(order) - size + 1
+    return [[items[i] for i in order[k:k + size]] for k in range(0, stop, size)]
 
 
 class MetricsWriter:
@@ -159,7 +162,8 @@ def train_loop(config: dict) -> None:
     writer = MetricsWriter(out_dir, rank == 0)
     t_start, tokens_seen, t_step = time.time(), 0, time.time()
     eval_batches = [task.collate(b, pad_id) for b in
-                    batches(eval_items, cfg["micro_batch_size"], 0, 0, shuffle=False)]
+                    batches(eval_items, cfg["micro_batch_size"], 0, 0, shuffle=False,
+                            keep_last=True)]
     first_loss = None
     while step < total:
         t_step = time.time()

@@ -81,3 +81,13 @@ def test_selected_positions_give_the_full_sft_loss():
     part, m_part = selected_sft_loss(logits[sel], targets)
     assert float(part) == pytest.approx(float(full), abs=1e-6)
     assert m_part["tokens"] == m_full["tokens"] == 5
+
+
+def test_training_batches_drop_a_short_tail_evaluation_keeps_it():
+    from cai_ray.train.core import batches
+
+    items = [{"i": i} for i in range(7)]
+    assert [len(b) for b in batches(items, 4, 0, 0)] == [4]
+    assert [len(b) for b in batches(items, 4, 0, 0, shuffle=False, keep_last=True)] == [4, 3]
+    assert [x["i"] for b in batches(items[:3], 4, 0, 0, shuffle=False, keep_last=True)
+            for x in b] == [0, 1, 2]  # fewer eval rows than one batch still evaluate
