@@ -93,15 +93,22 @@ def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
 
         from cai_ray.train.reward import load_value_model
 
-        def cut(text):  # RewardTrainer drops (not truncates) rows over max_length: fit them
-            return tok.decode(tok.encode(text, add_special_tokens=False)[:length - 40])
+        def fit(prompt, text):  # RewardTrainer drops (not truncates) rows over max_length:
+            # cut the answer so that the whole rendered conversation (system prompt, template and
+            # all) is `length` tokens, as our side trains on
+            convo = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
+            room = length - len(tok.apply_chat_template(convo, tokenize=True,
+                                                        return_dict=False)) - 1
+            ids = tok.encode(text, add_special_tokens=False)[:room]
+            while ids and len(tok.apply_chat_template(
+                    convo[:1] + [{"role": "assistant", "content": tok.decode(ids)}],
+                    tokenize=True, return_dict=False)) > length:
+                ids = ids[:-4]
+            return convo[:1] + [{"role": "assistant", "content": tok.decode(ids)}]
 
-        ds = datasets.Dataset.from_list([{
-            "chosen": [{"role": "user", "content": r["prompt"]},
-                       {"role": "assistant", "content": cut(r["chosen"])}],
-            "rejected": [{"role": "user", "content": r["prompt"]},
-                         {"role": "assistant", "content": cut(r["rejected"])}]}
-            for r in rm_rows(batch * steps)])
+        ds = datasets.Dataset.from_list([{"chosen": fit(r["prompt"], r["chosen"]),
+                                          "rejected": fit(r["prompt"], r["rejected"])}
+                                         for r in rm_rows(batch * steps)])
         tr = RewardTrainer(model=load_value_model(model), args=RewardConfig(**common),
                            train_dataset=ds, processing_class=tok, callbacks=[stamp])
     tr.train()
@@ -138,10 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {t: matmul_peak(t) for t in (1, 2)}
     rows = []
     for spec in args.runs.split(","):
-        r = run_child("cai_ray.bench.train", spec, [
-            "--model", args.model, "--steps", str(args.steps), "--length", str(args.length),
-            "--batch", str(args.batch)])
         task, who, *rest = spec.split(":")
+        try:
+            r = run_child("cai_ray.bench.train", spec, [
+                "--model", args.model, "--steps", str(args.steps), "--length", str(args.length),
+                "--batch", str(args.batch)])
+        except SystemExit as exc:  # one runner failing does not lose the others' figures
+            print(exc, file=sys.stderr)
+            rows.append({"task": task, "runner": spec, "error": str(exc)})
+            continue
         seqs = args.batch * (2 if task == "reward" else 1)
         tokens = seqs * args.length
         row = {"task": task, "runner": "TRL" if who == "trl" else
@@ -154,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     for task in ("sft", "reward"):
         base = [r for r in rows if r["task"] == task and r["runner"] == "TRL"]
         for r in rows:
-            if r["task"] == task and base:
+            if r["task"] == task and base and "step_s" in r:
                 r["x_trl"] = base[0]["step_s"] / r["step_s"]
     tbl = table(rows, ["task", "runner", "step_s", "tokens_per_s", "pairs_per_s", "mfu", "x_trl",
                        "first_step_s"])
