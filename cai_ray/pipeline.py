@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import importlib
 import logging
+import math
 import shutil
 import sys
 import time
@@ -98,6 +99,20 @@ class RunLock:
         self.fh.close()
 
 
+def local_cpus(job: JobConfig) -> int | None:
+    """Logical CPUs of a local cluster: the job's ray.num_cpus, else enough for its largest stage
+    (PPO holds the engines and the learner ranks at once; engines and trainers pin their threads
+    to the physical cores themselves), and never fewer than the cores."""
+    if job.ray.num_cpus or job.ray.address:
+        return job.ray.num_cpus
+    from cai_ray.platform import num_cores
+
+    e = job.engine
+    engines = math.ceil(e.num_actors * e.num_cpus_per_actor)
+    ppo = engines + (0 if job.ppo.colocate else job.ppo.num_workers)
+    return max(num_cores(), ppo, engines, job.sft.num_workers, job.reward.num_workers)
+
+
 def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: bool = False,
         ctx: Context | None = None) -> dict:
     """Run job.stages in order; return {stage: {status, seconds, result}}."""
@@ -110,7 +125,7 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
         rd.open(identity(job), job.name, job.model_dump(mode="json"))
         from cai_ray.cluster import init_ray
 
-        init_ray(job.ray.address, job.ray.num_cpus, job.ray.temp_dir)
+        init_ray(job.ray.address, local_cpus(job), job.ray.temp_dir)
         summary = {}
         for stage in job.stages:
             summary[stage] = run_stage(ctx, stage, digests[stage], resume)

@@ -43,7 +43,7 @@ def ours(model: str, iterations: int, prompts: int, answers: int, max_tokens: in
                           "ppo.ppo_epochs=1", f"ppo.micro_batch_size={prompts * answers}"],
                    model=model)
     red = load_prompts(["builtin:red_team"])
-    init_ray()
+    init_ray(num_cpus=engines + 2)  # logical CPUs: the engines, the learner, one spare
     ctx = Context(job, RunDir(tmp), load_constitution("default"), red,
                   PromptSet([], Counter()), models.resolve(model), quiet=True)
     res = ppo.run(ctx)

@@ -59,7 +59,15 @@ class LearnerGroup:
         self.actors = [LearnerActor.options(**self._placement(r, cfg, colocate_with))
                        .remote(roles.policy, roles.critic, cfg, rank=r, world=n,
                                master_port=port, seed=seed) for r in range(n)]
-        ray.get([a.get_version.remote() for a in self.actors])
+        ready, _ = ray.wait([a.get_version.remote() for a in self.actors], num_returns=n,
+                            timeout=600)
+        if len(ready) < n:
+            raise RuntimeError(f"PPO learner: {n - len(ready)} of {n} learner rank(s) could not be "
+                               f"placed or started in 600 s (each needs 1 CPU"
+                               f"{' and a GPU' if cfg['use_gpu'] else ''}); the cluster has "
+                               f"{ray.available_resources()} free. Give Ray more CPUs "
+                               f"(ray.num_cpus) or use fewer engine actors / learner ranks")
+        ray.get(ready)
 
     @staticmethod
     def _placement(rank: int, cfg: dict, pool) -> dict:
