@@ -174,13 +174,8 @@ class Engine(ABC):
         return "cpu"
 
     def _load_state(self, state: dict) -> None:
-        """Default: through one safetensors file (engines override with an in-place load)."""
-        with tempfile.TemporaryDirectory(dir=_shm()) as tmp:
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous().cpu() for k, v in state.items()},
-                      str(Path(tmp, "model.safetensors")))
-            self._load_folder(tmp)
+        """Load a received state dict in place (backends that receive in this process)."""
+        raise NotImplementedError(f"{self.backend}: no in-place state load")
 
     def info(self) -> dict:
         from cai_ray.platform import current_rss_mb, peak_rss_mb

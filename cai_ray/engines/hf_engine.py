@@ -125,10 +125,10 @@ class HfEngine(Engine):
     def sync_device(self) -> str:
         return str(self.device)
 
-    def _load_state(self, state: dict) -> None:
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
+    def _load_state(self, state: dict, source: str = "weight sync") -> None:
+        _, unexpected = self.model.load_state_dict(state, strict=False)
         if unexpected:
-            raise ValueError(f"weight sync: weights that the model does not have: {unexpected[:5]}")
+            raise ValueError(f"{source}: weights that the model does not have: {unexpected[:5]}")
 
     def _load_folder(self, folder: str) -> None:
         from pathlib import Path
@@ -140,9 +140,7 @@ class HfEngine(Engine):
             state.update(load_file(str(f)))
         if not state:
             raise FileNotFoundError(f"{folder}: no *.safetensors files")
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise ValueError(f"{folder}: weights that the model does not have: {unexpected[:5]}")
+        self._load_state(state, source=folder)
 
 
 def _apply_stop(text: str, stops: list[str], reason: str) -> tuple[str, str]:
