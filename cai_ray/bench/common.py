@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def scratch() -> Path:
+    """A temporary folder for one runner's data and checkpoints, removed when the command exits
+    (a benchmark's checkpoints run to gigabytes)."""
+    path = Path(tempfile.mkdtemp(prefix="cai-ray-bench-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def machine() -> dict:

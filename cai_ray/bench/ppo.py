@@ -14,11 +14,10 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
-from cai_ray.bench.common import run_child, step_timer, table, write
+from cai_ray.bench.common import run_child, scratch, step_timer, table, write
 
 PHASES = ("timing/generate_s", "timing/score_s", "timing/train_s", "timing/weight_sync_s")
 
@@ -34,7 +33,7 @@ def ours(model: str, iterations: int, prompts: int, answers: int, max_tokens: in
     from cai_ray.stages import ppo
     from cai_ray.stages.context import Context
 
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch()
     job = load_job(None, ["ppo.reward_fn=short", f"ppo.iterations={iterations}",
                           f"ppo.prompts_per_iter={prompts}", f"ppo.samples_per_prompt={answers}",
                           f"ppo.max_new_tokens={max_tokens}", f"ppo.async_mode={async_mode}",
@@ -75,7 +74,7 @@ def trl(model: str, iterations: int, prompts: int, answers: int, max_tokens: int
     ds = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p.prompt}]}
                                      for p in ps])
     torch.set_num_threads(2)
-    args = GRPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=prompts * answers,
+    args = GRPOConfig(output_dir=str(scratch()), per_device_train_batch_size=prompts * answers,
                       num_generations=answers, max_completion_length=max_tokens,
                       max_steps=iterations, learning_rate=1e-6, use_cpu=True, bf16=False,
                       report_to=[], logging_steps=1, save_strategy="no", temperature=1.0)

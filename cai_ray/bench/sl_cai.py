@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from cai_ray.bench.common import run_child, table, write
+from cai_ray.bench.common import run_child, scratch, table, write
 
 HARMBENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "harmbench" / \
     "harmbench_prompts.txt"
@@ -53,7 +52,7 @@ def run_one(mode: str, model: str, prompts_file: str, n: int, max_tokens: int) -
     t0 = time.time()
     prompts = load_prompts([f"harmbench:{prompts_file}"], limit=n).prompts
     actors = 2 if mode == "stage_2_actors" else 1
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch()
     ctx = _ctx(model, max_tokens, actors, tmp)
     if mode.startswith("stage"):
         from cai_ray.cluster import init_ray

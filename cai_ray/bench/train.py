@@ -14,11 +14,10 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from cai_ray.bench.common import run_child, step_timer, table, write
+from cai_ray.bench.common import run_child, scratch, step_timer, table, write
 
 FILLER = ("Here is a careful and friendly answer that explains the reasons, the risks and some "
           "safer alternatives in plain words, step by step, without skipping anything important. ")
@@ -56,7 +55,7 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
     from cai_ray.train.core import fit
 
     init_ray()
-    tmp = Path(tempfile.mkdtemp())
+    tmp = scratch()
     rows = sft_rows(batch * steps * 2) if task == "sft" else rm_rows(batch * steps * 2)
     write_jsonl_atomic(tmp / "data" / "train.jsonl", rows)
     write_jsonl_atomic(tmp / "data" / "eval.jsonl", rows[:batch])
@@ -75,7 +74,7 @@ def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
 
     stamp, stamps = step_timer()
     tok = AutoTokenizer.from_pretrained(model)
-    common = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch,
+    common = dict(output_dir=str(scratch()), per_device_train_batch_size=batch,
                   gradient_accumulation_steps=1, max_steps=steps, learning_rate=1e-5,
                   logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
                   dataloader_num_workers=0, max_length=length)
