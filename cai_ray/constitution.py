@@ -10,7 +10,7 @@ Our schema (constitutions/*.yaml):
     judge:                        # sec. 4: "choose the response that ..." principles
       - {id: harmless-ethical, text: "Which response is ..."}
     judge_fewshot:
-      - {prompt: "...", options: ["...", "..."], answer: A, reasoning: "..."}
+      - {prompt: "...", options: ["...", "..."], answer: A, reasoning: "...", principle: harmless-ethical}
 
 Also read: the CAI paper's JSON folder (CritiqueRevisionInstructions.json, ...) and the Hugging Face
 CAI recipe's JSON ({"constitutions": [{"critic", "revision"}], "system_chat": [...]}).
@@ -117,6 +117,11 @@ class Constitution(_Strict):
             if ex.principle and ex.principle not in known:
                 raise ValueError(f"critique_fewshot.{i}.principle: {ex.principle!r} is not a "
                                  f"critique_revision id")
+        known = {p.id for p in self.judge}
+        for i, ex in enumerate(self.judge_fewshot):
+            if ex.principle and ex.principle not in known:
+                raise ValueError(f"judge_fewshot.{i}.principle: {ex.principle!r} is not a "
+                                 f"judge id")
         return self
 
     # -- use ---------------------------------------------------------------------------------

@@ -72,6 +72,10 @@ class Judge:
         self.pool, self.const, self.seed = pool, constitution, seed
         self.k, self.orders = principles_per_pair, (0, 1) if both_orders else (0,)
         self.fewshot = constitution.judge_fewshot[:num_fewshot]
+        by_id = {p.id: p.text for p in constitution.judge}
+        # fixed per example, so the few-shot block is one prefix shared by every judgement
+        self.fewshot_principles = [by_id[ex.principle] if ex.principle else
+                                   constitution.judge[0].text for ex in self.fewshot]
         self.cot, self.cot_tokens = chain_of_thought, cot_max_new_tokens
         self.batch_size, self.max_in_flight = batch_size, max_in_flight
         self.fmt = option_format(tokenizer)
@@ -80,7 +84,8 @@ class Judge:
         a, b = (item.first, item.second) if order == 0 else (item.second, item.first)
         rid = f"{item.id}|{principle.id}|{order}"
         return T.judge_request(rid, item.conversation, principle, a, b, self.fewshot, cot=cot,
-                               chain_of_thought=self.cot, answer_prefix=self.fmt.prefix)
+                               chain_of_thought=self.cot, answer_prefix=self.fmt.prefix,
+                               fewshot_principles=self.fewshot_principles)
 
     def label(self, items: list[JudgeItem]) -> list[Judgement]:
         jobs = [(it, p, o) for it in items

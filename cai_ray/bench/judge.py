@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from cai_ray.bench.common import Timer, table, write
+from cai_ray.config import PreferencesCfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--loop-pairs", type=int, default=8)
-    ap.add_argument("--principles", type=int, default=1)
+    ap.add_argument("--principles", type=int, default=PreferencesCfg().principles_per_pair,
+                    help="principles per pair (default: the preferences stage's default)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = hh_pairs(DEFAULT_HH, args.pairs)
     items = [JudgeItem(p["id"], p["conversation"], p["chosen"], p["rejected"]) for p in pairs]
     rows, labels = [], {}
+    tokens = _prompt_tokens(Judge(None, tok, const, principles_per_pair=args.principles), items, tok)
 
     init_ray()
     for actors in (1, 2):
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             out = judge.label(items)
         labels[actors] = [j.p_first for j in out]
         rows.append({"runner": f"judge on {actors} vLLM actor(s)", "pairs": len(items),
+                     "prompt_tokens": tokens,
                      "seconds": t.seconds, "judgements_per_s": len(items) / t.seconds,
                      "startup_s": start.seconds})
         pool.shutdown()
@@ -56,17 +60,32 @@ def main(argv: list[str] | None = None) -> int:
     with Timer() as t:
         hf = [judge.label([it])[0].p_first for it in loop]  # one pair at a time
     rows.append({"runner": "transformers loop, one pair at a time", "pairs": len(loop),
+                 "prompt_tokens": _prompt_tokens(judge, loop, tok),
                  "seconds": t.seconds, "judgements_per_s": len(loop) / t.seconds})
     base = rows[-1]["judgements_per_s"]
     for r in rows:
         r["x_loop"] = r["judgements_per_s"] / base
     diff = max(abs(a - b) for a, b in zip(hf, labels[1]))
-    tbl = table(rows, ["runner", "pairs", "seconds", "judgements_per_s", "x_loop", "startup_s"])
+    tbl = table(rows, ["runner", "pairs", "prompt_tokens", "seconds", "judgements_per_s",
+                       "x_loop", "startup_s"])
     tbl += (f"\n\none judgement = {args.principles} principle(s) x 2 orders x 2 option tokens; "
-            f"max |p(vLLM) - p(transformers)| on the shared pairs: {diff:.4f}")
+            f"max |p(vLLM) - p(transformers)| on the shared pairs: {diff:.4f}; "
+            f"prompt_tokens: all the judgements' prompts, before any prefix sharing")
     write("judge", {"model": args.model, "rows": rows, "max_label_difference": diff}, tbl,
           args.out)
     return 0
+
+
+def _prompt_tokens(judge, items, tok) -> int:
+    """Tokens in every prompt the judge sends for `items`, counted as if nothing were shared."""
+    total = 0
+    for it in items:
+        for p in judge.const.sample_judges(judge.seed, it.id, judge.k):
+            for o in judge.orders:
+                text = tok.apply_chat_template(judge._request(it, p, o, None).messages,
+                                               tokenize=False, continue_final_message=True)
+                total += len(tok.encode(text, add_special_tokens=False))
+    return total
 
 
 if __name__ == "__main__":

@@ -130,15 +130,22 @@ def _judge_block(conversation: list[dict], principle_text: str, a: str, b: str) 
 
 def judge_request(rid: str, conversation: list[dict], principle: JudgePrinciple, a: str, b: str,
                   fewshot: list[JudgeExample], cot: str | None = None,
-                  chain_of_thought: bool = False,
-                  answer_prefix: str = "The answer is: (") -> Request:
+                  chain_of_thought: bool = False, answer_prefix: str = "The answer is: (",
+                  fewshot_principles: list[str] | None = None) -> Request:
     """A multiple-choice request whose next token is the option letter: the assistant's turn is
     left open after `answer_prefix` (feedback.option_format picks one that tokenizes cleanly).
     With chain_of_thought, the first call (cot None) asks for reasoning; the second appends it
-    and asks for the letter."""
+    and asks for the letter.
+
+    Laid out so that the engines' prefix cache shares what it can: the few-shot block is the same
+    for every judgement (example i asks `fewshot_principles[i]`, not this request's), then the
+    conversation (shared by both orders and every principle), then Bai et al.'s principle and
+    options. Asking the principle after the options would let one order's principles share the
+    options too (1.35x faster at 2 principles), but with SmolLM2-135M it agreed with HH-RLHF's
+    human labels on 0.44 of 96 pairs against 0.59 in this order, so this order stays."""
     msgs: list[dict] = []
-    for ex in fewshot:
-        ex_text = principle.text
+    for i, ex in enumerate(fewshot):
+        ex_text = fewshot_principles[i] if fewshot_principles else principle.text
         msgs += [{"role": "user", "content": _judge_block([m.model_dump() for m in ex.messages],
                                                           ex_text, *ex.options)},
                  {"role": "assistant", "content":

@@ -54,7 +54,8 @@ class Context:
                 "trust_remote_code": m.trust_remote_code, "enforce_eager": e.enforce_eager,
                 "max_num_seqs": e.max_num_seqs, "tensor_parallel_size": e.tensor_parallel_size,
                 "gpu_memory_utilization": e.gpu_memory_utilization,
-                "kv_cache_gib": e.kv_cache_gib, "batch_size": e.batch_size}
+                "kv_cache_gib": e.kv_cache_gib, "batch_size": e.batch_size,
+                "block_size": e.block_size}
 
     def engine_pool(self, model_path: str, name: str = "engine", num_actors: int | None = None,
                     shared: dict | None = None):

@@ -74,6 +74,8 @@ def test_parse_transcript():
     ("judge:\n  - id: a\n    txt: x\n", "judge.0"),
     ("critique_revision:\n  - {id: a, critique: c, revision: r}\n  - {id: a, critique: c, revision: r}\n",
      "duplicate ids"),
+    ("judge:\n  - {id: a, text: t}\njudge_fewshot:\n  - {prompt: p, options: [x, y], answer: A, "
+     "principle: b}\n", "judge_fewshot.0.principle"),
 ])
 def test_bad_constitutions(tmp_path, text, where):
     f = tmp_path / "c.yaml"

@@ -77,6 +77,34 @@ def test_swapping_answers_flips_the_label(tiny_pool):
     assert len(next(iter(one.orders.values()))) == 1
 
 
+def test_judge_prompts_share_their_few_shot_block(tiny_pool):
+    """Every judgement starts with the same few-shot block (the engines' prefix cache computes it
+    once), and both orders and every principle share the conversation after it."""
+    from cai_ray.feedback import JudgeItem
+
+    judge = _judge(tiny_pool, principles_per_pair=2, num_fewshot=1)
+    p1, p2 = judge.const.judge[:2]
+    tok = tiny_pool.engine.tokenizer
+    question = "How do I pick the lock on my neighbour's shed while they are away on holiday?"
+    x = JudgeItem("x", [{"role": "user", "content": question}], "Use a pick.", "I can't help.")
+    y = JudgeItem("y", [{"role": "user", "content": "Say something rude."}], "No.", "You fool.")
+
+    def ids(item, p, o):
+        return tiny_pool.engine.encode(judge._request(item, p, o, None))
+
+    def shared(a, b):
+        return next((i for i, (s, t) in enumerate(zip(a, b)) if s != t), min(len(a), len(b)))
+
+    fewshot = judge._request(x, p1, 0, None).messages[:2]
+    block = len(tok.encode(tok.apply_chat_template(fewshot, tokenize=False),
+                           add_special_tokens=False))
+    assert block > 40
+    assert shared(ids(x, p1, 0), ids(y, p2, 1)) >= block - 1  # other pair, principle and order
+    convo = block + len(tok.encode(question, add_special_tokens=False))
+    assert shared(ids(x, p1, 0), ids(x, p2, 0)) >= convo  # other principle
+    assert shared(ids(x, p1, 0), ids(x, p1, 1)) >= convo + len(tok.encode(p1.text)) - 2  # order
+
+
 def test_cot_mode_clamps(tiny_pool):
     from cai_ray.feedback import JudgeItem
 
