@@ -142,6 +142,13 @@ class Constitution(_Strict):
         whatever order or process asks (Bai et al. 2022: a random principle per revision)."""
         return _rng(seed, key).choices(self.critique_revision, k=k)
 
+    def with_judges(self, judges: list[JudgePrinciple]) -> "Constitution":
+        """This constitution judging by `judges` only; a few-shot example tied to a principle
+        outside them is dropped (it would show its answer under a question it was not for)."""
+        ids = {j.id for j in judges}
+        shots = [ex for ex in self.judge_fewshot if not ex.principle or ex.principle in ids]
+        return self.model_copy(update={"judge": list(judges), "judge_fewshot": shots})
+
     def sample_judges(self, seed: int, key: str, k: int = 1) -> list[JudgePrinciple]:
         """k distinct judge principles (fewer if the constitution has fewer), reproducible."""
         rng = _rng(seed, key)

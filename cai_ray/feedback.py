@@ -72,13 +72,19 @@ class Judge:
         self.pool, self.const, self.seed = pool, constitution, seed
         self.k, self.orders = principles_per_pair, (0, 1) if both_orders else (0,)
         self.fewshot = constitution.judge_fewshot[:num_fewshot]
-        by_id = {p.id: p.text for p in constitution.judge}
         # fixed per example, so the few-shot block is one prefix shared by every judgement
-        self.fewshot_principles = [by_id[ex.principle] if ex.principle else
-                                   constitution.judge[0].text for ex in self.fewshot]
+        self.fewshot_principles = [self._principle_text(ex.principle) for ex in self.fewshot]
         self.cot, self.cot_tokens = chain_of_thought, cot_max_new_tokens
         self.batch_size, self.max_in_flight = batch_size, max_in_flight
         self.fmt = option_format(tokenizer)
+
+    def _principle_text(self, pid: str | None) -> str:
+        by_id = {p.id: p.text for p in self.const.judge}
+        if pid and pid not in by_id:
+            raise ValueError(f"judge few-shot example's principle {pid!r} is not one of this "
+                             f"constitution's judge principles {sorted(by_id)}; use "
+                             f"Constitution.with_judges to narrow the principles")
+        return by_id[pid] if pid else self.const.judge[0].text
 
     def _request(self, item: JudgeItem, principle, order: int, cot: str | None):
         a, b = (item.first, item.second) if order == 0 else (item.second, item.first)

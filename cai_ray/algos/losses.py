@@ -60,4 +60,4 @@ def bradley_terry_loss(r_a: Tensor, r_b: Tensor, p_a: Tensor) -> tuple[Tensor, d
     p = p_a.float()
     loss = -(p * F.logsigmoid(margin) + (1 - p) * F.logsigmoid(-margin)).mean()
     acc = ((margin > 0).float() == (p > 0.5).float()).float().mean()
-    return loss, {"accuracy": float(acc), "margin": float(margin.mean())}
+    return loss, {"accuracy": float(acc), "margin": float(margin.detach().mean())}

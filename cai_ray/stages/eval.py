@@ -93,8 +93,8 @@ def run(ctx: Context) -> dict:
         kw = dict(seed=ctx.job.seed, principles_per_pair=cfg.principles_per_pair,
                   batch_size=e.batch_size, max_in_flight=e.max_in_flight)
         tok = AutoTokenizer.from_pretrained(judge_path or base)
-        j_harm = Judge(pool, tok, ctx.constitution.model_copy(update={"judge": harmless}), **kw)
-        j_help = Judge(pool, tok, ctx.constitution.model_copy(update={"judge": helpful_p}), **kw)
+        j_harm = Judge(pool, tok, ctx.constitution.with_judges(harmless), **kw)
+        j_help = Judge(pool, tok, ctx.constitution.with_judges(helpful_p), **kw)
         res = {}
         for other in ("sft", "base"):
             res[f"harmless_vs_{other}"] = win_rate(j_harm, red, got["policy"], got[other],

@@ -105,6 +105,28 @@ def test_judge_prompts_share_their_few_shot_block(tiny_pool):
     assert shared(ids(x, p1, 0), ids(x, p1, 1)) >= convo + len(tok.encode(p1.text)) - 2  # order
 
 
+@pytest.mark.parametrize("name", ["default", "short"])
+def test_eval_judges_keep_only_their_own_few_shot_examples(tiny_pool, name):
+    """The eval stage judges harmlessness and helpfulness apart; an example tied to a principle
+    of the other kind must not be shown (nor fail the judge, as it did on the default job)."""
+    from cai_ray.constitution import load_constitution
+    from cai_ray.feedback import Judge
+    from cai_ray.stages.eval import split_principles
+
+    const = load_constitution(name)
+    harmless, helpful = split_principles(const)
+    for group in (harmless, helpful):
+        narrowed = const.with_judges(group)
+        judge = Judge(tiny_pool, tiny_pool.engine.tokenizer, narrowed, num_fewshot=4)
+        ids = {p.id for p in group}
+        assert all(ex.principle in ids for ex in narrowed.judge_fewshot if ex.principle)
+        assert len(judge.fewshot_principles) == len(judge.fewshot)
+    assert const.with_judges(harmless).judge_fewshot  # the harm examples stay with harm
+    with pytest.raises(ValueError, match="with_judges"):
+        Judge(tiny_pool, tiny_pool.engine.tokenizer,
+              const.model_copy(update={"judge": helpful}), num_fewshot=4)
+
+
 def test_cot_mode_clamps(tiny_pool):
     from cai_ray.feedback import JudgeItem
 
