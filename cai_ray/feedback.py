@@ -89,9 +89,9 @@ class Judge:
     def _request(self, item: JudgeItem, principle, order: int, cot: str | None):
         a, b = (item.first, item.second) if order == 0 else (item.second, item.first)
         rid = f"{item.id}|{principle.id}|{order}"
-        return T.judge_request(rid, item.conversation, principle, a, b, self.fewshot, cot=cot,
-                               chain_of_thought=self.cot, answer_prefix=self.fmt.prefix,
-                               fewshot_principles=self.fewshot_principles)
+        return T.judge_request(rid, item.conversation, principle, a, b, self.fewshot,
+                               self.fewshot_principles, cot=cot, chain_of_thought=self.cot,
+                               answer_prefix=self.fmt.prefix)
 
     def label(self, items: list[JudgeItem]) -> list[Judgement]:
         jobs = [(it, p, o) for it in items

@@ -78,15 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _prompt_tokens(judge, items, tok) -> int:
     """Tokens in every prompt the judge sends for `items`, counted as if nothing were shared."""
-    total = 0
-    for it in items:
-        for p in judge.const.sample_judges(judge.seed, it.id, judge.k):
-            for o in judge.orders:
-                text = tok.apply_chat_template(judge._request(it, p, o, None).messages,
-                                               tokenize=False, continue_final_message=True)
-                total += len(tok.encode(text, add_special_tokens=False))
-    return total
+    from cai_ray.engines.base import encode_request
 
+    return sum(len(encode_request(tok, judge._request(it, p, o, None))) for it in items
+               for p in judge.const.sample_judges(judge.seed, it.id, judge.k)
+               for o in judge.orders)
 
 if __name__ == "__main__":
     raise SystemExit(main())

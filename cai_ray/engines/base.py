@@ -85,17 +85,7 @@ class Engine(ABC):
 
     # -- prompts -------------------------------------------------------------------------------
     def encode(self, req: Request) -> list[int]:
-        if req.token_ids is not None:
-            return list(req.token_ids)
-        if req.messages is not None:
-            out = self.tokenizer.apply_chat_template(
-                req.messages, tokenize=True, return_dict=False,
-                add_generation_prompt=req.add_generation_prompt and not req.continue_final,
-                continue_final_message=req.continue_final)
-            return list(out["input_ids"] if isinstance(out, dict) else out)
-        if req.text is not None:
-            return self.tokenizer.encode(req.text, add_special_tokens=False)
-        raise ValueError(f"request {req.id}: give messages, text or token_ids")
+        return encode_request(self.tokenizer, req)
 
     def fits(self, ids: list[int], max_tokens: int) -> bool:
         return len(ids) + max_tokens <= self.max_model_len
@@ -198,6 +188,21 @@ class Engine(ABC):
     @abstractmethod
     def _load_folder(self, folder: str) -> None:
         ...
+
+
+def encode_request(tokenizer, req: Request) -> list[int]:
+    """The token ids an engine feeds for `req` (chat template, an open last turn, or raw text)."""
+    if req.token_ids is not None:
+        return list(req.token_ids)
+    if req.messages is not None:
+        out = tokenizer.apply_chat_template(
+            req.messages, tokenize=True, return_dict=False,
+            add_generation_prompt=req.add_generation_prompt and not req.continue_final,
+            continue_final_message=req.continue_final)
+        return list(out["input_ids"] if isinstance(out, dict) else out)
+    if req.text is not None:
+        return tokenizer.encode(req.text, add_special_tokens=False)
+    raise ValueError(f"request {req.id}: give messages, text or token_ids")
 
 
 def _shm() -> str | None:

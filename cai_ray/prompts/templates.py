@@ -129,9 +129,9 @@ def _judge_block(conversation: list[dict], principle_text: str, a: str, b: str) 
 
 
 def judge_request(rid: str, conversation: list[dict], principle: JudgePrinciple, a: str, b: str,
-                  fewshot: list[JudgeExample], cot: str | None = None,
-                  chain_of_thought: bool = False, answer_prefix: str = "The answer is: (",
-                  fewshot_principles: list[str] | None = None) -> Request:
+                  fewshot: list[JudgeExample], fewshot_principles: list[str],
+                  cot: str | None = None, chain_of_thought: bool = False,
+                  answer_prefix: str = "The answer is: (") -> Request:
     """A multiple-choice request whose next token is the option letter: the assistant's turn is
     left open after `answer_prefix` (feedback.option_format picks one that tokenizes cleanly).
     With chain_of_thought, the first call (cot None) asks for reasoning; the second appends it
@@ -144,10 +144,9 @@ def judge_request(rid: str, conversation: list[dict], principle: JudgePrinciple,
     options too (1.35x faster at 2 principles), but with SmolLM2-135M it agreed with HH-RLHF's
     human labels on 0.44 of 96 pairs against 0.59 in this order, so this order stays."""
     msgs: list[dict] = []
-    for i, ex in enumerate(fewshot):
-        ex_text = fewshot_principles[i] if fewshot_principles else principle.text
+    for ex, ex_principle in zip(fewshot, fewshot_principles, strict=True):
         msgs += [{"role": "user", "content": _judge_block([m.model_dump() for m in ex.messages],
-                                                          ex_text, *ex.options)},
+                                                          ex_principle, *ex.options)},
                  {"role": "assistant", "content":
                   (f"Let's think step by step: {ex.reasoning}\n" if chain_of_thought and
                    ex.reasoning else "") + _answer(answer_prefix, ex.answer)}]
