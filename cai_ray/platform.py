@@ -73,3 +73,23 @@ def _children(pid: int) -> list[int]:
         out += kids
         todo += kids
     return out
+
+
+SHM_COMM_OP = "deepspeed_shm_comm"
+
+
+def init_deepspeed_comm(use_gpu: bool) -> None:
+    """deepspeed.init_distributed on NCCL (GPU) or gloo (CPU), without building DeepSpeed's CPU
+    shared-memory op.
+
+    On CPU DeepSpeed JIT-compiles that op (about a minute, under torch's build lock) the first
+    time any process starts, yet only `inference_all_reduce` uses it, which training never calls.
+    A job killed during that build leaves the lock file behind, and every later DeepSpeed start on
+    the machine then waits on it forever (torch's FileBaton keeps no owner): this hung CI once.
+    Marking the op incompatible makes `build_shm_op` return None; all-reduce is gloo's."""
+    import deepspeed
+    import deepspeed.ops
+
+    if not use_gpu:
+        deepspeed.ops.__compatible_ops__[SHM_COMM_OP] = False
+    deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")

@@ -14,6 +14,7 @@ import torch
 
 from cai_ray.algos.advantages import entropy_from_logits, masked_mean, ppo_policy_loss, value_loss
 from cai_ray.algos.losses import token_logprobs
+from cai_ray.platform import init_deepspeed_comm
 from cai_ray.rl.experience import Experience, gather_response, join_sequences
 
 
@@ -40,7 +41,7 @@ class PpoLearner:
         if cfg.get("threads"):
             torch.set_num_threads(cfg["threads"])
         torch.manual_seed(seed)
-        deepspeed.init_distributed(dist_backend="nccl" if cfg["use_gpu"] else "gloo")
+        init_deepspeed_comm(cfg["use_gpu"])
         self.cfg, self.rank, self.world, self.version = cfg, rank, world, 0
         tok = AutoTokenizer.from_pretrained(policy_path)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0

@@ -126,6 +126,7 @@ def train_loop(config: dict) -> None:
     import torch
     from transformers import AutoTokenizer
 
+    from cai_ray.platform import init_deepspeed_comm
     from cai_ray.train.tasks import make_task
 
     cfg, task = config["train"], make_task(config["task"], config.get("task_kwargs", {}))
@@ -134,7 +135,7 @@ def train_loop(config: dict) -> None:
     if config.get("threads"):  # Ray sets OMP_NUM_THREADS to the worker's 1 CPU; use its share
         torch.set_num_threads(config["threads"])
     _record_worker(Path(config["out_dir"]), rank)
-    deepspeed.init_distributed(dist_backend="nccl" if cfg["use_gpu"] else "gloo")
+    init_deepspeed_comm(cfg["use_gpu"])
     tok = AutoTokenizer.from_pretrained(config["model_path"])
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train_items = task.encode(_read_rows(config["data_dir"], "train"), tok)

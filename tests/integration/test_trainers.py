@@ -130,3 +130,27 @@ def test_reward_model_learns_a_marker(ray_cluster, tiny_model, tmp_path):
     bad = scorer.score([[{"role": "user", "content": r["prompt"]},
                          {"role": "assistant", "content": r["rejected"]}] for r in held])
     assert sum(g > b for g, b in zip(good, bad)) / len(held) > 0.9
+
+
+def test_deepspeed_starts_on_cpu_without_building_an_op(tmp_path):
+    """DeepSpeed's CPU start JIT-builds a shared-memory op that training never uses, under a
+    lock that a killed build leaves behind for every later start to wait on forever (this hung
+    CI). init_deepspeed_comm starts the gloo group without building it."""
+    import subprocess
+    import sys
+
+    from cai_ray.rl.collective import free_port
+
+    script = ("from cai_ray.platform import init_deepspeed_comm\n"
+              "import deepspeed.comm as dist, torch\n"
+              "init_deepspeed_comm(use_gpu=False)\n"
+              "print('shm op:', dist.comm.cdb.shm_comm_op)\n"
+              "t = torch.ones(2); dist.all_reduce(t); assert t.tolist() == [1.0, 1.0]\n")
+    env = {**__import__("os").environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+           "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "shm op: None" in out.stdout
+    assert not (tmp_path / "ext").exists() or not any((tmp_path / "ext").iterdir())
