@@ -109,11 +109,11 @@ def chat_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def init_dist() -> None:
-    import deepspeed
+    from cai_ray.platform import init_deepspeed_comm
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29631", "RANK": "0",
                        "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
-    deepspeed.init_distributed(dist_backend="nccl" if CUDA else "gloo")
+    init_deepspeed_comm(use_gpu=CUDA)
 
 
 def pair_rows(n: int, seed: int = 0) -> list[dict]:
