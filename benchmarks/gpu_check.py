@@ -152,7 +152,7 @@ def sft(model_dir: str, zero: int, steps: int, peak: float, batch: int = 8,
     reset_mem()
     losses, toks, t0 = [], 0, None
     for s in range(steps):
-        if s == 3:
+        if s == min(3, steps - 1):  # warm-up steps are not timed
             sync()
             t0, toks = time.time(), 0
         b = task.collate(items[(s * batch) % len(items):][:batch], tok.pad_token_id or 0)
@@ -186,7 +186,7 @@ def plain_loop(model_dir: str, steps: int, batch: int = 8, max_len: int = 512) -
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     losses, toks, t0 = [], 0, None
     for s in range(steps):
-        if s == 3:
+        if s == min(3, steps - 1):  # warm-up steps are not timed
             sync()
             t0, toks = time.time(), 0
         b = task.collate(items[(s * batch) % len(items):][:batch], tok.pad_token_id or 0)
