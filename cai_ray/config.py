@@ -155,6 +155,10 @@ class PreferencesCfg(_Section):
     cot_max_new_tokens: int = Field(96, ge=1)
     judge_model: str | None = None
     """None: the policy judges itself; else a model name or folder on its own engine actors."""
+    judge_engine: dict[str, Any] = Field(default_factory=dict)
+    """The separate judge's own resources: `engine` fields that differ for its actors (e.g.
+    num_actors, num_gpus_per_actor, tensor_parallel_size, kv_cache_gib). Needs judge_model. Used
+    by the preferences and eval stages."""
 
 
 class PpoCfg(TrainCfg):
@@ -243,11 +247,31 @@ class JobConfig(_Section):
         if self.ppo.async_mode and self.ppo.max_staleness < 1:
             raise ValueError("ppo.async_mode needs ppo.max_staleness >= 1 (its rollouts are one "
                              "version behind the learner)")
+        if self.preferences.judge_engine:
+            if not self.preferences.judge_model:
+                raise ValueError("preferences.judge_engine sets the resources of a separate judge; "
+                                 "set preferences.judge_model too (without it the policy judges "
+                                 "itself on its own engine actors)")
+            self.judge_engine()
         for sec in ("sft", "reward", "ppo"):
             t: TrainCfg = getattr(self, sec)
             if t.zero_stage == 3 and t.offload_params and not t.offload_optimizer:
                 raise ValueError(f"{sec}.offload_params needs {sec}.offload_optimizer")
         return self
+
+    def judge_engine(self) -> EngineCfg:
+        """The engine section for the separate judge's actors: `engine` with
+        preferences.judge_engine's fields over it."""
+        over = self.preferences.judge_engine
+        try:
+            return EngineCfg.model_validate({**self.engine.model_dump(), **over})
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            msg = ("not an engine field (judge_engine takes the fields of `engine`: "
+                   f"{', '.join(EngineCfg.model_fields)})" if first["type"] == "extra_forbidden"
+                   else first["msg"])
+            raise ValueError(f"preferences.judge_engine.{key}: {msg}") from None
 
     def digest(self, *sections: str) -> str:
         """Stable digest of the whole config, or of the named sections only (stage resume)."""

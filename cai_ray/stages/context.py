@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cai_ray.config import JobConfig
+from cai_ray.config import EngineCfg, JobConfig
 from cai_ray.constitution import Constitution
 from cai_ray.prompts.sources import Prompt, PromptSet, split_heldout
 from cai_ray.rundir import RunDir
@@ -48,8 +48,8 @@ class Context:
         return self.stage_model("sft") or self.base_model
 
     # -- engines -------------------------------------------------------------------------------
-    def engine_kwargs(self) -> dict:
-        m, e = self.job.model, self.job.engine
+    def engine_kwargs(self, engine: EngineCfg | None = None) -> dict:
+        m, e = self.job.model, engine or self.job.engine
         return {"max_model_len": m.max_model_len, "dtype": m.dtype, "seed": self.job.seed,
                 "trust_remote_code": m.trust_remote_code, "enforce_eager": e.enforce_eager,
                 "max_num_seqs": e.max_num_seqs, "tensor_parallel_size": e.tensor_parallel_size,
@@ -58,14 +58,19 @@ class Context:
                 "block_size": e.block_size}
 
     def engine_pool(self, model_path: str, name: str = "engine", num_actors: int | None = None,
-                    shared: dict | None = None):
+                    shared: dict | None = None, engine: EngineCfg | None = None):
+        """Engine actors for a model; `engine` overrides job.engine (the separate judge's own)."""
         from cai_ray.engines.pool import EnginePool
 
-        e = self.job.engine
+        e = engine or self.job.engine
         return EnginePool(num_actors or e.num_actors, e.backend, model_path,
                           num_cpus=e.num_cpus_per_actor, num_gpus=e.num_gpus_per_actor,
                           strategy=e.placement_strategy, max_restarts=e.max_restarts,
-                          engine_kwargs=self.engine_kwargs(), name=name, shared=shared)
+                          engine_kwargs=self.engine_kwargs(e), name=name, shared=shared)
+
+    def judge_pool(self, judge_path: str):
+        """Engine actors for the separate judge model, on preferences.judge_engine's resources."""
+        return self.engine_pool(judge_path, name="judge", engine=self.job.judge_engine())
 
     def progress(self, total: int, desc: str, initial: int = 0, unit: str = "prompt"):
         from tqdm import tqdm

@@ -88,10 +88,11 @@ def run(ctx: Context) -> dict:
             from cai_ray import models as registry
 
             judge_path = registry.resolve(judge_path)
-            pool = ctx.engine_pool(judge_path, name="judge")
+            pool = ctx.judge_pool(judge_path)
         harmless, helpful_p = split_principles(ctx.constitution)
+        je = ctx.job.judge_engine() if judge_path else e
         kw = dict(seed=ctx.job.seed, principles_per_pair=cfg.principles_per_pair,
-                  batch_size=e.batch_size, max_in_flight=e.max_in_flight)
+                  batch_size=je.batch_size, max_in_flight=je.max_in_flight)
         tok = AutoTokenizer.from_pretrained(judge_path or base)
         j_harm = Judge(pool, tok, ctx.constitution.with_judges(harmless), **kw)
         j_help = Judge(pool, tok, ctx.constitution.with_judges(helpful_p), **kw)

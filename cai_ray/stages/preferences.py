@@ -52,7 +52,7 @@ def run(ctx: Context) -> dict:
     policy = ctx.sft_model()
     judge_path = cfg.judge_model and _resolve(cfg.judge_model)
     t0 = time.time()
-    stats, judge_s, n_judged = {}, 0.0, 0
+    stats, judge_s, n_judged, judge_actors = {}, 0.0, 0, 0
     pool = judge_pool = None
     try:
         if todo:
@@ -62,14 +62,14 @@ def run(ctx: Context) -> dict:
             if judge_path:
                 pool.shutdown()
                 pool = None
-                judge_pool = ctx.engine_pool(judge_path, name="judge")
-            jp = judge_pool or pool
+                judge_pool = ctx.judge_pool(judge_path)
+            jp, je = (judge_pool, ctx.job.judge_engine()) if judge_pool else (pool, e)
             judge = Judge(jp, AutoTokenizer.from_pretrained(judge_path or policy), ctx.constitution,
                           seed=ctx.job.seed, principles_per_pair=cfg.principles_per_pair,
                           num_fewshot=cfg.num_fewshot, both_orders=cfg.both_orders,
                           chain_of_thought=cfg.chain_of_thought,
-                          cot_max_new_tokens=cfg.cot_max_new_tokens, batch_size=e.batch_size,
-                          max_in_flight=e.max_in_flight)
+                          cot_max_new_tokens=cfg.cot_max_new_tokens, batch_size=je.batch_size,
+                          max_in_flight=je.max_in_flight)
             by_id = {p.id: p for p in todo}
             items = []
             for pid, ans in answers.items():
@@ -85,7 +85,7 @@ def run(ctx: Context) -> dict:
                     log.add(_row(it, jd, by_id[it.id.split("#")[0]], judge_path or policy, cfg))
                 bar.update(len(chunk))
             bar.close()
-            judge_s, n_judged = time.time() - tj, len(items)
+            judge_s, n_judged, judge_actors = time.time() - tj, len(items), len(jp)
     finally:
         for p in (pool, judge_pool):
             if p is not None:
@@ -100,7 +100,7 @@ def run(ctx: Context) -> dict:
             "p_chosen_mean": sum(ps) / len(ps) if ps else None,
             "order_disagreement": orders / n_orders if n_orders else None,
             "judge_model": model_label(judge_path or policy), "policy_model": model_label(policy),
-            "mode": "cot" if cfg.chain_of_thought else "direct",
+            "mode": "cot" if cfg.chain_of_thought else "direct", "judge_actors": judge_actors,
             "judgements_per_s": n_judged / judge_s if judge_s else None,
             "timing/generate_s": stats.get("seconds"), "timing/judge_s": judge_s,
             "timing/total_s": time.time() - t0,

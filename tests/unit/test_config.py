@@ -72,3 +72,25 @@ def test_colocate_needs_one_learner_rank_per_engine():
         load_job("tiny", ["ppo.colocate=true", "ppo.num_workers=2"])
     with pytest.raises(ConfigError, match="gpu_memory_utilization <= 0.5"):
         load_job("tiny", ["ppo.colocate=true", "engine.num_gpus_per_actor=1"])
+
+
+def test_separate_judge_gets_its_own_engine_fields():
+    job = load_job("tiny", ["preferences.judge_model=tiny-random-llama",
+                            "preferences.judge_engine={num_actors: 2, kv_cache_gib: 2}",
+                            "engine.batch_size=4"])
+    je = job.judge_engine()
+    assert (je.num_actors, je.kv_cache_gib, je.batch_size) == (2, 2, 4)  # batch from `engine`
+    assert (job.engine.num_actors, job.engine.kv_cache_gib) == (1, 1)
+    assert load_job("tiny").judge_engine() == load_job("tiny").engine
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["preferences.judge_engine={num_actors: 2}"], "set preferences.judge_model"),
+    (["preferences.judge_model=m", "preferences.judge_engine={num_actorz: 2}"],
+     "preferences.judge_engine.num_actorz: not an engine field"),
+    (["preferences.judge_model=m", "preferences.judge_engine={num_actors: 0}"],
+     "preferences.judge_engine.num_actors: Input should be greater than or equal to 1"),
+])
+def test_bad_judge_engine_names_the_field(overrides, says):
+    with pytest.raises(ConfigError, match=says):
+        load_job("tiny", overrides)
