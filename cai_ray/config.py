@@ -252,7 +252,10 @@ class JobConfig(_Section):
                 raise ValueError("preferences.judge_engine sets the resources of a separate judge; "
                                  "set preferences.judge_model too (without it the policy judges "
                                  "itself on its own engine actors)")
-            self.judge_engine()
+            je = self.judge_engine()
+            if je.num_gpus_per_actor == 0 and je.tensor_parallel_size > 1:
+                raise ValueError("preferences.judge_engine.tensor_parallel_size > 1 needs "
+                                 "num_gpus_per_actor > 0 (in judge_engine or engine)")
         for sec in ("sft", "reward", "ppo"):
             t: TrainCfg = getattr(self, sec)
             if t.zero_stage == 3 and t.offload_params and not t.offload_optimizer:

@@ -90,6 +90,8 @@ def test_separate_judge_gets_its_own_engine_fields():
      "preferences.judge_engine.num_actorz: not an engine field"),
     (["preferences.judge_model=m", "preferences.judge_engine={num_actors: 0}"],
      "preferences.judge_engine.num_actors: Input should be greater than or equal to 1"),
+    (["preferences.judge_model=m", "preferences.judge_engine={tensor_parallel_size: 2}"],
+     "preferences.judge_engine.tensor_parallel_size > 1 needs num_gpus_per_actor"),
 ])
 def test_bad_judge_engine_names_the_field(overrides, says):
     with pytest.raises(ConfigError, match=says):
