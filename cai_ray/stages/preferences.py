@@ -26,11 +26,11 @@ def sample_answers(pool, prompts, cfg, seed: int, batch_size: int, max_in_flight
                            batch_size, max_in_flight)
     for p in prompts:
         sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
-    out = {}
+    out, t0 = {}, time.time()
     for pid, comps in sched.results():
         if comps[0].finish_reason != TOO_LONG:
             out[pid] = [c.text.strip() for c in comps]
-    return out, sched.stats
+    return out, {**sched.stats, "seconds": time.time() - t0}
 
 
 def pairs_of(answers: list[str]) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ def test_separate_judge_on_its_own_actors(ray_cluster, tiny_model, tmp_path):
                    run_dir=str(tmp_path / "run"), stages="preferences", limit=6)
     res = pipeline.run(job, quiet=True)["preferences"]["result"]
     assert res["judge_actors"] == 2 and job.engine.num_actors == 1
+    assert res["timing/generate_s"] > 0 and res["timing/judge_s"] > 0
     rows = read_jsonl(tmp_path / "run" / "preferences" / "data.jsonl")
     pairs = [r for r in rows if "chosen" in r]
     assert pairs and len(pairs) == res["pairs"]
