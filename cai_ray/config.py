@@ -78,6 +78,12 @@ class EngineCfg(_Section):
     default matches max_num_seqs, so one call can fill the engine's batch."""
     max_restarts: int = Field(1, ge=0)
 
+    @model_validator(mode="after")
+    def _tp_needs_gpus(self) -> "EngineCfg":
+        if self.num_gpus_per_actor == 0 and self.tensor_parallel_size > 1:
+            raise ValueError("tensor_parallel_size > 1 needs num_gpus_per_actor > 0")
+        return self
+
 
 class RayCfg(_Section):
     address: str | None = None
@@ -228,8 +234,6 @@ class JobConfig(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobConfig":
         e = self.engine
-        if e.num_gpus_per_actor == 0 and e.tensor_parallel_size > 1:
-            raise ValueError("engine.tensor_parallel_size > 1 needs engine.num_gpus_per_actor > 0")
         if self.ppo.weight_sync == "nccl" and (e.num_gpus_per_actor == 0 or not self.ppo.use_gpu):
             raise ValueError("ppo.weight_sync=nccl needs GPUs on both sides (engine."
                              "num_gpus_per_actor > 0 and ppo.use_gpu: true); on CPUs use gloo "
@@ -252,10 +256,7 @@ class JobConfig(_Section):
                 raise ValueError("preferences.judge_engine sets the resources of a separate judge; "
                                  "set preferences.judge_model too (without it the policy judges "
                                  "itself on its own engine actors)")
-            je = self.judge_engine()
-            if je.num_gpus_per_actor == 0 and je.tensor_parallel_size > 1:
-                raise ValueError("preferences.judge_engine.tensor_parallel_size > 1 needs "
-                                 "num_gpus_per_actor > 0 (in judge_engine or engine)")
+            self.judge_engine()
         for sec in ("sft", "reward", "ppo"):
             t: TrainCfg = getattr(self, sec)
             if t.zero_stage == 3 and t.offload_params and not t.offload_optimizer:
@@ -273,8 +274,9 @@ class JobConfig(_Section):
             key = ".".join(str(p) for p in first["loc"])
             msg = ("not an engine field (judge_engine takes the fields of `engine`: "
                    f"{', '.join(EngineCfg.model_fields)})" if first["type"] == "extra_forbidden"
-                   else first["msg"])
-            raise ValueError(f"preferences.judge_engine.{key}: {msg}") from None
+                   else first["msg"].removeprefix("Value error, "))
+            where = f"preferences.judge_engine.{key}: " if key else "preferences.judge_engine."
+            raise ValueError(where + msg) from None  # a cross-field message names its field
 
     def digest(self, *sections: str) -> str:
         """Stable digest of the whole config, or of the named sections only (stage resume)."""

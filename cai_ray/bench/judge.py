@@ -84,5 +84,6 @@ def _prompt_tokens(judge, items, tok) -> int:
                for p in judge.const.sample_judges(judge.seed, it.id, judge.k)
                for o in judge.orders)
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -136,6 +136,7 @@ def test_deepspeed_starts_on_cpu_without_building_an_op(tmp_path):
     """DeepSpeed's CPU start JIT-builds a shared-memory op that training never uses, under a
     lock that a killed build leaves behind for every later start to wait on forever (this hung
     CI). init_deepspeed_comm starts the gloo group without building it."""
+    import os
     import subprocess
     import sys
 
@@ -146,7 +147,7 @@ def test_deepspeed_starts_on_cpu_without_building_an_op(tmp_path):
               "init_deepspeed_comm(use_gpu=False)\n"
               "print('shm op:', dist.comm.cdb.shm_comm_op)\n"
               "t = torch.ones(2); dist.all_reduce(t); assert t.tolist() == [1.0, 1.0]\n")
-    env = {**__import__("os").environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
            "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
