@@ -4,7 +4,7 @@
   sft_zero2   our SFT task + our DeepSpeed config, ZeRO-2, bf16, on CUDA (NCCL group of one):
   sft_zero3   tokens/s, MFU, loss first/last on a learnable set, peak memory; and the same steps in
               a plain torch loop (AdamW, bf16 autocast) as the baseline ratio
-  learner     the PPO learner (policy + critic, each a DeepSpeed engine) on CUDA: one PPO update
+  learner     the RL learner with a critic (policy + critic, each a DeepSpeed engine) on CUDA
               on synthetic experience, log-prob/value pass, the gathered-state time
   engine      the transformers engine on CUDA: batched generation vs a batch-1 loop, tokens/s
   nccl        the weight broadcast (cai_ray.rl.collective) over NCCL between two processes
@@ -207,44 +207,53 @@ def plain_loop(model_dir: str, steps: int, batch: int = 8, max_len: int = 512) -
 
 
 def learner(model_dir: str) -> dict:
-    from cai_ray.algos.advantages import whiten
-    from cai_ray.config import PpoCfg
+    """The RL learner with a critic (PPO: policy and critic, each a DeepSpeed ZeRO-2 engine, bf16)
+    on CUDA: the old log-probs and values, two epochs of updates, the weights streamed out."""
+    from cai_ray.algos.stats import whiten
+    from cai_ray.config import RlCfg
     from cai_ray.rl.experience import Experience, pad_responses
-    from cai_ray.rl.learner import PpoLearner
+    from cai_ray.rl.learner import Learner, step_plan
+    from cai_ray.rl.trainer import learner_config
 
-    cfg = dict(PpoCfg().model_dump(), use_gpu=CUDA, precision="bf16", zero_stage=2)
+    init_dist()
+    cfg = RlCfg(algorithm="ppo", use_gpu=CUDA, precision="bf16", zero_stage=2, update_epochs=2,
+                mini_batch_size=8, micro_batch_size=8)
     t = time.time()
-    ln = PpoLearner(model_dir, model_dir, cfg, master_port=29631)
+    ln = Learner(model_dir, learner_config(cfg, cfg.resolved()), critic_path=model_dir)
+    ln.join(*ln.listen())
     start_s = time.time() - t
     g = torch.Generator().manual_seed(0)
     from transformers import AutoConfig
 
     V = AutoConfig.from_pretrained(model_dir).vocab_size
-    B, P, T = 16, 64, 64  # 8 prompts x 2 answers x 64 new tokens, as the PPO benchmark
-    prompts = [torch.randint(10, V, (P,), generator=g).tolist() for _ in range(B)]
+    B, P, T = 32, 64, 64  # 8 prompts x 4 answers x 64 new tokens, as the RL benchmark
+    prompts = [torch.randint(10, V, (P,), generator=g).tolist() for _ in range(B // 4)]
+    prompts = [p for p in prompts for _ in range(4)]
     resp, mask = pad_responses([torch.randint(10, V, (T,), generator=g).tolist()
                                 for _ in range(B)])
     sync()
     t = time.time()
-    logp, values = ln.logprobs_values(prompts, resp, mask)
+    logp, values = ln.logprobs(prompts, resp, mask), ln.values(prompts, resp, mask)
     sync()
     score_s = time.time() - t
     adv = whiten(torch.randn(B, T, generator=g), mask)
-    exp = Experience(prompts, resp, mask, logp, logp.clone(), values, torch.randn(B, generator=g),
+    exp = Experience(prompts, resp, mask, logp.clone(), torch.randn(B, generator=g),
+                     torch.arange(B) // 4, [0] * B, old_logp=logp, values=values,
                      advantages=adv, returns=values + adv)
+    plan = step_plan([P + T] * B, exp.group.tolist(), 1, 8, 8, 2)[0]
     reset_mem()
     t = time.time()
-    m = ln.train(exp, epochs=2, minibatch=8, clip=0.2, value_clip=0.2)
+    m = ln.train(exp, plan)
     sync()
     train_s = time.time() - t
     t = time.time()
-    state = ln.policy_state()
-    gather_s = time.time() - t
-    return {"start_s": start_s, "score_s": score_s, "train_s": train_s, "gather_to_cpu_s": gather_s,
-            "state_mb": sum(v.numel() * v.element_size() for v in state.values()) / 2 ** 20,
-            "policy_loss": m.get("ppo/policy_loss"), "value_loss": m.get("ppo/value_loss"),
-            "finite": all(v == v for v in m.values()),
-            "peak_mem_gb": mem_gb()}
+    meta = ln.weight_meta()
+    nbytes = sum(len(b) for b in ln.weight_buckets(meta, 64))
+    stream_s = time.time() - t
+    return {"start_s": start_s, "score_s": score_s, "train_s": train_s,
+            "stream_weights_s": stream_s, "state_mb": nbytes / 2 ** 20,
+            "policy_loss": m.get("policy/loss"), "value_loss": m.get("critic/loss"),
+            "finite": all(v == v for v in m.values()), "peak_mem_gb": mem_gb()}
 
 
 def engine(model_dir: str) -> dict:

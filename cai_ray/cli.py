@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts", help="red-team prompt source (prompts.red_team)")
     r.add_argument("--limit", type=int, help="at most N prompts (prompts.limit)")
     r.add_argument("--run-dir", help="run directory (run_dir)")
-    r.add_argument("--stages", help="comma-separated stages: sl_cai,sft,preferences,reward,ppo,eval")
+    r.add_argument("--stages", help="comma-separated stages: sl_cai,sft,preferences,reward,rl,"
+                   "eval (ppo: the old name of rl)")
     r.add_argument("--resume", action="store_true", help="skip stages already complete")
     r.add_argument("--force", action="store_true", help="reuse a run directory of another job")
     r.add_argument("--dry-run", action="store_true", help="validate and load inputs, then stop")

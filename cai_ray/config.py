@@ -8,17 +8,21 @@ actor starts. Everything else receives plain values taken from these objects.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from cai_ray.errors import ConfigError
 
-STAGES = ("sl_cai", "sft", "preferences", "reward", "ppo", "eval")
+STAGES = ("sl_cai", "sft", "preferences", "reward", "rl", "eval")
+STAGE_ALIASES = {"ppo": "rl"}
+"""Old stage names that still work on the command line and in job files."""
 PACKAGED_JOBS = Path(__file__).parent / "jobs"
 
 
@@ -129,6 +133,8 @@ class TrainCfg(_Section):
     max_len: int = Field(512, ge=16)
     eval_fraction: float = Field(0.1, ge=0, lt=1)
     checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    """Training-state checkpoints kept (the newest k; older ones are deleted as new ones land)."""
     max_failures: int = Field(1, ge=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
@@ -167,35 +173,156 @@ class PreferencesCfg(_Section):
     by the preferences and eval stages."""
 
 
-class PpoCfg(TrainCfg):
+CRITIC_FIELDS = ("critic_lr", "value_clip", "lam", "whiten_advantages")
+
+
+class RlCfg(TrainCfg):
+    """The RL stage (RL-CAI, Bai et al. 2022 sec. 4): an algorithm from the registry
+    (cai_ray/algos/algorithms.py) and any of its knobs. A knob left unset (null) takes the
+    algorithm's own default; `cai-ray run --dry-run` prints the resolved values."""
+
+    algorithm: str = "grpo"
+    """ppo (with a critic), grpo, dr_grpo, dapo, gspo, rloo, reinforce_pp, reinforce_pp_baseline."""
+    advantage: str | None = None
+    """Advantage estimator: gae, grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline."""
+    clip_low: float | None = Field(None, gt=0)
+    clip_high: float | None = Field(None, gt=0)
+    """Above clip_low: clip-higher (DAPO uses 0.28 with 0.2)."""
+    dual_clip: float | None = Field(None, gt=1)
+    ratio_level: Literal["token", "sequence"] | None = None
+    """sequence: GSPO's sequence-level importance ratio."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] | None = None
+    kl_coef: float | None = Field(None, ge=0)
+    """0 turns the KL term off, and with it the reference model."""
+    kl_in: Literal["reward", "loss"] | None = None
+    kl_estimator: Literal["k1", "k2", "k3"] | None = None
+    kl_target: float | None = Field(None, gt=0)
+    """Set to move kl_coef towards this KL per answer (adaptive controller, Ziegler et al. 2019)."""
+    kl_horizon: int = Field(10000, ge=1)
+    dynamic_sampling: bool | None = None
+    """Drop groups whose rewards are all equal and refill from the next prompts (DAPO)."""
+    max_refills: int = Field(2, ge=0)
+    """Extra generation rounds per iteration that dynamic sampling may use to refill."""
+    entropy_coef: float = Field(0.0, ge=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    # critic settings (the gae estimator only); unset = the defaults noted
+    critic_lr: float | None = Field(None, gt=0)
+    """default 5e-6"""
+    value_clip: float | None = Field(None, gt=0)
+    """default 0.2"""
+    lam: float | None = Field(None, ge=0, le=1)
+    """default 0.95"""
+    whiten_advantages: bool | None = None
+    """default true"""
+
     iterations: int = Field(8, ge=1)
     prompts_per_iter: int = Field(8, ge=1)
-    samples_per_prompt: int = Field(2, ge=1)
+    samples_per_prompt: int = Field(4, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(1.0, gt=0)
-    ppo_epochs: int = Field(2, ge=1)
+    top_p: float = Field(1.0, gt=0, le=1)
+    update_epochs: int = Field(1, ge=1, validation_alias=AliasChoices("update_epochs",
+                                                                       "ppo_epochs"))
+    """Passes over each iteration's rollouts (PPO's epochs, GRPO's mu)."""
+    mini_batch_size: int | None = Field(None, ge=1)
+    """Rollouts per optimizer step (all ranks together); unset: every rollout of the iteration in
+    one step."""
+    micro_batch_size: int = Field(4, ge=1)
+    """Rollouts per forward pass on each learner rank (gradients accumulate over them)."""
     lr: float = Field(1e-6, gt=0)
-    critic_lr: float = Field(5e-6, gt=0)
-    clip: float = Field(0.2, gt=0)
-    value_clip: float = Field(0.2, gt=0)
-    gamma: float = Field(1.0, gt=0, le=1)
-    lam: float = Field(0.95, ge=0, le=1)
-    kl_coef: float = Field(0.05, ge=0)
-    kl_target: float | None = Field(None, gt=0)
-    """Set to use the adaptive KL controller (Ziegler et al. 2019) towards this KL."""
-    kl_horizon: int = Field(10000, ge=1)
-    whiten_advantages: bool = True
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    """unset: 0 with one learner rank (there is nothing to partition), 2 with more."""
+    gradient_checkpointing: bool = False
+    share_prompts: bool = True
+    """Run each prompt once for all its samples (its KV cache expanded to every answer) in the
+    learner's and the reference's forward passes: about a third fewer tokens at 4 samples."""
+    logprob_chunk: int = Field(1024, ge=1)
+    """Answer tokens per chunk of the LM head and its log-softmax (bounds the logits' memory)."""
+    rollout_correction: Literal["none", "tis", "recompute"] = "tis"
+    """Old log-probs: none = the sampler's (vLLM's); recompute = the learner's, once per iteration
+    (free when the iteration takes one optimizer step on fresh rollouts); tis = the learner's plus
+    a truncated importance weight min(pi_learner / pi_sampler, tis_cap) on the loss, which also
+    covers staleness in async mode."""
+    tis_cap: float = Field(2.0, gt=1)
+    reward: str = "model"
+    """model (the reward stage's), judge (the constitutional judge on each rollout), short,
+    contains:WORD, or module:function (a Python callable: (prompts, completions, **kw) ->
+    list[float])."""
+    reward_model: str | None = None
+    """A reward model folder instead of RUN_DIR/reward/model."""
+    judge_mode: Literal["pairwise", "pointwise"] = "pairwise"
+    """reward judge: pairwise = P(the rollout beats the SFT model's answer to the prompt);
+    pointwise = P(yes) to "does this answer follow the principle?", averaged over principles."""
     async_mode: bool = False
     max_staleness: int = Field(1, ge=0)
-    weight_sync: Literal["object_store", "nccl", "gloo"] = "object_store"
-    reward_fn: str | None = None
-    """A programmatic reward ('short', 'contains:WORD') instead of the trained reward model."""
-    micro_batch_size: int = Field(4, ge=1)
+    weight_sync: Literal["auto", "object_store", "nccl", "gloo"] = "auto"
+    """auto: a broadcast from learner rank 0 into the engines (nccl between GPUs, gloo between CPU
+    processes); object_store when one side is on GPUs and the other is not."""
+    weight_sync_bucket_mb: float = Field(64, gt=0)
+    """Weights travel to the engines in buckets of this size, one at a time."""
     checkpoint_every: int = Field(4, ge=1)
+    keep_checkpoints: int = Field(1, ge=1)
     colocate: bool = False
     """Put learner rank i in rollout engine i's placement-group bundle (same node, same devices:
     on GPUs each takes half of the bundle's GPUs), and the reference and reward roles in bundle 0.
-    Needs ppo.num_workers == engine.num_actors."""
+    Needs rl.num_workers == engine.num_actors."""
+    call_timeout_s: float = Field(3600, gt=0)
+    """Longest wait for one learner, reference or reward call before the run fails with a report."""
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, v: str) -> str:
+        from cai_ray.algos.algorithms import ALGORITHMS
+
+        if v not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {v!r}; choose from {sorted(ALGORITHMS)}")
+        return v
+
+    @field_validator("advantage")
+    @classmethod
+    def _known_estimator(cls, v: str | None) -> str | None:
+        from cai_ray.algos.advantages import ESTIMATORS
+
+        if v is not None and v not in ESTIMATORS:
+            raise ValueError(f"unknown advantage estimator {v!r}; choose from {sorted(ESTIMATORS)}")
+        return v
+
+    def resolved(self):
+        """The algorithm preset with this section's knobs over it (cai_ray.algos.algorithms)."""
+        from cai_ray.algos.algorithms import KNOBS, resolve
+
+        return resolve(self.algorithm, **{k: getattr(self, k) for k in KNOBS})
+
+    def learner_zero_stage(self) -> int:
+        return self.zero_stage if self.zero_stage is not None else (0 if self.num_workers == 1
+                                                                    else 2)
+
+    def critic_settings(self) -> dict:
+        return {"critic_lr": self.critic_lr or 5e-6, "value_clip": self.value_clip or 0.2,
+                "lam": 0.95 if self.lam is None else self.lam,
+                "whiten_advantages": True if self.whiten_advantages is None
+                else self.whiten_advantages}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RlCfg":
+        alg = self.resolved()
+        if not alg.needs_critic:
+            given = [f for f in CRITIC_FIELDS if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"{given[0]}: a critic setting, but algorithm {alg.name} "
+                                 f"(advantage {alg.advantage}) trains no critic; remove it, or "
+                                 f"use algorithm ppo / advantage gae")
+        if alg.grouped and self.samples_per_prompt < 2:
+            raise ValueError(f"samples_per_prompt: {self.samples_per_prompt}, but the "
+                             f"{alg.advantage} estimator compares the samples of each prompt; "
+                             f"give at least 2")
+        if alg.clip_low > alg.clip_high:
+            raise ValueError(f"clip_low: {alg.clip_low} is above clip_high ({alg.clip_high}); the "
+                             f"upper clip must be at least the lower one (clip-higher raises it)")
+        if self.kl_target is not None and alg.kl_in != "reward":
+            raise ValueError("kl_target: adapts a KL penalty in the reward; set kl_in: reward, or "
+                             "drop kl_target")
+        return self
 
 
 class EvalCfg(_Section):
@@ -218,12 +345,13 @@ class JobConfig(_Section):
     sft: SftCfg = SftCfg()
     preferences: PreferencesCfg = PreferencesCfg()
     reward: RewardCfg = RewardCfg()
-    ppo: PpoCfg = PpoCfg()
+    rl: RlCfg = RlCfg()
     eval: EvalCfg = EvalCfg()
 
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, v: list[str]) -> list[str]:
+        v = [STAGE_ALIASES.get(s, s) for s in v]
         bad = [s for s in v if s not in STAGES]
         if bad:
             raise ValueError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
@@ -234,22 +362,22 @@ class JobConfig(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobConfig":
         e = self.engine
-        if self.ppo.weight_sync == "nccl" and (e.num_gpus_per_actor == 0 or not self.ppo.use_gpu):
-            raise ValueError("ppo.weight_sync=nccl needs GPUs on both sides (engine."
-                             "num_gpus_per_actor > 0 and ppo.use_gpu: true); on CPUs use gloo "
+        rl = self.rl
+        if rl.weight_sync == "nccl" and (e.num_gpus_per_actor == 0 or not rl.use_gpu):
+            raise ValueError("rl.weight_sync=nccl needs GPUs on both sides (engine."
+                             "num_gpus_per_actor > 0 and rl.use_gpu: true); on CPUs use gloo "
                              "(the same broadcast) or object_store")
-        if self.ppo.colocate and self.ppo.num_workers != e.num_actors:
-            raise ValueError(f"ppo.colocate needs ppo.num_workers == engine.num_actors (one learner "
-                             f"rank per engine bundle); got {self.ppo.num_workers} and "
-                             f"{e.num_actors}")
-        if self.ppo.colocate and e.tensor_parallel_size > 1:
-            raise ValueError("ppo.colocate shares one GPU between an engine and a learner rank: "
+        if rl.colocate and rl.num_workers != e.num_actors:
+            raise ValueError(f"rl.colocate needs rl.num_workers == engine.num_actors (one learner "
+                             f"rank per engine bundle); got {rl.num_workers} and {e.num_actors}")
+        if rl.colocate and e.tensor_parallel_size > 1:
+            raise ValueError("rl.colocate shares one GPU between an engine and a learner rank: "
                              "it needs engine.tensor_parallel_size 1")
-        if self.ppo.colocate and e.num_gpus_per_actor and e.gpu_memory_utilization > 0.5:
-            raise ValueError("ppo.colocate on GPUs shares each GPU between an engine and a learner "
+        if rl.colocate and e.num_gpus_per_actor and e.gpu_memory_utilization > 0.5:
+            raise ValueError("rl.colocate on GPUs shares each GPU between an engine and a learner "
                              "rank: set engine.gpu_memory_utilization <= 0.5")
-        if self.ppo.async_mode and self.ppo.max_staleness < 1:
-            raise ValueError("ppo.async_mode needs ppo.max_staleness >= 1 (its rollouts are one "
+        if rl.async_mode and rl.max_staleness < 1:
+            raise ValueError("rl.async_mode needs rl.max_staleness >= 1 (its rollouts are one "
                              "version behind the learner)")
         if self.preferences.judge_engine:
             if not self.preferences.judge_model:
@@ -257,11 +385,21 @@ class JobConfig(_Section):
                                  "set preferences.judge_model too (without it the policy judges "
                                  "itself on its own engine actors)")
             self.judge_engine()
-        for sec in ("sft", "reward", "ppo"):
+        for sec in ("sft", "reward", "rl"):
             t: TrainCfg = getattr(self, sec)
             if t.zero_stage == 3 and t.offload_params and not t.offload_optimizer:
                 raise ValueError(f"{sec}.offload_params needs {sec}.offload_optimizer")
         return self
+
+    def weight_sync(self) -> str:
+        """rl.weight_sync with auto resolved: nccl when the learner and the engines are on GPUs,
+        gloo when both are on CPUs, else the object store."""
+        if self.rl.weight_sync != "auto":
+            return self.rl.weight_sync
+        gpu_engines = self.engine.num_gpus_per_actor > 0
+        if gpu_engines != self.rl.use_gpu:
+            return "object_store"
+        return "nccl" if gpu_engines else "gloo"
 
     def judge_engine(self) -> EngineCfg:
         """The engine section for the separate judge's actors: `engine` with
@@ -287,14 +425,41 @@ class JobConfig(_Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _format_validation(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+def _model_at(loc: list[str]):
+    """The pydantic model a location points into (JobConfig, a section), or None."""
+    model = JobConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def error_location(first: dict) -> tuple[list[str], str]:
+    """(dotted location, message) of a validation error. A cross-field check names its field at
+    the start of its message ("samples_per_prompt: ..."), which extends the location."""
+    loc = [str(p) for p in first["loc"]]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        msg = "unknown field (check the spelling; `cai-ray run --help` lists the sections)"
+        owner = _model_at(loc[:-1])
+        known = list(owner.model_fields) if owner else []
+        near = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        msg = f"unknown field; {hint}{'.'.join(loc[:-1]) or 'the job'} takes: {', '.join(known)}"
+    else:
+        head, sep, rest = msg.partition(": ")
+        owner = _model_at(loc)
+        if sep and owner is not None and head in owner.model_fields:
+            loc, msg = loc + [head], rest
+    return loc, msg
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    loc, msg = error_location(err.errors()[0])
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {loc}: {msg}{more}"
+    return f"{source}: {'.'.join(loc) or '(top level)'}: {msg}{more}"
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -345,12 +510,44 @@ def read_job_file(path: str | Path | None) -> tuple[dict, str]:
     return data, str(p)
 
 
+LEGACY_RL_FIELDS = {"reward_fn": "reward"}
+
+
+def legacy_rl_section(data: dict, source: str) -> None:
+    """An old job file's `ppo:` section becomes `rl:` with algorithm ppo (its fields keep their
+    meaning: reward_fn is rl.reward, ppo_epochs rl.update_epochs, and micro_batch_size, which was
+    the rollouts per optimizer step, also sets rl.mini_batch_size)."""
+    if "ppo" not in data:
+        return
+    if "rl" in data:
+        raise ConfigError(f"{source}: both `ppo:` and `rl:` sections; `ppo:` is the old name of "
+                          f"`rl:`, keep one")
+    sec = data.pop("ppo") or {}
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{source}: ppo: must be a mapping of fields")
+    sec = {LEGACY_RL_FIELDS.get(k, k): v for k, v in sec.items()}
+    sec.setdefault("algorithm", "ppo")
+    if "micro_batch_size" in sec:
+        sec.setdefault("mini_batch_size", sec["micro_batch_size"])
+    data["rl"] = sec
+
+
+def legacy_override(path: list[str]) -> list[str]:
+    """--set ppo.reward_fn=short -> rl.reward."""
+    if path and path[0] == "ppo":
+        return ["rl"] + [LEGACY_RL_FIELDS.get(path[1], path[1])] + path[2:] if len(path) > 1 \
+            else ["rl"]
+    return path
+
+
 def load_job(path: str | Path | None = None, overrides: list[str] = (), **flags: Any) -> JobConfig:
     """Load, override and validate. `flags` are the CLI shortcuts (model, prompts, limit, run_dir,
     stages), applied after the --set overrides. Raises ConfigError naming the field."""
     data, source = read_job_file(path)
+    legacy_rl_section(data, source)
     for item in overrides:
-        apply_override(data, *parse_override(item))
+        key, value = parse_override(item)
+        apply_override(data, legacy_override(key), value)
     shortcuts = {
         "model": ["model", "name"], "prompts": ["prompts", "red_team"],
         "limit": ["prompts", "limit"], "run_dir": ["run_dir"], "stages": ["stages"],
@@ -368,9 +565,9 @@ def load_job(path: str | Path | None = None, overrides: list[str] = (), **flags:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as err:
-        loc = [str(x) for x in err.errors()[0]["loc"]]
+        loc, _ = error_location(err.errors()[0])
         for item in overrides:  # blame the --set that introduced the bad value, if one did
-            path, _ = parse_override(item)
+            path = legacy_override(parse_override(item)[0])
             if path == loc[:len(path)]:
                 source = f"--set {item}"
         raise ConfigError(_format_validation(err, source)) from None

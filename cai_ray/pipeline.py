@@ -37,7 +37,7 @@ KEY_FIGURES = {
     "sft": ("train/loss_first", "train/loss_last", "eval/loss"),
     "preferences": ("pairs", "p_chosen_mean", "order_disagreement"),
     "reward": ("eval/accuracy", "train/loss_last"),
-    "ppo": ("reward_first", "reward_last", "kl_last"),
+    "rl": ("algorithm", "reward_first", "reward_last", "kl_last"),
     "eval": ("harmless_win_rate_vs_sft", "helpful_win_rate_vs_sft"),
 }
 
@@ -101,16 +101,19 @@ class RunLock:
 
 def local_cpus(job: JobConfig) -> int | None:
     """Logical CPUs of a local cluster: the job's ray.num_cpus, else enough for its largest stage
-    (PPO holds the engines and the learner ranks at once; engines and trainers pin their threads
-    to the physical cores themselves), and never fewer than the cores."""
+    (RL holds the engines, the learner ranks and a judge's engines at once; engines and trainers
+    pin their threads to the physical cores themselves), and never fewer than the cores."""
     if job.ray.num_cpus or job.ray.address:
         return job.ray.num_cpus
     from cai_ray.platform import num_cores
 
     e = job.engine
     engines = math.ceil(e.num_actors * e.num_cpus_per_actor)
-    ppo = engines + (0 if job.ppo.colocate else job.ppo.num_workers)
-    return max(num_cores(), ppo, engines, job.sft.num_workers, job.reward.num_workers)
+    rl = engines + (0 if job.rl.colocate else job.rl.num_workers)
+    if job.rl.reward == "judge":  # the judge's own engine actors run beside the rollout engines
+        je = job.judge_engine() if job.preferences.judge_model else e
+        rl += math.ceil(je.num_actors * je.num_cpus_per_actor)
+    return max(num_cores(), rl, engines, job.sft.num_workers, job.reward.num_workers)
 
 
 def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: bool = False,

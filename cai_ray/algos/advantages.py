@@ -1,60 +1,80 @@
-"""PPO's arithmetic on rollouts, pure tensors (no ray, deepspeed or vllm).
+"""Advantage estimators, pure tensors (no ray, deepspeed or vllm), registered by name.
 
-Shapes: B rollouts, T response tokens; `mask` is 1 on real response tokens (right-padded).
-References: Schulman et al. 2016 (GAE), Ziegler et al. 2019 (KL-penalised reward, adaptive KL),
-Schulman 2020 "Approximating KL divergence" (k1, k2, k3 estimators).
+    spec = ESTIMATORS["grpo"]                  # .fn, .needs_critic, .grouped
+    adv, returns = spec.fn(AdvantageInput(score, mask, group), AdvantageParams())
+
+Shapes: B rollouts, T response tokens; `mask` (B, T) is 1 on real response tokens (right-padded);
+`group` (B,) is equal for the samples of one prompt. Every estimator returns advantages (B, T), 0 on
+padding, and returns (B, T) for the critic's target, or None when there is no critic.
+
+    gae                    Schulman et al. 2016, with a critic (PPO)
+    grpo                   Shao et al. 2024: (r - group mean) / group std, one value per sequence
+    dr_grpo                Liu et al. 2025 ("Dr. GRPO"): r - group mean, no std
+    rloo                   Ahmadian et al. 2024: r minus the mean of the other samples of its prompt
+    reinforce_pp           Hu 2025 (REINFORCE++): token returns of the KL-penalised reward,
+                           normalised over the whole batch
+    reinforce_pp_baseline  REINFORCE++ with the group mean subtracted from the score first
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import Tensor
 
-
-def masked_mean(x: Tensor, mask: Tensor, dim=None) -> Tensor:
-    m = mask.to(x.dtype)
-    if dim is None:
-        return (x * m).sum() / m.sum().clamp_min(1.0)
-    return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
+from cai_ray.algos.kl import token_rewards
+from cai_ray.algos.stats import group_stats, whiten
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
-    """(x - mean) / std over the masked entries; masked-out entries become 0."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return out * mask.to(x.dtype)
+@dataclass
+class AdvantageInput:
+    score: Tensor                  # (B,) the reward source's score of each rollout
+    mask: Tensor                   # (B, T) 1 on response tokens
+    group: Tensor | None = None    # (B,) long, one id per prompt (group estimators)
+    kl: Tensor | None = None       # (B, T) per-token KL to the reference, when KL is in the reward
+    kl_coef: float = 0.0
+    values: Tensor | None = None   # (B, T) critic values before each token (gae)
+
+    def sequence_reward(self) -> Tensor:
+        """(B,) score minus the KL penalty summed over the answer (KL in the reward), else score."""
+        if self.kl is None or not self.kl_coef:
+            return self.score.float()
+        return self.score.float() - self.kl_coef * (self.kl * self.mask).sum(-1).float()
+
+    def token_rewards(self) -> Tensor:
+        """(B, T) -kl_coef * KL on every token and the score on the last one."""
+        return token_rewards(self.score, self.mask, self.kl, self.kl_coef)
 
 
-def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k1") -> Tensor:
-    """Per-token estimate of KL(policy || reference) from samples of the policy.
-
-    k1 = log p - log q (unbiased, can be negative); k2 = (log p - log q)^2 / 2;
-    k3 = (q/p - 1) - log(q/p) (unbiased, non-negative). Shapes (B, T).
-    """
-    d = logp - ref_logp
-    if kind == "k1":
-        return d
-    if kind == "k2":
-        return 0.5 * d ** 2
-    if kind == "k3":
-        return torch.expm1(-d) + d
-    raise ValueError(f"unknown KL estimator {kind!r}")
+@dataclass(frozen=True)
+class AdvantageParams:
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten: bool = True    # gae: normalise the advantages over the batch
+    eps: float = 1e-6      # added to a group's std
 
 
-def penalised_rewards(score: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor,
-                      kl_coef: float) -> tuple[Tensor, Tensor]:
-    """Per-token rewards: -kl_coef * KL_t on every token, plus the sequence score on the last one.
+Estimator = Callable[[AdvantageInput, AdvantageParams], tuple[Tensor, Tensor | None]]
 
-    score: (B,); logp, ref_logp, mask: (B, T). Returns rewards (B, T) and per-token KL (B, T).
-    """
-    kl = kl_estimate(logp, ref_logp, "k1") * mask
-    rewards = -kl_coef * kl
-    last = (mask.sum(-1).long() - 1).clamp_min(0)  # (B,)
-    rewards[torch.arange(score.shape[0]), last] += score
-    return rewards * mask, kl
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    fn: Estimator
+    needs_critic: bool = False
+    grouped: bool = False
+    """Compares the samples of one prompt: needs at least 2 samples per prompt."""
+
+
+ESTIMATORS: dict[str, EstimatorSpec] = {}
+
+
+def register_estimator(name: str, *, needs_critic: bool = False, grouped: bool = False):
+    def deco(fn: Estimator) -> Estimator:
+        ESTIMATORS[name] = EstimatorSpec(fn, needs_critic, grouped)
+        return fn
+    return deco
 
 
 def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
@@ -76,53 +96,61 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
     return adv, (adv + values) * m
 
 
-def ppo_policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor,
-                    clip: float = 0.2) -> tuple[Tensor, dict]:
-    """Clipped surrogate (Schulman et al. 2017): -min(r A, clip(r, 1-e, 1+e) A), token mean."""
-    ratio = torch.exp(logp - old_logp)  # (B, T)
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1 - clip, 1 + clip) * adv
-    loss = masked_mean(-torch.minimum(unclipped, clipped), mask)
-    with torch.no_grad():
-        clipfrac = masked_mean(((ratio - 1).abs() > clip).float(), mask)
-        approx_kl = masked_mean(0.5 * (logp - old_logp) ** 2, mask)
-        ratio_mean = masked_mean(ratio, mask)
-    return loss, {"ppo/clipfrac": float(clipfrac), "ppo/approx_kl": float(approx_kl),
-                  "ppo/ratio_mean": float(ratio_mean)}
+def discounted_returns(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """G_t = sum_{s >= t} gamma^(s - t) r_s over each answer's tokens, (B, T), 0 on padding."""
+    out = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    m = mask.to(rewards.dtype)
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running * (m[:, t + 1] if t + 1 < rewards.shape[1]
+                                                     else 0.0)
+        out[:, t] = running * m[:, t]
+    return out
 
 
-def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
-               clip: float = 0.2) -> tuple[Tensor, dict]:
-    """Clipped value loss: 0.5 * max((V - R)^2, (V_old + clip(V - V_old, -e, e) - R)^2)."""
-    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
-    frac = masked_mean(((values - returns) ** 2 < (clipped - returns) ** 2).float(), mask)
-    return loss, {"ppo/value_clipfrac": float(frac)}
+def _per_token(seq_adv: Tensor, mask: Tensor) -> Tensor:
+    """A sequence-level advantage (B,) on every response token: (B, T)."""
+    return seq_adv.float().unsqueeze(-1) * mask.float()
 
 
-def entropy_from_logits(logits: Tensor, mask: Tensor) -> Tensor:
-    """Mean token entropy of the policy: logits (B, T, V), mask (B, T)."""
-    logp = torch.log_softmax(logits.float(), -1)
-    ent = -(logp.exp() * logp).sum(-1)
-    return masked_mean(ent, mask)
+@register_estimator("gae", needs_critic=True)
+def gae_estimator(x: AdvantageInput, p: AdvantageParams):
+    if x.values is None:
+        raise ValueError("the gae estimator needs critic values")
+    adv, ret = gae(x.token_rewards(), x.values.float(), x.mask, p.gamma, p.lam)
+    return (whiten(adv, x.mask) if p.whiten else adv), ret
 
 
-class AdaptiveKLController:
-    """Ziegler et al. 2019: move the KL coefficient so the observed KL tracks a target.
-    beta <- beta * (1 + clip((KL - target) / target, -0.2, 0.2) * n / horizon)."""
-
-    def __init__(self, init: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = init, target, horizon
-
-    def update(self, kl: float, n_steps: int) -> float:
-        err = max(-0.2, min(0.2, (kl - self.target) / self.target))
-        self.value *= 1 + err * n_steps / self.horizon
-        return self.value
+@register_estimator("grpo", grouped=True)
+def grpo(x: AdvantageInput, p: AdvantageParams):
+    r = x.sequence_reward()
+    mean, std, _ = group_stats(r, x.group)
+    return _per_token((r - mean) / (std + p.eps), x.mask), None
 
 
-class FixedKLController:
-    def __init__(self, value: float):
-        self.value = value
+@register_estimator("dr_grpo", grouped=True)
+def dr_grpo(x: AdvantageInput, p: AdvantageParams):
+    r = x.sequence_reward()
+    mean, _, _ = group_stats(r, x.group)
+    return _per_token(r - mean, x.mask), None
 
-    def update(self, kl: float, n_steps: int) -> float:
-        return self.value
+
+@register_estimator("rloo", grouped=True)
+def rloo(x: AdvantageInput, p: AdvantageParams):
+    """r_i - mean of the others = n / (n - 1) * (r_i - group mean)."""
+    r = x.sequence_reward()
+    mean, _, n = group_stats(r, x.group)
+    return _per_token((r - mean) * n / (n - 1).clamp_min(1.0), x.mask), None
+
+
+@register_estimator("reinforce_pp")
+def reinforce_pp(x: AdvantageInput, p: AdvantageParams):
+    returns = discounted_returns(x.token_rewards(), x.mask, p.gamma)
+    return whiten(returns, x.mask), None
+
+
+@register_estimator("reinforce_pp_baseline", grouped=True)
+def reinforce_pp_baseline(x: AdvantageInput, p: AdvantageParams):
+    mean, _, _ = group_stats(x.score.float(), x.group)
+    shifted = AdvantageInput((x.score.float() - mean).float(), x.mask, x.group, x.kl, x.kl_coef)
+    return reinforce_pp(shifted, p)

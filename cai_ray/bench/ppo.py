@@ -15,7 +15,6 @@ import json
 import statistics
 import sys
 from collections import Counter
-from pathlib import Path
 
 from cai_ray.bench.common import run_child, scratch, step_timer, table, write
 

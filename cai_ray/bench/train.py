@@ -15,7 +15,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from cai_ray.bench.common import run_child, scratch, step_timer, table, write
 

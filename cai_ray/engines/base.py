@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 TOO_LONG = "prompt_too_long"
 
@@ -22,7 +22,7 @@ TOO_LONG = "prompt_too_long"
 @dataclass
 class Request:
     """A prompt as chat messages (rendered with the model's chat template) or as raw text, or as
-    token ids (PPO rollouts); exactly one of the three."""
+    token ids (RL rollouts); exactly one of the three."""
 
     id: str
     messages: list[dict] | None = None
@@ -130,17 +130,22 @@ class Engine(ABC):
 
     def load_weights(self, source: str | bytes) -> int:
         """New weights into the live engine: a save_pretrained / safetensors folder, or the bytes
-        of one safetensors file (from the object store). Returns the new weights version."""
+        of one safetensors file. Returns the new weights version."""
         if isinstance(source, (bytes, bytearray)):
-            with tempfile.TemporaryDirectory(dir=_shm()) as tmp:
-                Path(tmp, "model.safetensors").write_bytes(source)
-                self._load_folder(tmp)
-        else:
-            self._load_folder(str(source))
+            return self.load_buckets([source])
+        self._load_folder(str(source))
         self.weights_version += 1
         return self.weights_version
 
-    # -- weight sync over a collective group (PPO, ppo.weight_sync = nccl | gloo) --------------
+    def load_buckets(self, blobs: Iterable[bytes]) -> int:
+        """New weights as a stream of safetensors files (buckets of the state dict), each read
+        when the loader reaches it: at most one bucket is held beyond the model. Returns the new
+        weights version."""
+        self._load_stream(stream_safetensors(blobs))
+        self.weights_version += 1
+        return self.weights_version
+
+    # -- weight sync over a collective group (RL, rl.weight_sync = nccl | gloo) ---------------
     def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
         """Join the learner's broadcast group as `rank` (see cai_ray.rl.collective)."""
         from cai_ray.rl.collective import open_group
@@ -148,12 +153,12 @@ class Engine(ABC):
         self._sync_group = open_group(host, port, rank, world, backend)
         return True
 
-    def receive_weights(self, meta) -> int:
-        """Receive the learner's broadcast (meta: its tensor list) and load it; new version."""
+    def receive_weights(self, meta, bucket_mb: float = 64) -> int:
+        """Receive the learner's broadcast (meta: its tensor list) bucket by bucket and load it
+        as it arrives; the new version."""
         from cai_ray.rl.collective import receive
 
-        state = receive(self._sync_group, meta, self.sync_device())
-        self._load_state(state)
+        self._load_stream(receive(self._sync_group, meta, self.sync_device(), bucket_mb))
         self.weights_version += 1
         return self.weights_version
 
@@ -163,9 +168,9 @@ class Engine(ABC):
     def sync_device(self) -> str:
         return "cpu"
 
-    def _load_state(self, state: dict) -> None:
-        """Load a received state dict in place (backends that receive in this process)."""
-        raise NotImplementedError(f"{self.backend}: no in-place state load")
+    def _load_stream(self, pairs: Iterator[tuple[str, Any]]) -> None:
+        """Load (name, tensor) pairs in place as they come (backends that can)."""
+        raise NotImplementedError(f"{self.backend}: no streamed weight load")
 
     def info(self) -> dict:
         from cai_ray.platform import current_rss_mb, peak_rss_mb
@@ -205,8 +210,25 @@ def encode_request(tokenizer, req: Request) -> list[int]:
     raise ValueError(f"request {req.id}: give messages, text or token_ids")
 
 
-def _shm() -> str | None:
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+def scratch_dir(need_bytes: int) -> str | None:
+    """/dev/shm when it is writable and has room for need_bytes (with a 10% margin), else None
+    (the system's temporary folder, on disk)."""
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK):
+        st = os.statvfs(shm)
+        if st.f_bavail * st.f_frsize > need_bytes * 1.1:
+            return shm
+    return None
+
+
+def stream_safetensors(blobs: Iterable[bytes]) -> Iterator[tuple[str, Any]]:
+    """(name, tensor) of each safetensors file in turn; a blob is dropped once read."""
+    from safetensors.torch import load
+
+    for blob in blobs:
+        state = load(bytes(blob))
+        del blob
+        yield from state.items()
 
 
 def state_dict_to_bytes(state_dict: dict) -> bytes:

@@ -126,9 +126,16 @@ class HfEngine(Engine):
         return str(self.device)
 
     def _load_state(self, state: dict, source: str = "weight sync") -> None:
-        _, unexpected = self.model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise ValueError(f"{source}: weights that the model does not have: {unexpected[:5]}")
+        self._load_stream(iter(state.items()), source)
+
+    @torch.no_grad()
+    def _load_stream(self, pairs, source: str = "weight sync") -> None:
+        """Copy each (name, tensor) into the live parameter as it arrives."""
+        own = self.model.state_dict()
+        for name, tensor in pairs:
+            if name not in own:
+                raise ValueError(f"{source}: a weight the model does not have: {name}")
+            own[name].copy_(tensor)
 
     def _load_folder(self, folder: str) -> None:
         from pathlib import Path

@@ -52,11 +52,16 @@ class EngineWorker:
     def load_weights(self, source) -> int:
         return self.engine.load_weights(source)
 
+    def load_weight_refs(self, refs: list) -> int:
+        """Weights as a list of ObjectRefs of safetensors buckets (the learner's stream), each
+        fetched when the loader reaches it."""
+        return self.engine.load_buckets(ray.get(r) for r in refs)
+
     def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
         return self.engine.join_sync(host, port, rank, world, backend)
 
-    def receive_weights(self, meta) -> int:
-        return self.engine.receive_weights(meta)
+    def receive_weights(self, meta, bucket_mb: float = 64) -> int:
+        return self.engine.receive_weights(meta, bucket_mb)
 
     def leave_sync(self) -> None:
         self.engine.leave_sync()
@@ -76,11 +81,12 @@ class EnginePool:
                  num_gpus: float = 0.0, strategy: str = "PACK", max_restarts: int = 1,
                  engine_kwargs: dict | None = None, name: str = "engine",
                  resources: dict | None = None, shared: dict | None = None):
-        """shared: resources added to every bundle for roles co-located with the engines (PPO's
+        """shared: resources added to every bundle for roles co-located with the engines (RL's
         learner ranks); on GPUs the engine then takes half of its bundle's GPUs."""
         self.backend, self.model_path, self.name = backend, model_path, name
-        self.latest_weights = None  # ObjectRef of the newest weights (PPO), or a function that
-        # returns one; a restarted actor reloads them before it takes work again
+        self.latest_weights = None  # the newest weights (RL): ObjectRefs of their safetensors
+        # buckets, or a function that returns them; a restarted actor reloads them before it
+        # takes work again
         self.tensor_parallel_size = (engine_kwargs or {}).get("tensor_parallel_size", 1)
         bundle = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(resources or {})}
         if shared:
@@ -232,7 +238,7 @@ class Scheduler:
             if callable(weights):  # collective sync: ask the learner for its current weights
                 weights = weights()
             if weights is not None:
-                ray.get(self.pool.actors[i].load_weights.remote(weights))
+                ray.get(self.pool.actors[i].load_weight_refs.remote(list(weights)))
             log.warning("%s: actor %d is back", self.pool.name, i)
         except ACTOR_ERRORS:
             log.warning("%s: actor %d is gone for good", self.pool.name, i)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from cai_ray.engines.base import Completion, Engine, Request, Sampling
+from cai_ray.engines.base import Completion, Engine, Request, Sampling, scratch_dir
 
 
 CPU_BLOCK_SIZE = 32
@@ -140,10 +140,29 @@ class VllmEngine(Engine):
 
     def _load_folder(self, folder: str) -> None:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
-        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+        if _in_process():
             self.llm.collective_rpc(_refresh_tied_head)
         self.llm.reset_prefix_cache()
 
+    def _load_stream(self, pairs) -> None:
+        """In process (the CPU default), the model worker reloads in place from the stream, one
+        bucket resident at a time. With the engine core in another process (vLLM's GPU default), a
+        stream cannot cross: the buckets go to a scratch folder (/dev/shm when it has room) and
+        the worker reloads from there."""
+        if _in_process():
+            self.llm.collective_rpc(_worker_reload, args=(pairs,))
+            self.llm.reset_prefix_cache()
+            return
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        state = dict(pairs)
+        need = sum(t.numel() * t.element_size() for t in state.values())
+        with tempfile.TemporaryDirectory(dir=scratch_dir(need)) as tmp:
+            save_file({k: v.contiguous() for k, v in state.items()}, f"{tmp}/model.safetensors")
+            del state
+            self._load_folder(tmp)
 
     # -- weight sync: the receive runs inside vLLM's model worker(s), which own the weights --------
     def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
@@ -152,8 +171,8 @@ class VllmEngine(Engine):
         self.llm.collective_rpc(_worker_join, args=(host, port, rank, world, backend))
         return True
 
-    def receive_weights(self, meta) -> int:
-        self.llm.collective_rpc(_worker_receive, args=(meta,))
+    def receive_weights(self, meta, bucket_mb: float = 64) -> int:
+        self.llm.collective_rpc(_worker_receive, args=(meta, bucket_mb))
         self.llm.reset_prefix_cache()
         self.weights_version += 1
         return self.weights_version
@@ -162,24 +181,36 @@ class VllmEngine(Engine):
         self.llm.collective_rpc(_worker_leave)
 
 
+def _in_process() -> bool:
+    return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+
+
 def _worker_join(worker, host, port, rank, world, backend) -> None:
     from cai_ray.rl.collective import open_group
 
     worker._cai_sync = open_group(host, port, rank + getattr(worker, "rank", 0), world, backend)
 
 
-def _worker_receive(worker, meta) -> None:
-    """Receive the broadcast into the worker's device and reload in place (vLLM's own
-    reload_weights with a tensor iterator: it re-runs each layer's post-load step)."""
-    import torch
+def _worker_reload(worker, pairs) -> None:
+    """vLLM's in-place reload from a (name, tensor) iterator: it re-runs each layer's post-load
+    step as the layer's weights complete."""
+    worker.model_runner.reload_weights(weights_iterator=pairs)
+    if not _has_cuda_device():
+        _refresh_tied_head(worker)
 
+
+def _worker_receive(worker, meta, bucket_mb) -> None:
+    """Receive the broadcast into the worker's device bucket by bucket, reloading as it comes."""
     from cai_ray.rl.collective import receive
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    state = receive(worker._cai_sync, meta, device)
-    worker.model_runner.reload_weights(weights_iterator=iter(state.items()))
-    if device == "cpu":
-        _refresh_tied_head(worker)
+    device = "cuda" if _has_cuda_device() else "cpu"
+    _worker_reload(worker, receive(worker._cai_sync, meta, device, bucket_mb))
+
+
+def _has_cuda_device() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _worker_leave(worker) -> None:

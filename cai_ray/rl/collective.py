@@ -6,11 +6,12 @@ DeepSpeed (learner) or vLLM (engine) already own. Tensors travel as a few flat b
 dtype and at most `bucket_mb` each, in the order of a shared `meta` list:
 
     meta = tensor_meta(state)                      # [(name, shape, dtype)], learner side, once
-    group = open_group("127.0.0.1", port, rank, world, "gloo")
-    send(group, state, meta)                       # rank 0
-    state = receive(group, meta, device)           # ranks 1..N: {name: tensor}
+    group = open_group(host, port, rank, world, "gloo", listener=sock)   # rank 0 serves the store
+    send(group, state, meta)                       # rank 0, one bucket at a time
+    for name, tensor in receive(group, meta, device):   # ranks 1..N, as each bucket arrives
+        ...
 
-Pure torch: no ray, no vllm, no deepspeed.
+Both sides hold at most one bucket beyond the model itself. Pure torch: no ray, vllm or deepspeed.
 """
 
 from __future__ import annotations
@@ -48,34 +49,26 @@ def buckets(meta: Meta, bucket_mb: float = 512) -> list[tuple[str, list[int]]]:
     return out
 
 
-def pack(state: dict[str, torch.Tensor], meta: Meta, plan) -> list[torch.Tensor]:
-    """One flat buffer per bucket, on the tensors' own device."""
-    flat = []
-    for dtype, idx in plan:
-        parts = [state[meta[i][0]].detach().reshape(-1) for i in idx]
-        for i, p in zip(idx, parts):
-            if str(p.dtype).removeprefix("torch.") != dtype:
-                raise ValueError(f"weight sync: {meta[i][0]} is {p.dtype}, meta says {dtype}")
-        flat.append(torch.cat(parts))
-    return flat
+def pack_bucket(state: dict[str, torch.Tensor], meta: Meta, idx: list[int],
+                dtype: str) -> torch.Tensor:
+    """One flat buffer of the tensors at idx, on their own device."""
+    parts = []
+    for i in idx:
+        p = state[meta[i][0]].detach().reshape(-1)
+        if str(p.dtype).removeprefix("torch.") != dtype:
+            raise ValueError(f"weight sync: {meta[i][0]} is {p.dtype}, meta says {dtype}")
+        parts.append(p)
+    return torch.cat(parts)
 
 
-def unpack(flat: list[torch.Tensor], meta: Meta, plan) -> dict[str, torch.Tensor]:
-    """Views into the flat buffers, shaped as meta says."""
-    out = {}
-    for buf, (_, idx) in zip(flat, plan):
-        off = 0
-        for i in idx:
-            name, shape, _ = meta[i]
-            n = prod(shape)
-            out[name] = buf[off:off + n].view(shape)
-            off += n
-    return out
-
-
-def empty_buffers(meta: Meta, plan, device) -> list[torch.Tensor]:
-    return [torch.empty(sum(prod(meta[i][1]) for i in idx), dtype=getattr(torch, dtype),
-                        device=device) for dtype, idx in plan]
+def unpack_bucket(buf: torch.Tensor, meta: Meta, idx: list[int]):
+    """(name, view) pairs of one flat buffer, shaped as meta says."""
+    off = 0
+    for i in idx:
+        name, shape, _ = meta[i]
+        n = prod(shape)
+        yield name, buf[off:off + n].view(shape)
+        off += n
 
 
 def own_address(peer: str = "8.8.8.8") -> str:
@@ -95,10 +88,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def open_group(host: str, port: int, rank: int, world: int, backend: str,
-               timeout_s: float = 300):
-    """A process group of its own (rank 0 hosts the store). backend: 'nccl' or 'gloo'."""
+               timeout_s: float = 300, listener: socket.socket | None = None):
+    """A process group of its own. backend: 'nccl' or 'gloo'. Rank 0 serves the store on
+    `listener`, a socket it bound to host (never all interfaces); the others connect."""
     timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=timeout)
+    if rank == 0 and listener is not None:
+        store = dist.TCPStore(host, port, world, True, timeout, wait_for_workers=False,
+                              master_listen_fd=listener.fileno())
+    else:
+        store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=timeout)
     store = dist.PrefixStore("cai-ray-weight-sync", store)
     if backend == "gloo":
         opts = dist.ProcessGroupGloo._Options()
@@ -116,25 +114,31 @@ def open_group(host: str, port: int, rank: int, world: int, backend: str,
     raise ValueError(f"weight sync backend {backend!r}: use 'nccl' or 'gloo'")
 
 
-def _broadcast(group, flat: list[torch.Tensor]) -> None:
+def _broadcast(group, buf: torch.Tensor) -> None:
     opts = dist.BroadcastOptions()
     opts.rootRank, opts.rootTensor = 0, 0
-    for buf in flat:
-        group.broadcast([buf], opts).wait()
-    if flat and flat[0].is_cuda:
-        torch.cuda.synchronize(flat[0].device)
+    group.broadcast([buf], opts).wait()
+    if buf.is_cuda:
+        torch.cuda.synchronize(buf.device)
 
 
-def send(group, state: dict[str, torch.Tensor], meta: Meta, bucket_mb: float = 512) -> int:
-    """Rank 0: broadcast state; returns the bytes sent."""
-    flat = pack(state, meta, buckets(meta, bucket_mb))
-    _broadcast(group, flat)
-    return sum(b.numel() * b.element_size() for b in flat)
+def send(group, state: dict[str, torch.Tensor], meta: Meta, bucket_mb: float = 64) -> int:
+    """Rank 0: broadcast state bucket by bucket; returns the bytes sent."""
+    sent = 0
+    for dtype, idx in buckets(meta, bucket_mb):
+        buf = pack_bucket(state, meta, idx, dtype)
+        _broadcast(group, buf)
+        sent += buf.numel() * buf.element_size()
+        del buf
+    return sent
 
 
-def receive(group, meta: Meta, device, bucket_mb: float = 512) -> dict[str, torch.Tensor]:
-    """Ranks 1..N: the broadcast state, as views into fresh buffers on `device`."""
-    plan = buckets(meta, bucket_mb)
-    flat = empty_buffers(meta, plan, device)
-    _broadcast(group, flat)
-    return unpack(flat, meta, plan)
+def receive(group, meta: Meta, device, bucket_mb: float = 64):
+    """Ranks 1..N: yield (name, tensor) as each bucket arrives (a fresh buffer per bucket, so a
+    consumer that keeps no references holds one bucket at a time). Consume it whole: every
+    bucket is a collective call that rank 0 makes too."""
+    for dtype, idx in buckets(meta, bucket_mb):
+        buf = torch.empty(sum(prod(meta[i][1]) for i in idx), dtype=getattr(torch, dtype),
+                          device=device)
+        _broadcast(group, buf)
+        yield from unpack_bucket(buf, meta, idx)

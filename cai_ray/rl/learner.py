@@ -1,197 +1,321 @@
-"""The PPO learner: policy and critic, each a DeepSpeed ZeRO engine, as a plain class.
+"""The RL learner: one rank holds the policy and, when the algorithm has a critic, the critic, each
+a DeepSpeed engine from the shared worker base (train/dist.py). A plain class; LearnerGroup
+(rl/group.py) runs N of them as Ray actors, one data-parallel group spanning nodes.
 
-A Ray actor (LearnerActor) wraps it; a LearnerGroup runs N of them as one data-parallel group
-(gloo on CPU, NCCL on GPU), each on its shard of every batch.
+Each optimizer step is a list of micro-batches (a `plan` the driver made, the same shape on every
+rank); gradients accumulate over them with every loss divided by the step's own token or answer
+count, so the step's gradient is that of the aggregate over the whole step.
 """
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager, nullcontext
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from cai_ray.algos.advantages import entropy_from_logits, masked_mean, ppo_policy_loss, value_loss
-from cai_ray.algos.losses import token_logprobs
-from cai_ray.platform import init_deepspeed_comm
-from cai_ray.rl.experience import Experience, gather_response, join_sequences
+from cai_ray.algos.algorithms import Algorithm
+from cai_ray.algos.policy_loss import (aggregate, aggregate_denominator, kl_loss, mismatch,
+                                       policy_loss, tis_weights, value_loss)
+from cai_ray.algos.stats import masked_mean
+from cai_ray.rl.experience import Experience
+from cai_ray.rl.forward import frozen_logprobs, rollout_logprobs, rollout_values
+from cai_ray.train import dist as D
+
+Plan = list[list[list[int]]]
+"""plan[step] = the micro-batches of one optimizer step, each a list of rollout indices (empty: this
+rank has nothing for it, and runs a zero-weight pass so every rank calls the same collectives)."""
 
 
-def _ds_config(cfg: dict, lr: float) -> dict:
-    zero = {"stage": cfg["zero_stage"]}
-    out = {"train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
-           "gradient_accumulation_steps": 1, "gradient_clipping": cfg["grad_clip"],
-           "zero_optimization": zero, "steps_per_print": 10 ** 9}
-    if cfg["precision"] == "bf16":
-        out["bf16"] = {"enabled": True}
-    return out
+def step_plan(lengths: list[int], groups: list[int], world: int, mini: int | None, micro: int,
+              epochs: int, seed: int = 0) -> list[Plan]:
+    """plan[rank] for `epochs` passes over len(lengths) rollouts.
+
+    The unit is a prompt's group of samples (they share the prompt's forward pass, rl/forward.py):
+    each epoch shuffles the groups (in order when one step takes everything), cuts them into
+    optimizer steps of about `mini` rollouts (all ranks together; None: all of them), deals a
+    step's groups round-robin to the ranks, and packs each rank's share, sorted by length (less
+    padding), into micro-batches of at most `micro` rollouts; a group larger than `micro` is split.
+    Every rank gets the same number of steps and of micro-batches per step."""
+    units: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        units.setdefault(g, []).append(i)
+    order = list(units.values())
+    gen = torch.Generator().manual_seed(seed)
+    size = mini or len(lengths)
+    plans: list[Plan] = [[] for _ in range(world)]
+    for _ in range(epochs):
+        if epochs > 1 or size < len(lengths):
+            order = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
+        steps, cur = [], []
+        for u in order:
+            cur.append(u)
+            if sum(map(len, cur)) >= size:
+                steps.append(cur)
+                cur = []
+        steps += [cur] if cur else []
+        for step in steps:
+            shares = [_pack(sorted(step[r::world], key=lambda u: max(lengths[i] for i in u)), micro)
+                      for r in range(world)]
+            m = max(1, max(len(s) for s in shares))
+            for r, share in enumerate(shares):
+                plans[r].append(share + [[] for _ in range(m - len(share))])
+    return plans
 
 
-class PpoLearner:
-    def __init__(self, policy_path: str, critic_path: str, cfg: dict, *, rank: int = 0,
-                 world: int = 1, master_port: int = 29511, seed: int = 0):
-        import deepspeed
+def _pack(units: list[list[int]], micro: int) -> list[list[int]]:
+    """Whole groups into micro-batches of at most `micro` rollouts (a bigger group is split)."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for u in units:
+        for k in range(0, len(u), micro):
+            piece = u[k:k + micro]
+            if cur and len(cur) + len(piece) > micro:
+                out.append(cur)
+                cur = []
+            cur = cur + piece
+    return out + ([cur] if cur else [])
+
+
+class Learner:
+    def __init__(self, policy_path: str, cfg: dict, *, critic_path: str | None = None,
+                 rank: int = 0, world: int = 1, seed: int = 0):
+        """cfg: the rl section as a dict, with `algorithm` resolved (Algorithm fields), and
+        `zero_stage`, `critic_lr`, `threads` filled in by the group."""
+        if cfg.get("threads"):
+            torch.set_num_threads(cfg["threads"])
+        D.limit_heap()
+        torch.manual_seed(seed)
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.alg = Algorithm(**cfg["algorithm"])
+        self.paths = (policy_path, critic_path)
+        self.version, self.actor, self.critic = 0, None, None
+        self._listener = None
+        self._sync_group = None
+
+    # -- forming the group ---------------------------------------------------------------------
+    def listen(self) -> tuple[str, int]:
+        """Rank 0: open the group's store on this node's own address; where to reach it."""
+        host = D.node_address()
+        self._listener = D.listen(host)
+        return host, self._listener.getsockname()[1]
+
+    def join(self, host: str, port: int) -> int:
+        """Join the process group, then load the models into DeepSpeed engines."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from cai_ray.train.reward import load_value_model
 
-        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port),
-                           "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": "0"})
-        if cfg.get("threads"):
-            torch.set_num_threads(cfg["threads"])
-        torch.manual_seed(seed)
-        init_deepspeed_comm(cfg["use_gpu"])
-        self.cfg, self.rank, self.world, self.version = cfg, rank, world, 0
+        cfg = self.cfg
+        D.join_group(host, port, self.rank, self.world, cfg["use_gpu"], self._listener)
+        policy_path, critic_path = self.paths
         tok = AutoTokenizer.from_pretrained(policy_path)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32,
                                                       use_safetensors=True)
-        critic = load_value_model(critic_path)
         self.tied = bool(getattr(policy.config, "tie_word_embeddings", False))
-        self.actor = self._engine(policy, cfg["lr"])
-        self.critic = self._engine(critic, cfg["critic_lr"])
+        if cfg["gradient_checkpointing"]:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+                "use_reentrant": False})
+        self.actor = D.build_engine(policy, cfg, cfg["lr"], self.world, grad_accum=1)
+        if critic_path:
+            self.critic = D.build_engine(load_value_model(critic_path), cfg, cfg["critic_lr"],
+                                         self.world, grad_accum=1)
+        return self.rank
 
-    def _engine(self, model, lr: float):
-        import deepspeed
-
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg["weight_decay"])
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=opt,
-                                          config=_ds_config(self.cfg, lr))
-        return engine
-
-    # -- experience making ---------------------------------------------------------------------
-    def _forward(self, prompt_ids, response, mask):
-        ids, att, plens = join_sequences(prompt_ids, [r[:int(m.sum())].tolist() for r, m in
-                                                      zip(response, mask)], self.pad_id)
-        dev = self.actor.device
-        logits = self.actor(input_ids=ids.to(dev), attention_mask=att.to(dev)).logits
-        logits = gather_response(logits, plens.to(dev), response.shape[1])  # (B, T, V)
-        logp = token_logprobs(logits, response.to(dev)) * mask.to(dev)
-        return logits, logp, (ids, att, plens)
-
-    def _values(self, ids, att, plens, width):
-        from cai_ray.train.reward import token_values
-
-        dev = self.critic.device
-        v = token_values(self.critic.module, ids.to(dev), att.to(dev))  # (B, L)
-        return gather_response(v, plens.to(dev), width)  # (B, T)
+    # -- scoring rollouts before an update -----------------------------------------------------
+    @torch.no_grad()
+    def logprobs(self, prompt_ids: list[list[int]], response, mask):
+        """The policy's log-probs of given rollouts (B, T): the iteration's old log-probs."""
+        self.actor.eval()
+        return frozen_logprobs(self.actor, prompt_ids, response, mask, self.pad_id,
+                               self.cfg["logprob_chunk"], self.cfg["share_prompts"]).cpu()
 
     @torch.no_grad()
-    def logprobs_values(self, prompt_ids: list[list[int]], response, mask):
-        """Policy log-probs and critic values of given rollouts: two (B, T) tensors."""
-        self.actor.eval()
+    def values(self, prompt_ids: list[list[int]], response, mask):
+        """The critic's values before each response token (B, T)."""
         self.critic.eval()
-        _, logp, (ids, att, plens) = self._forward(prompt_ids, response, mask)
-        values = self._values(ids, att, plens, response.shape[1]) * mask.to(self.critic.device)
-        return logp.cpu(), values.cpu()
+        return (rollout_values(self.critic, prompt_ids, response, mask, self.pad_id,
+                               self.cfg["share_prompts"]) * mask.to(self.critic.device)).cpu()
 
     # -- training ------------------------------------------------------------------------------
-    def train(self, exp: Experience, epochs: int, minibatch: int, clip: float,
-              value_clip: float, seed: int = 0) -> dict:
-        """PPO epochs over minibatches of this rank's shard; returns mean metrics."""
+    def train(self, exp: Experience, plan: Plan) -> dict:
+        """Optimizer steps over this rank's share of the rollouts (plan: see step_plan)."""
+        sums: dict[str, float] = defaultdict(float)
+        weight = 0.0
+        timing = defaultdict(float)
+        t_all = time.time()
         self.actor.train()
-        self.critic.train()
-        g = torch.Generator().manual_seed(seed)
-        sums: dict[str, float] = {}
-        n = 0
-        for _ in range(epochs):
-            order = torch.randperm(len(exp), generator=g).tolist()
-            for k in range(0, len(order) - minibatch + 1, minibatch):
-                mb = exp.select(order[k:k + minibatch])
-                for key, v in self._step(mb, clip, value_clip).items():
-                    sums[key] = sums.get(key, 0.0) + v
-                n += 1
+        if self.critic is not None:
+            self.critic.train()
+        for s, step in enumerate(plan):
+            parts = [exp.select(mb).trim() if mb else None for mb in step]
+            real = [p for p in parts if p is not None]
+            denom = sum(aggregate_denominator(p.mask, self.alg.loss_agg) for p in real)
+            tokens = sum(float(p.mask.sum()) for p in real)
+            for j, part in enumerate(parts):
+                # a rank with no share of this micro-batch runs a zero-weight pass on a stand-in:
+                # every rank must reach the same gradient reductions, with every parameter used
+                mb, scale = (part, 1.0) if part is not None else (exp.select([0]).trim(), 0.0)
+                last = j == len(parts) - 1
+                m = self._policy_micro(mb, denom, last, first_step=s == 0, scale=scale,
+                                       timing=timing)
+                if self.critic is not None:
+                    t = time.time()
+                    m.update(self._critic_micro(mb, tokens, last, scale))
+                    timing["learner/critic_s"] += time.time() - t
+                w = float(mb.mask.sum()) * scale
+                for k, v in m.items():
+                    sums[k] += v * w
+                weight += w
+            t = time.time()
+            self.actor.step()
+            if self.critic is not None:
+                self.critic.step()
+            timing["learner/optimizer_s"] += time.time() - t
         self.version += 1
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        timing["learner/train_s"] = time.time() - t_all
+        return {**{k: v / max(weight, 1.0) for k, v in sums.items()}, **timing}
 
-    def _step(self, mb: Experience, clip: float, value_clip: float) -> dict:
-        dev = self.actor.device
+    def _policy_micro(self, mb: Experience, denom: float, boundary: bool, first_step: bool,
+                      scale: float = 1.0, timing: dict | None = None) -> dict:
+        cfg, alg, dev = self.cfg, self.alg, self.actor.device
+        timing = {} if timing is None else timing
+        t0 = time.time()
+        logp, ent = rollout_logprobs(self.actor, mb.prompt_ids, mb.response, mb.mask, self.pad_id,
+                                     chunk=cfg["logprob_chunk"], entropy=True,
+                                     share_prompts=cfg["share_prompts"])
+        mask, adv, sampler = mb.mask.to(dev), mb.advantages.to(dev), mb.sampler_logp.to(dev)
+        correction = cfg["rollout_correction"]
+        if correction == "none":
+            old = sampler
+        elif mb.old_logp is not None:
+            old = mb.old_logp.to(dev)
+        elif first_step:  # the iteration's first update runs at the weights that are "old"
+            old = logp.detach()
+        else:
+            raise RuntimeError("learner: no old log-probs for an update after the first; the "
+                               "driver recomputes them when an iteration takes several steps")
+        weights = tis_weights(old, sampler, mask, cfg["tis_cap"]) if correction == "tis" else None
+        agg = dict(agg=alg.loss_agg, norm_len=cfg["max_new_tokens"], denom=denom)
+        loss, m = policy_loss(logp, old, adv, mask, clip_low=alg.clip_low,
+                              clip_high=alg.clip_high, dual_clip=alg.dual_clip,
+                              ratio_level=alg.ratio_level, weights=weights, **agg)
+        if alg.kl_in == "loss" and alg.kl_coef > 0:
+            kl = kl_loss(logp, mb.ref_logp.to(dev), mask, alg.kl_estimator, **agg)
+            loss = loss + alg.kl_coef * kl
+            m["kl/loss_term"] = float(kl.detach()) * denom / max(aggregate_denominator(
+                mask, alg.loss_agg), 1.0)
+        if cfg["entropy_coef"]:
+            loss = loss - cfg["entropy_coef"] * aggregate(ent, mask, **agg)
+        m["policy/loss"] = float(loss.detach()) * denom / max(aggregate_denominator(
+            mask, alg.loss_agg), 1.0)
+        m["policy/entropy"] = float(masked_mean(ent.detach(), mask))
+        if weights is not None:
+            m["mismatch/is_weight_mean"] = float(masked_mean(weights, mask))
+        if first_step:  # the learner's log-probs at the sampler's weights: their mismatch
+            m.update(mismatch(logp.detach() if mb.old_logp is None else old, sampler, mask))
+        t1 = time.time()
+        self.actor.set_gradient_accumulation_boundary(boundary)
+        self.actor.backward(loss * scale, scale_wrt_gas=False)
+        timing["learner/forward_s"] = timing.get("learner/forward_s", 0.0) + t1 - t0
+        timing["learner/backward_s"] = timing.get("learner/backward_s", 0.0) + time.time() - t1
+        return m
+
+    def _critic_micro(self, mb: Experience, tokens: float, boundary: bool,
+                      scale: float = 1.0) -> dict:
+        dev = self.critic.device
         mask = mb.mask.to(dev)
-        logits, logp, (ids, att, plens) = self._forward(mb.prompt_ids, mb.response, mb.mask)
-        pl, m = ppo_policy_loss(logp, mb.old_logp.to(dev), mb.advantages.to(dev), mask, clip)
-        ent = entropy_from_logits(logits.detach(), mask)
-        self.actor.backward(pl)
-        self.actor.step()
-        values = self._values(ids, att, plens, mb.response.shape[1])
-        vl, vm = value_loss(values, mb.values.to(values.device), mb.returns.to(values.device),
-                            mb.mask.to(values.device), value_clip)
-        self.critic.backward(vl)
-        self.critic.step()
-        return {"ppo/policy_loss": float(pl.detach()), "ppo/value_loss": float(vl.detach()),
-                "ppo/entropy": float(ent), **m, **vm,
-                "ppo/values_mean": float(masked_mean(values.detach(), mb.mask.to(values.device)))}
+        values = rollout_values(self.critic, mb.prompt_ids, mb.response, mb.mask, self.pad_id,
+                                self.cfg["share_prompts"])
+        loss, m = value_loss(values, mb.values.to(dev), mb.returns.to(dev), mask,
+                             self.cfg["value_clip"], denom=tokens)
+        self.critic.set_gradient_accumulation_boundary(boundary)
+        self.critic.backward(loss * scale, scale_wrt_gas=False)
+        return {**m, "critic/loss": float(loss.detach()) * tokens / max(float(mask.sum()), 1.0),
+                "critic/values_mean": float(masked_mean(values.detach(), mask))}
 
-    # -- weights -------------------------------------------------------------------------------
-    def policy_state(self) -> dict:
-        """The full policy state dict on the CPU (gathered under ZeRO-3), without the tied head."""
-        with self._gathered() as state:
-            return {k: v.detach().cpu().clone() for k, v in state.items()}
+    # -- weights out -----------------------------------------------------------------------------
+    def _policy_state(self) -> dict:
+        state = dict(self.actor.module.state_dict())
+        if self.tied:
+            state.pop("lm_head.weight", None)
+        return state
 
-    @contextmanager
-    def _gathered(self):
-        """The policy's state dict, live on its device, valid inside the block (under ZeRO-3 every
-        rank must enter: the parameters are gathered collectively)."""
-        import deepspeed
-
-        module = self.actor.module
-        params = list(module.parameters())
-        zero3 = getattr(params[0], "ds_id", None) is not None
-        with (deepspeed.zero.GatheredParameters(params, modifier_rank=None) if zero3
-              else nullcontext()):
-            state = dict(module.state_dict())
-            if self.tied:
-                state.pop("lm_head.weight", None)
-            yield state
-
-    # -- weight sync over a collective group (ppo.weight_sync = nccl | gloo) -------------------
-    def sync_meta(self) -> list:
+    def weight_meta(self) -> list:
         from cai_ray.rl.collective import tensor_meta
 
-        with self._gathered() as state:
-            return tensor_meta(state)
+        with D.gathered(self.actor.module):
+            return tensor_meta(self._policy_state())
 
-    def sync_address(self, loopback: bool) -> tuple[str, int]:
-        """Where rank 0 will host the broadcast group's store: its address and a free port."""
-        from cai_ray.rl.collective import free_port, own_address
+    def weight_buckets(self, meta: list, bucket_mb: float):
+        """Stream the policy as safetensors files of at most bucket_mb each (a Ray streaming
+        generator: each bucket reaches the object store before the next one is packed, so the
+        learner never holds a second copy of the whole model). Under ZeRO-3 every rank calls it
+        (the gather is collective); rank 0 yields."""
+        from safetensors.torch import save
 
-        host = "127.0.0.1" if loopback else own_address()
-        return host, free_port(host)
+        from cai_ray.rl.collective import buckets
+
+        with D.gathered(self.actor.module):
+            if self.rank != 0:
+                return
+            state = self._policy_state()
+            for _, idx in buckets(meta, bucket_mb):
+                yield save({meta[i][0]: state[meta[i][0]].detach().cpu().contiguous()
+                            for i in idx})
 
     def sync_join(self, host: str, port: int, world: int, backend: str) -> bool:
-        """Rank 0 of the learner group is rank 0 (the source) of the broadcast group."""
+        """Rank 0 of the learner group is rank 0 (the source) of the weight broadcast group."""
         if self.rank == 0:
             from cai_ray.rl.collective import open_group
 
-            self._sync_group = open_group(host, port, 0, world, backend)
+            self._sync_group = open_group(host, port, 0, world, backend, listener=self._sync_sock)
         return True
 
-    def sync_send(self, meta: list) -> int:
-        """Broadcast the policy to the engines (every learner rank calls it; rank 0 sends)."""
+    def sync_address(self, loopback: bool) -> tuple[str, int]:
+        """Where rank 0 hosts the broadcast group's store: this node's address, a free port."""
+        host = "127.0.0.1" if loopback else D.node_address()
+        self._sync_sock = D.listen(host)
+        return host, self._sync_sock.getsockname()[1]
+
+    def sync_send(self, meta: list, bucket_mb: float) -> int:
+        """Broadcast the policy to the engines, bucket by bucket (every rank calls; rank 0
+        sends)."""
         from cai_ray.rl.collective import send
 
-        with self._gathered() as state:
-            return send(self._sync_group, state, meta) if self.rank == 0 else 0
+        with D.gathered(self.actor.module):
+            return send(self._sync_group, self._policy_state(), meta, bucket_mb) \
+                if self.rank == 0 else 0
 
     def sync_leave(self) -> None:
         self._sync_group = None
 
-    def state_bytes(self) -> bytes:
-        from cai_ray.engines.base import state_dict_to_bytes
-
-        return state_dict_to_bytes(self.policy_state())
-
+    # -- checkpoints -----------------------------------------------------------------------------
     def save(self, folder: str, tokenizer_from: str | None = None) -> str:
-        """save_pretrained of policy (folder/policy) and critic (folder/critic) on rank 0."""
-        from cai_ray.train.core import copy_tokenizer, export_model
-
-        export_model(self.actor, str(Path(folder) / "policy"))
-        export_model(self.critic, str(Path(folder) / "critic"))
+        """folder/policy (save_pretrained: engines, resume, later stages), folder/critic, and
+        folder/state_* (DeepSpeed: weights, optimizer, step) for an exact resume."""
+        folder = Path(folder)
+        D.export_model(self.actor, folder / "policy")
+        D.save_state(self.actor, folder / "state_policy", "policy", {"version": self.version})
+        if self.critic is not None:
+            D.export_model(self.critic, folder / "critic")
+            D.save_state(self.critic, folder / "state_critic", "critic")
         if self.rank == 0 and tokenizer_from:
-            for sub in ("policy", "critic"):
-                copy_tokenizer(tokenizer_from, Path(folder) / sub)
-        return folder
+            for sub in ("policy", "critic") if self.critic is not None else ("policy",):
+                D.copy_tokenizer(tokenizer_from, folder / sub)
+        D.barrier()
+        return str(folder)
+
+    def restore(self, folder: str) -> int:
+        """Training state from a checkpoint save() wrote: optimizer moments included."""
+        folder = Path(folder)
+        client = D.load_state(self.actor, folder / "state_policy", "policy")
+        if self.critic is not None:
+            D.load_state(self.critic, folder / "state_critic", "critic")
+        self.version = int(client.get("version", self.version))
+        return self.version
 
     def get_version(self) -> int:
         return self.version
@@ -203,3 +327,6 @@ class PpoLearner:
         from cai_ray.platform import peak_rss_mb
 
         return peak_rss_mb()
+
+    def ping(self) -> bool:
+        return True

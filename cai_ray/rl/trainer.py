@@ -1,19 +1,21 @@
-"""The PPO driver (RL-CAI, Bai et al. 2022 sec. 4): rollouts stream from vLLM engine actors into
-experience making (reference log-probs, reward, critic values) as they finish; the learner group
-trains; the new weights go back to the engines.
+"""The RL driver (RL-CAI, Bai et al. 2022 sec. 4), for every algorithm of the registry: rollouts
+stream from the vLLM engine actors into scoring (reward; reference log-probs when there is a KL
+term; critic values when there is a critic; the learner's old log-probs when an iteration takes
+several optimizer steps) as each engine's batch returns; the estimator turns scores into
+advantages; the learner group trains; the new weights go back to the engines.
 
-    trainer = PpoTrainer(cfg, roles, pool, prompts, out_dir)
+    trainer = RlTrainer(cfg, roles, pool, prompts, seed=0, reward_params={...})
     trainer.run()
 
 In async mode the next batch is generated while the learner trains on this one; every rollout
-carries the policy version that produced it and the learner refuses rollouts more than
-`max_staleness` versions old.
+carries the policy version that produced it and rollouts more than `max_staleness` versions old
+are refused.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -22,221 +24,317 @@ from pathlib import Path
 import ray
 import torch
 
-from cai_ray.algos.advantages import (AdaptiveKLController, FixedKLController, gae,
-                                      penalised_rewards, whiten)
-from cai_ray.engines.base import Request, Sampling
-from cai_ray.rl.collective import free_port
-from cai_ray.rl.experience import Experience, Rollout, pad_responses
-from cai_ray.rl.learner import PpoLearner
-from cai_ray.rl.roles import ReferencePolicy, RewardRole
+from cai_ray.algos.advantages import ESTIMATORS, AdvantageInput, AdvantageParams
+from cai_ray.algos.kl import AdaptiveKLController, FixedKLController, kl_estimate
+from cai_ray.algos.policy_loss import mismatch
+from cai_ray.algos.stats import group_stats
+from cai_ray.engines.base import TOO_LONG, Request, Sampling
+from cai_ray.platform import has_cuda, num_cores
+from cai_ray.rl.experience import Experience, Rollout, concat, pad_right
+from cai_ray.rl.group import LearnerGroup
+from cai_ray.rl.learner import step_plan
+from cai_ray.rl.rewards import Scored
+from cai_ray.rl.roles import ReferencePolicy, RewardWorker
 from cai_ray.rl.weight_sync import make_sync
 
 log = logging.getLogger(__name__)
-LearnerActor = ray.remote(PpoLearner)
 ReferenceActor = ray.remote(ReferencePolicy)
-RewardActor = ray.remote(RewardRole)
+RewardActor = ray.remote(RewardWorker)
 
 
 @dataclass
 class Roles:
-    policy: str       # starting policy weights (SFT model, or a PPO checkpoint on resume)
-    reference: str    # frozen SFT model
-    critic: str       # critic initialisation (reward model, or a checkpoint)
-    reward_model: str | None
+    policy: str            # starting policy weights (SFT model, or an RL checkpoint on resume)
+    reference: str         # frozen SFT model
+    critic: str | None     # critic initialisation (reward model, SFT, or a checkpoint); None: none
     tokenizer: str
 
 
-class LearnerGroup:
-    """N learner actors as one data-parallel group; rank 0 answers for the group."""
+def learner_config(cfg, alg) -> dict:
+    """The learner's plain config: the rl section, the resolved algorithm, the ZeRO stage and the
+    critic's settings filled in."""
+    from dataclasses import asdict
 
-    def __init__(self, roles: Roles, cfg: dict, seed: int, colocate_with=None):
-        """colocate_with: an EnginePool built with room for one learner rank per bundle."""
-        from cai_ray.platform import has_cuda, num_cores
-
-        n = cfg["num_workers"]
-        port = free_port()  # not a seeded choice: two runs on one machine would collide
-        cfg = dict(cfg, threads=None if has_cuda() else max(1, num_cores() // n))
-        self.actors = [LearnerActor.options(**self._placement(r, cfg, colocate_with))
-                       .remote(roles.policy, roles.critic, cfg, rank=r, world=n,
-                               master_port=port, seed=seed) for r in range(n)]
-        ready, _ = ray.wait([a.get_version.remote() for a in self.actors], num_returns=n,
-                            timeout=600)
-        if len(ready) < n:
-            raise RuntimeError(f"PPO learner: {n - len(ready)} of {n} learner rank(s) could not be "
-                               f"placed or started in 600 s (each needs 1 CPU"
-                               f"{' and a GPU' if cfg['use_gpu'] else ''}); the cluster has "
-                               f"{ray.available_resources()} free. Give Ray more CPUs "
-                               f"(ray.num_cpus) or use fewer engine actors / learner ranks")
-        ray.get(ready)
-
-    @staticmethod
-    def _placement(rank: int, cfg: dict, pool) -> dict:
-        if pool is None:
-            return {"num_cpus": 1, "num_gpus": 1 if cfg["use_gpu"] else 0}
-        gpus = pool.bundle.get("GPU", 0) / 2 if cfg["use_gpu"] else 0  # the engine has the rest
-        return {"num_cpus": 1, "num_gpus": gpus, "scheduling_strategy": pool.bundle_strategy(rank)}
-
-    def all(self, method: str, *args):
-        return [getattr(a, method).remote(*args) for a in self.actors]
-
-    def train(self, exp: Experience, **kw) -> list:
-        n = len(self.actors)
-        per = len(exp) // n
-        return [a.train.remote(exp.select(list(range(r * per, (r + 1) * per))), **kw)
-                for r, a in enumerate(self.actors)]
+    return {**cfg.model_dump(), **cfg.critic_settings(), "algorithm": asdict(alg),
+            "zero_stage": cfg.learner_zero_stage()}
 
 
-class PpoTrainer:
-    def __init__(self, cfg, roles: Roles, pool, prompts: list, out_dir: Path, *, seed: int = 0,
-                 reward_fn: str | None = None, quiet: bool = True):
-        self.cfg, self.roles, self.pool, self.seed = cfg, roles, pool, seed
-        self.prompts, self.out = prompts, Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        d = cfg.model_dump()
-        self.learners = LearnerGroup(roles, d, seed, colocate_with=pool if cfg.colocate else None)
+class RlTrainer:
+    def __init__(self, cfg, roles: Roles, pool, prompts: list, *, seed: int = 0,
+                 reward_params: dict | None = None, quiet: bool = True,
+                 weight_sync: str | None = None):
+        """weight_sync: the resolved path (JobConfig.weight_sync()); default cfg.weight_sync, with
+        auto taken as object_store."""
+        self.cfg, self.roles, self.pool, self.seed, self.quiet = cfg, roles, pool, seed, quiet
+        self.alg = alg = cfg.resolved()
+        self.prompts = prompts
+        self.order = list(range(len(prompts)))
+        random.Random(seed).shuffle(self.order)
+        self.cursor = 0          # prompts drawn so far (group ids count them)
+        self.resume_cursor = 0   # ... by the iterations finished: where a resumed run goes on
+        self.timeout = cfg.call_timeout_s
         near = {"scheduling_strategy": pool.bundle_strategy(0)} if cfg.colocate else {}
-        self.ref = ReferenceActor.options(num_cpus=0, **near).remote(roles.reference)
+        self.learners = LearnerGroup(roles.policy, roles.critic if alg.needs_critic else None,
+                                     learner_config(cfg, alg), seed,
+                                     colocate_with=pool if cfg.colocate else None)
+        # the frozen roles take no CPU of their own (they work while the learner waits), but use
+        # every core when they do: Ray would give a num_cpus=0 actor one OpenMP thread
+        threads = None if has_cuda() else num_cores()
+        self.ref = (ReferenceActor.options(num_cpus=0, **near).remote(
+            roles.reference, threads=threads, chunk=cfg.logprob_chunk,
+            share_prompts=cfg.share_prompts)
+            if alg.needs_reference else None)
         self.reward = RewardActor.options(num_cpus=0, **near).remote(
-            roles.reward_model, reward_fn, cfg.max_new_tokens)
-        self.sync = make_sync(cfg.weight_sync, pool)
-        self.kl = (AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
-                   if cfg.kl_target else FixedKLController(cfg.kl_coef))
+            cfg.reward, {"max_tokens": cfg.max_new_tokens, **(reward_params or {})}, threads)
+        kind = weight_sync or cfg.weight_sync
+        self.sync = make_sync("object_store" if kind == "auto" else kind, pool,
+                              cfg.weight_sync_bucket_mb)
+        self.kl = (AdaptiveKLController(alg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+                   if cfg.kl_target else FixedKLController(alg.kl_coef))
+        # several optimizer steps per iteration: the old log-probs must be computed before the
+        # first one (one step on fresh rollouts gets them free from its own forward pass)
+        rollouts = cfg.prompts_per_iter * cfg.samples_per_prompt
+        self.recompute_old = cfg.rollout_correction != "none" and (
+            cfg.update_epochs > 1 or (cfg.mini_batch_size or rollouts) < rollouts)
         self.version = 0
-        self.quiet = quiet
         self.history: list[dict] = []
 
-    # -- one batch of rollouts -----------------------------------------------------------------
-    def _batch_prompts(self, it: int) -> list:
-        order = list(range(len(self.prompts)))
-        random.Random(self.seed).shuffle(order)
-        k = self.cfg.prompts_per_iter
-        return [self.prompts[order[(it * k + j) % len(order)]] for j in range(k)]
+    # -- rollouts --------------------------------------------------------------------------------
+    def _draw(self, k: int) -> list[tuple[int, object]]:
+        """The next k prompts of the shuffled cycle, each with its group id."""
+        out = []
+        for _ in range(k):
+            out.append((self.cursor, self.prompts[self.order[self.cursor % len(self.order)]]))
+            self.cursor += 1
+        return out
 
-    def collect(self, it: int) -> tuple[list[Rollout], list, dict]:
-        """Generate rollouts for iteration `it`; as each batch of them returns, start its scoring
-        (reference, reward, critic) without waiting for the rest."""
+    def collect(self, it: int, k: int | None = None, attempt: int = 0):
+        """Generate the rollouts of k prompts (default: prompts_per_iter); each engine's batch
+        goes to scoring as soon as it returns. Returns (pending scoring, generation stats)."""
         cfg = self.cfg
         t0 = time.time()
+        drawn = self._draw(k or cfg.prompts_per_iter)
         sampling = Sampling(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            n=cfg.samples_per_prompt, seed=self.seed * 100_003 + it, logprobs=True)
-        # one batch per engine: each engine's rollouts go to scoring as soon as they return
-        # (splitting further only shrinks the engines' batches: decode cost per step is flat)
-        per_engine = -(-cfg.prompts_per_iter // max(1, len(self.pool)))
+                            top_p=cfg.top_p, n=cfg.samples_per_prompt,
+                            seed=self.seed * 100_003 + it * 101 + attempt, logprobs=True)
+        # one batch per engine (splitting further only shrinks the engines' batches)
+        per_engine = -(-len(drawn) // max(1, len(self.pool)))
         sched = self.pool.scheduler(sampling, batch_size=per_engine, max_in_flight=1)
-        by_id = {}
-        for p in self._batch_prompts(it):
-            by_id[p.id] = p
-            sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
-        rollouts, pending, chunk = [], [], []
-        for pid, comps in sched.results():
-            for c in comps:
-                chunk.append((Rollout(pid, by_id[pid].prompt, c.prompt_token_ids, c.token_ids,
-                                      c.text, self.version, c.finish_reason), c.logprobs or []))
+        by_group = {}
+        for g, p in drawn:
+            by_group[g] = p
+            sched.put(g, Request(str(g), messages=[{"role": "user", "content": p.prompt}]))
+        pending, chunk, too_long = [], [], 0
+        for g, comps in sched.results():
+            if comps[0].finish_reason == TOO_LONG:
+                too_long += 1
+                continue
+            p = by_group[g]
+            chunk += [Rollout(p.id, p.prompt, c.prompt_token_ids, c.token_ids, c.text,
+                              self.version, g, c.logprobs or [], c.finish_reason) for c in comps]
             if len(chunk) >= cfg.samples_per_prompt * per_engine:
                 pending.append(self._score(chunk))
-                rollouts += [r for r, _ in chunk]
                 chunk = []
         if chunk:
             pending.append(self._score(chunk))
-            rollouts += [r for r, _ in chunk]
-        return rollouts, pending, {"timing/generate_s": time.time() - t0,
-                                   "generated_tokens": sched.stats["generated_tokens"],
-                                   "actor_failures": sched.stats["actor_failures"]}
+        return pending, {"timing/generate_s": time.time() - t0,
+                         "generated_tokens": sched.stats["generated_tokens"],
+                         "actor_failures": sched.stats["actor_failures"],
+                         "prompts_too_long": too_long}
 
-    def _score(self, chunk):
-        rolls = [r for r, _ in chunk]
-        resp, mask = pad_responses([r.response_ids for r in rolls])
-        old = torch.zeros_like(mask)
-        for i, (_, lps) in enumerate(chunk):
-            old[i, :len(lps)] = torch.tensor(lps, dtype=torch.float32)
+    def _score(self, rolls: list[Rollout]) -> dict:
+        """Start every scoring call for one batch of rollouts; returns the refs."""
+        resp, mask = pad_right([r.response_ids for r in rolls])
+        sampler, _ = pad_right([r.sampler_logp for r in rolls], 0.0, torch.float32)
+        sampler = sampler[:, :resp.shape[1]] if sampler.shape[1] >= resp.shape[1] else \
+            torch.nn.functional.pad(sampler, (0, resp.shape[1] - sampler.shape[1]))
         prompt_ids = [r.prompt_ids for r in rolls]
-        return {"rollouts": rolls, "resp": resp, "mask": mask, "old_logp": old,
-                "ref": self.ref.logprobs.remote(prompt_ids, resp, mask),
-                "reward": self.reward.score.remote([r.prompt for r in rolls],
-                                                   [r.response for r in rolls],
-                                                   [len(r.response_ids) for r in rolls]),
-                "values": self.learners.all("logprobs_values", prompt_ids, resp, mask)[0]}
+        batch = [Scored(r.prompt_id, r.prompt, r.response, len(r.response_ids)) for r in rolls]
+        return {"rollouts": rolls, "resp": resp, "mask": mask, "sampler": sampler * mask,
+                "reward": self.reward.score.remote(batch),
+                "ref": self.ref.logprobs.remote(prompt_ids, resp, mask) if self.ref else None,
+                "values": (self.learners.forward("values", prompt_ids, resp, mask)
+                           if self.alg.needs_critic else None),
+                "old": (self.learners.forward("logprobs", prompt_ids, resp, mask)
+                        if self.recompute_old else None)}
 
-    def make_experience(self, pending: list) -> tuple[Experience, dict]:
-        t0 = time.time()
+    def _get(self, ref, what: str):
+        if ref is None:
+            return None
+        try:
+            return ray.get(ref, timeout=self.timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise RuntimeError(f"RL: the {what} call gave no answer in {self.timeout:.0f} s "
+                               f"(rl.call_timeout_s); a role is hung") from None
+
+    def make_experience(self, pending: list) -> Experience:
         parts = []
         for p in pending:
-            _, values = ray.get(p["values"])
-            parts.append((p, ray.get(p["ref"]), torch.tensor(ray.get(p["reward"])), values))
-        width = max(p["resp"].shape[1] for p, *_ in parts)
+            rolls = p["rollouts"]
+            parts.append(Experience(
+                [r.prompt_ids for r in rolls], p["resp"], p["mask"], p["sampler"],
+                torch.tensor(self._get(p["reward"], "reward"), dtype=torch.float32),
+                torch.tensor([r.group for r in rolls]), [r.policy_version for r in rolls],
+                old_logp=self._get(p["old"], "learner logprobs"),
+                ref_logp=self._get(p["ref"], "reference"),
+                values=self._get(p["values"], "critic values")))
+        return concat(parts)
 
-        def cat(xs):
-            return torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in xs])
+    def gather(self, it: int, first) -> tuple[Experience | None, dict]:
+        """This iteration's experience: the first collection's, and with dynamic sampling, groups
+        whose rewards all agree dropped and refilled from the next prompts."""
+        pending, gen = first
+        t0 = time.time()
+        exp = self.make_experience(pending) if pending else None
+        stats = dict(gen)
+        if self.alg.dynamic_sampling:
+            exp, dropped = informative(exp)
+            refills = 0
+            while refills < self.cfg.max_refills and groups(exp) < self.cfg.prompts_per_iter:
+                refills += 1
+                more, g = self.collect(it, self.cfg.prompts_per_iter - groups(exp), refills)
+                stats["timing/generate_s"] += g["timing/generate_s"]
+                stats["generated_tokens"] += g["generated_tokens"]
+                extra, d = informative(self.make_experience(more) if more else None)
+                dropped += d
+                exp = extra if exp is None else (exp if extra is None else concat([exp, extra]))
+            stats.update({"dynamic/groups_dropped": dropped, "dynamic/refills": refills})
+        stats["timing/score_s"] = time.time() - t0
+        return exp, stats
 
-        rolls = [r for p, *_ in parts for r in p["rollouts"]]
-        exp = Experience([r.prompt_ids for r in rolls], cat([p["resp"] for p, *_ in parts]),
-                         cat([p["mask"] for p, *_ in parts]), cat([p["old_logp"] for p, *_ in parts]),
-                         cat([ref for _, ref, _, _ in parts]), cat([v for *_, v in parts]),
-                         torch.cat([s for _, _, s, _ in parts]),
-                         versions=[r.policy_version for r in rolls])
-        return exp, {"timing/score_s": time.time() - t0}
-
+    # -- the algorithm -------------------------------------------------------------------------
     def advantages(self, exp: Experience) -> dict:
-        cfg = self.cfg
-        exp.rewards, kl = penalised_rewards(exp.score, exp.old_logp, exp.ref_logp, exp.mask,
-                                            self.kl.value)
-        adv, exp.returns = gae(exp.rewards, exp.values, exp.mask, cfg.gamma, cfg.lam)
-        exp.advantages = whiten(adv, exp.mask) if cfg.whiten_advantages else adv
-        seq_kl = (kl * exp.mask).sum(-1)
-        return {"reward/mean": float(exp.score.mean()), "reward/std": float(exp.score.std()),
-                "kl/mean": float(seq_kl.mean()), "kl/coef": self.kl.value,
-                "response/length": float(exp.mask.sum(-1).mean())}
+        """Fill exp.advantages (and returns) with the algorithm's estimator; the batch's figures."""
+        cfg, alg = self.cfg, self.alg
+        policy_logp = exp.old_logp if exp.old_logp is not None else exp.sampler_logp
+        seq_kl = None
+        if exp.ref_logp is not None:  # logged whatever the KL's place: k1 summed per answer
+            seq_kl = (kl_estimate(policy_logp, exp.ref_logp, "k1") * exp.mask).sum(-1)
+        kl = None
+        if alg.kl_in == "reward" and self.kl.value > 0:
+            kl = kl_estimate(policy_logp, exp.ref_logp, alg.kl_estimator) * exp.mask
+        crit = cfg.critic_settings()
+        exp.advantages, exp.returns = ESTIMATORS[alg.advantage].fn(
+            AdvantageInput(exp.score, exp.mask, exp.group, kl, self.kl.value, exp.values),
+            AdvantageParams(gamma=cfg.gamma, lam=crit["lam"], whiten=crit["whiten_advantages"]))
+        _, std, _ = group_stats(exp.score, exp.group)
+        out = {"reward/mean": float(exp.score.mean()),
+               "reward/std": float(exp.score.std()) if len(exp) > 1 else 0.0,
+               "kl/mean": float(seq_kl.mean()) if seq_kl is not None else 0.0,
+               "kl/coef": self.kl.value, "response/length": float(exp.mask.sum(-1).mean()),
+               "groups/all_equal": float((std == 0).float().mean()),
+               "advantage/abs_mean": float((exp.advantages.abs() * exp.mask).sum()
+                                           / exp.mask.sum().clamp_min(1))}
+        if exp.old_logp is not None:
+            out.update(mismatch(exp.old_logp, exp.sampler_logp, exp.mask))
+        return out
 
     def refuse_stale(self, exp: Experience) -> tuple[Experience, int]:
         """Drop rollouts whose policy version is more than max_staleness behind the learner."""
         keep = [i for i, v in enumerate(exp.versions) if self.version - v <= self.cfg.max_staleness]
-        n = len(self.learners.actors)
-        keep = keep[:len(keep) - len(keep) % n] if len(keep) >= n else keep
         return (exp.select(keep) if len(keep) < len(exp) else exp), len(exp) - len(keep)
 
-    # -- the loop ------------------------------------------------------------------------------
     def train_on(self, exp: Experience, it: int) -> list:
-        mb = min(self.cfg.micro_batch_size, max(1, len(exp) // len(self.learners.actors)))
-        return self.learners.train(exp, epochs=self.cfg.ppo_epochs, minibatch=mb,
-                                   clip=self.cfg.clip, value_clip=self.cfg.value_clip,
-                                   seed=self.seed + it)
+        cfg = self.cfg
+        lengths = [len(p) + int(m.sum()) for p, m in zip(exp.prompt_ids, exp.mask)]
+        plans = step_plan(lengths, exp.group.tolist(), len(self.learners), cfg.mini_batch_size,
+                          cfg.micro_batch_size, cfg.update_epochs, seed=self.seed + it)
+        return self.learners.train(exp, plans)
 
+    # -- the loop ------------------------------------------------------------------------------
     def run(self, start: int = 0, on_iteration=None) -> list[dict]:
         cfg = self.cfg
+        t_last = time.time()  # an iteration's wall time runs from the previous one's end
         nxt = self.collect(start)
         for it in range(start, cfg.iterations):
-            t_it = time.time()
-            rollouts, pending, gen = nxt
-            exp, score = self.make_experience(pending)
-            exp, stale = self.refuse_stale(exp)
-            stats = self.advantages(exp)
+            exp, gen = self.gather(it, nxt)
+            self.resume_cursor = self.cursor  # before the next iteration draws its prompts
+            stale = 0
+            if exp is not None:
+                exp, stale = self.refuse_stale(exp)
+            stats = self.advantages(exp) if exp is not None and len(exp) else {}
             t_train = time.time()
-            train_refs = self.train_on(exp, it)
+            train_refs = self.train_on(exp, it) if stats else []
             overlapped = 0.0
             if cfg.async_mode and it + 1 < cfg.iterations:
                 nxt = self.collect(it + 1)  # generates while the learner trains
-                overlapped = nxt[2]["timing/generate_s"]
-            metrics = ray.get(train_refs)[0]
+                overlapped = nxt[1]["timing/generate_s"]
+            metrics = self._get(train_refs[0], "learner train") if train_refs else {}
+            for ref in train_refs[1:]:
+                self._get(ref, "learner train")
             train_s = time.time() - t_train
-            self.version += 1
-            sync = self.sync.push(self.learners)
+            sync = {"timing/weight_sync_s": 0.0}
+            if train_refs:
+                self.version += 1
+                sync = self.sync.push(self.learners)
+            now = time.time()
+            row_s, t_last = now - t_last, now
             if not cfg.async_mode and it + 1 < cfg.iterations:
                 nxt = self.collect(it + 1)
-            row = {"iteration": it + 1, "policy_version": self.version, **stats, **metrics,
-                   **gen, **score, "timing/train_s": train_s - overlapped,
+            row = {"iteration": it + 1, "policy_version": self.version, "algorithm": self.alg.name,
+                   **stats, **metrics, **gen, "timing/train_s": train_s - overlapped,
                    "timing/overlapped_generate_s": overlapped, **sync,
-                   "timing/iteration_s": time.time() - t_it, "rollouts": len(exp),
-                   "stale_refused": stale,
+                   "timing/iteration_s": row_s,
+                   "rollouts": len(exp) if exp is not None else 0, "stale_refused": stale,
+                   "skipped_update": int(not train_refs),
                    "perf/tokens_per_s": gen["generated_tokens"] / max(gen["timing/generate_s"],
                                                                       1e-9)}
-            self.kl.update(stats["kl/mean"], len(exp))
+            if stats:
+                self.kl.update(stats["kl/mean"], len(exp))
             self.history.append(row)
             if on_iteration:
                 on_iteration(self, row)
         return self.history
 
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"iteration": self.history[-1]["iteration"] if self.history else 0,
+                "version": self.version, "kl_coef": self.kl.value, "cursor": self.resume_cursor}
+
     def save(self, folder: Path) -> None:
-        ray.get(self.learners.all("save", str(folder), self.roles.tokenizer))
-        (folder / "trainer_state.json").write_text(json.dumps(
-            {"iteration": len(self.history) and self.history[-1]["iteration"],
-             "version": self.version, "kl_coef": self.kl.value}))
+        from cai_ray.rundir import write_json_atomic
+
+        ray.get(self.learners.call("save", str(folder), self.roles.tokenizer),
+                timeout=self.timeout)
+        write_json_atomic(folder / "trainer_state.json", self.state())  # last: marks it complete
+
+    def restore(self, folder: Path, state: dict) -> None:
+        """Learner training state (optimizer included) and the driver's counters."""
+        ray.get(self.learners.call("restore", str(folder)), timeout=self.timeout)
+        self.version, self.kl.value = state["version"], state["kl_coef"]
+        self.cursor = self.resume_cursor = state.get("cursor", state["iteration"] *
+                                                     self.cfg.prompts_per_iter)
+
+    def peak_memory_mb(self) -> dict:
+        out = {"memory/learner_peak_mb": max(ray.get(self.learners.call("peak_rss_mb")))}
+        if self.ref is not None:
+            out["memory/reference_peak_mb"] = ray.get(self.ref.peak_rss_mb.remote())
+        out["memory/engine_peak_mb"] = max(i["peak_rss_mb"] for i in
+                                           self.pool.call_all("info"))
+        return out
+
+    def shutdown(self) -> None:
+        self.learners.shutdown()
+        for a in (self.ref, self.reward):
+            if a is not None:
+                ray.kill(a, no_restart=True)
+
+
+def groups(exp: Experience | None) -> int:
+    return 0 if exp is None else len(set(exp.group.tolist()))
+
+
+def informative(exp: Experience | None) -> tuple[Experience | None, int]:
+    """DAPO's dynamic sampling: keep only groups whose rewards differ (a group of equal rewards has
+    no advantage to learn from). Returns the rest and how many groups were dropped."""
+    if exp is None:
+        return None, 0
+    _, std, _ = group_stats(exp.score, exp.group)
+    keep = [i for i, s in enumerate(std.tolist()) if s > 0]
+    dropped = groups(exp) - len(set(exp.group[keep].tolist())) if keep else groups(exp)
+    return (exp.select(keep) if keep else None), dropped
+
+
+def mean_of(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return sum(vals) / len(vals) if vals else math.nan

@@ -1,10 +1,12 @@
-"""Weight sync from the learner to the rollout engines: one interface, two paths.
+"""Weight sync from the learner to the rollout engines: one interface, two paths, both streamed in
+buckets (rl.weight_sync_bucket_mb) so neither side holds a second copy of the whole model.
 
-    sync = make_sync(cfg.weight_sync, pool)
-    sync.push(learners)          # after each update; returns timing and the engines' version
+    sync = make_sync(cfg.weight_sync, pool, bucket_mb)
+    sync.push(learners)          # after each update; returns timing, bytes and the engines' version
 
-ObjectStoreSync   the learner's policy as safetensors bytes in Ray's object store; every engine
-                  loads them (works everywhere: CPU, several nodes).
+ObjectStoreSync   learner rank 0 streams the policy as safetensors buckets into Ray's object store
+                  (a streaming generator); every engine loads them bucket by bucket (works
+                  everywhere: CPU, several nodes, engines in or out of process).
 CollectiveSync    a broadcast from learner rank 0 straight into the engines' model workers over a
                   torch.distributed group of its own (cai_ray.rl.collective): NCCL between GPUs
                   (`nccl`), or gloo between CPU processes (`gloo`, the same code, tested here).
@@ -16,28 +18,46 @@ from __future__ import annotations
 
 import logging
 import time
+from math import prod
 
 import ray
+import torch
 
 log = logging.getLogger(__name__)
+
+
+def state_bytes(meta) -> int:
+    return sum(prod(shape) * torch.empty(0, dtype=getattr(torch, dtype)).element_size()
+               for _, shape, dtype in meta)
 
 
 class ObjectStoreSync:
     name = "object_store"
 
-    def __init__(self, pool):
-        self.pool = pool
+    def __init__(self, pool, bucket_mb: float = 64, timeout_s: float = 600):
+        self.pool, self.bucket_mb, self.timeout_s = pool, bucket_mb, timeout_s
+        self.meta = None
+
+    def publish(self, learners) -> list:
+        """The learner's current policy as ObjectRefs of its buckets, in order."""
+        if self.meta is None:
+            self.meta = ray.get(learners.call("weight_meta")[0], timeout=self.timeout_s)
+        gens = learners.call("weight_buckets", self.meta, self.bucket_mb, streaming=True)
+        refs = list(gens[0])
+        ray.get(refs, timeout=self.timeout_s)  # produced (errors surface here, not in engines)
+        return refs
 
     def push(self, learners) -> dict:
         t = time.time()
-        weights = learners.all("state_bytes")[0]  # ObjectRef of one safetensors file's bytes
-        self.pool.latest_weights = weights  # restarted engines reload these
-        refs = [a.load_weights.remote(weights) for a in self.pool.actors]
-        versions = [self._wait(i, ref, weights) for i, ref in enumerate(refs)]
+        refs = self.publish(learners)
+        self.pool.latest_weights = refs  # restarted engines reload these
+        loads = [a.load_weight_refs.remote(refs) for a in self.pool.actors]
+        versions = [self._wait(i, ref, refs) for i, ref in enumerate(loads)]
         return {"timing/weight_sync_s": time.time() - t,
-                "weights_version": max(v for v in versions if v is not None)}
+                "weights_version": max(v for v in versions if v is not None),
+                "weight_sync/bytes": state_bytes(self.meta), "weight_sync/buckets": len(refs)}
 
-    def _wait(self, i: int, ref, weights, tries: int = 3):
+    def _wait(self, i: int, ref, refs, tries: int = 3):
         """The engine's new weights version; an engine that dies meanwhile is waited for (Ray
         restarts it) and loaded again; one gone for good is skipped (None)."""
         from cai_ray.engines.pool import ACTOR_ERRORS
@@ -45,13 +65,13 @@ class ObjectStoreSync:
         actor = self.pool.actors[i]
         for _ in range(tries):
             try:
-                return ray.get(ref)
+                return ray.get(ref, timeout=self.timeout_s)
             except ACTOR_ERRORS:
                 try:
-                    ray.get(actor.ping.remote())
+                    ray.get(actor.ping.remote(), timeout=self.timeout_s)
                 except ACTOR_ERRORS:
                     return None
-                ref = actor.load_weights.remote(weights)
+                ref = actor.load_weight_refs.remote(refs)
         return None
 
 
@@ -59,28 +79,31 @@ class CollectiveSync:
     """Learner rank 0 broadcasts; engines receive into their model workers. backend: nccl | gloo."""
 
     def __init__(self, pool, backend: str, *, tensor_parallel_size: int = 1,
-                 timeout_s: float = 300):
+                 bucket_mb: float = 64, timeout_s: float = 300):
         if backend == "nccl":
             from cai_ray.platform import has_cuda
 
             if not has_cuda():
-                raise ValueError("ppo.weight_sync=nccl needs GPUs (engines and learner on CUDA); "
+                raise ValueError("rl.weight_sync=nccl needs GPUs (engines and learner on CUDA); "
                                  "on CPUs use gloo (same path) or object_store")
         self.pool, self.backend, self.tp = pool, backend, tensor_parallel_size
-        self.timeout_s = timeout_s
-        self.meta = None
+        self.bucket_mb, self.timeout_s = bucket_mb, timeout_s
         self.joined = False
-        self.fallback = ObjectStoreSync(pool)
+        self.fallback = ObjectStoreSync(pool, bucket_mb, timeout_s)
+
+    @property
+    def meta(self):
+        return self.fallback.meta
 
     def _join(self, learners) -> None:
-        host, port = ray.get(learners.all("sync_address", _single_node())[0])
+        host, port = ray.get(learners.call("sync_address", _single_node())[0])
         world = 1 + len(self.pool.actors) * self.tp
-        refs = learners.all("sync_join", host, port, world, self.backend)
+        refs = learners.call("sync_join", host, port, world, self.backend)
         refs += [a.join_sync.remote(host, port, 1 + i * self.tp, world, self.backend)
                  for i, a in enumerate(self.pool.actors)]
         ray.get(refs, timeout=self.timeout_s)
-        if self.meta is None:
-            self.meta = ray.get(learners.all("sync_meta")[0])
+        if self.fallback.meta is None:
+            self.fallback.meta = ray.get(learners.call("weight_meta")[0])
         self.joined = True
 
     def push(self, learners) -> dict:
@@ -88,12 +111,13 @@ class CollectiveSync:
 
         t = time.time()
         # restarted engines reload from the learner on demand (scheduler), not from stale bytes
-        self.pool.latest_weights = lambda: learners.all("state_bytes")[0]
+        self.pool.latest_weights = lambda: self.fallback.publish(learners)
         try:
             if not self.joined:
                 self._join(learners)
-            sends = learners.all("sync_send", self.meta)
-            recvs = [a.receive_weights.remote(self.meta) for a in self.pool.actors]
+            sends = learners.call("sync_send", self.meta, self.bucket_mb)
+            recvs = [a.receive_weights.remote(self.meta, self.bucket_mb)
+                     for a in self.pool.actors]
             versions = ray.get(recvs, timeout=self.timeout_s)
             sent = ray.get(sends[0], timeout=self.timeout_s)
         except (ray.exceptions.GetTimeoutError, *ACTOR_ERRORS) as exc:
@@ -108,7 +132,7 @@ class CollectiveSync:
 
     def _leave(self, learners) -> None:
         self.joined = False
-        for ref in learners.all("sync_leave") + [a.leave_sync.remote() for a in self.pool.actors]:
+        for ref in learners.call("sync_leave") + [a.leave_sync.remote() for a in self.pool.actors]:
             try:
                 ray.get(ref, timeout=30)
             except Exception:  # a dead or hung member: the group is dropped anyway
@@ -119,8 +143,8 @@ def _single_node() -> bool:
     return len([n for n in ray.nodes() if n.get("Alive")]) <= 1
 
 
-def make_sync(kind: str, pool):
+def make_sync(kind: str, pool, bucket_mb: float = 64, timeout_s: float = 600):
     if kind in ("nccl", "gloo"):
-        return CollectiveSync(pool, kind,
+        return CollectiveSync(pool, kind, bucket_mb=bucket_mb,
                               tensor_parallel_size=getattr(pool, "tensor_parallel_size", 1))
-    return ObjectStoreSync(pool)
+    return ObjectStoreSync(pool, bucket_mb, timeout_s)

@@ -41,8 +41,8 @@ class Context:
         return str(folder) if (folder / "config.json").exists() else None
 
     def policy_model(self) -> str:
-        """The newest policy: PPO's, else SFT's, else the base model."""
-        return self.stage_model("ppo") or self.stage_model("sft") or self.base_model
+        """The newest policy: RL's, else SFT's, else the base model."""
+        return self.stage_model("rl") or self.stage_model("sft") or self.base_model
 
     def sft_model(self) -> str:
         return self.stage_model("sft") or self.base_model

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+from cai_ray.train.dist import (build_engine, copy_tokenizer, deepspeed_config,  # noqa: F401
+                                export_model, limit_heap, load_state, save_state)
+
 CKPT_TAG = "ckpt"
 
 
@@ -36,32 +39,6 @@ class Task(Protocol):
     def evaluate(self, engine, batches: list[dict]) -> dict: ...
 
     def tokens(self, batch: dict) -> int: ...
-
-
-def deepspeed_config(cfg: dict, world_size: int) -> dict:
-    """The DeepSpeed JSON config from the job's training section (a plain dict)."""
-    zero: dict = {"stage": cfg["zero_stage"]}
-    if cfg["offload_optimizer"]:
-        zero["offload_optimizer"] = {"device": "cpu"}
-    if cfg["offload_params"] and cfg["zero_stage"] == 3:
-        zero["offload_param"] = {"device": "cpu"}
-    if cfg["zero_stage"] == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = False
-    out = {
-        "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
-        "gradient_accumulation_steps": cfg["grad_accum"],
-        "train_batch_size": cfg["micro_batch_size"] * cfg["grad_accum"] * world_size,
-        "gradient_clipping": cfg["grad_clip"],
-        "zero_optimization": zero,
-        "steps_per_print": 10 ** 9,
-        "wall_clock_breakdown": False,
-    }
-    if cfg["precision"] == "bf16":
-        out["bf16"] = {"enabled": True}
-    if cfg["offload_optimizer"]:  # ZeRO-Offload needs DeepSpeed's CPU Adam
-        out["optimizer"] = {"type": "AdamW", "params": {"lr": cfg["lr"],
-                                                        "weight_decay": cfg["weight_decay"]}}
-    return out
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -121,7 +98,6 @@ class MetricsWriter:
 
 def train_loop(config: dict) -> None:
     """Runs in every Ray Train worker (gloo on CPU, NCCL on GPU)."""
-    import deepspeed
     import ray.train
     import torch
     from transformers import AutoTokenizer
@@ -134,6 +110,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(config["seed"])
     if config.get("threads"):  # Ray sets OMP_NUM_THREADS to the worker's 1 CPU; use its share
         torch.set_num_threads(config["threads"])
+    limit_heap()
     _record_worker(Path(config["out_dir"]), rank)
     init_deepspeed_comm(cfg["use_gpu"])
     tok = AutoTokenizer.from_pretrained(config["model_path"])
@@ -145,20 +122,15 @@ def train_loop(config: dict) -> None:
     total = min(cfg["max_steps"] or 10 ** 9, steps_per_epoch * cfg["epochs"])
 
     model = task.build_model(config["model_path"])
-    ds_cfg = deepspeed_config(cfg, world)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = None if "optimizer" in ds_cfg else torch.optim.AdamW(
-        params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=params,
-                                                   optimizer=optimizer, config=ds_cfg)
+    engine = build_engine(model, cfg, cfg["lr"], world)
+    optimizer = engine.optimizer
     lr_at = lr_lambda(cfg["lr_schedule"], cfg["warmup_steps"], total)
 
     step = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            _, client = engine.load_checkpoint(d, tag=CKPT_TAG)
-            step = client["step"]
+            step = load_state(engine, d, CKPT_TAG)["step"]
     out_dir = Path(config["out_dir"])
     writer = MetricsWriter(out_dir, rank == 0)
     t_start, tokens_seen, t_step = time.time(), 0, time.time()
@@ -241,50 +213,20 @@ def _report(engine, step: int, metrics: dict, config: dict, last: bool) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag=CKPT_TAG, client_state={"step": step})
+    # staged beside the run's own output, not in the system's /tmp (it may be small or a RAM disk)
+    with tempfile.TemporaryDirectory(dir=config["out_dir"], prefix=".ckpt-") as tmp:
+        save_state(engine, tmp, CKPT_TAG, {"step": step})
         if last:
             export_model(engine, config["export_dir"])
         ray.train.report({k: v for k, v in metrics.items() if v is not None},
                          checkpoint=Checkpoint.from_directory(tmp))
 
 
-def export_model(engine, out_dir: str) -> None:
-    """save_pretrained of the full model on rank 0; under ZeRO-3 the shards are gathered first."""
-    import deepspeed
-    import torch.distributed as dist
-
-    module = engine.module
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    params = list(module.parameters())
-    gather = getattr(params[0], "ds_id", None) is not None  # ZeRO-3 partitioned parameters
-    ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if gather else _null()
-    with ctx:
-        if rank == 0:
-            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-            tmp = Path(out_dir).with_name(Path(out_dir).name + ".tmp")
-            module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-            import shutil
-
-            shutil.rmtree(out_dir, ignore_errors=True)
-            os.replace(tmp, out_dir)
-    if dist.is_initialized():
-        dist.barrier()
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
 def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *, seed: int = 0,
         task_kwargs: dict | None = None, fail_at_step: int | None = None) -> dict:
     """Driver side: run train_loop on cfg['num_workers'] Ray Train workers; the model is exported to
     out_dir/model. Returns the last reported metrics."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     out_dir = Path(out_dir).resolve()
@@ -303,7 +245,9 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
                                      placement_strategy=cfg["placement_strategy"]),
         torch_config=TorchConfig(backend="nccl" if cfg["use_gpu"] else "gloo"),
         run_config=RunConfig(name="ray_train", storage_path=str(out_dir),
-                             failure_config=FailureConfig(max_failures=cfg["max_failures"])))
+                             failure_config=FailureConfig(max_failures=cfg["max_failures"]),
+                             checkpoint_config=CheckpointConfig(
+                                 num_to_keep=cfg["keep_checkpoints"])))
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -312,16 +256,3 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
         raise RuntimeError(f"{task}: training finished without exporting {export}")
     copy_tokenizer(model_path, export)
     return metrics
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "chat_template.jinja", "generation_config.json", "vocab.json", "merges.txt")
-
-
-def copy_tokenizer(src: str, dst: Path) -> None:
-    import shutil
-
-    for name in TOKENIZER_FILES:
-        f = Path(src) / name
-        if f.exists() and not (dst / name).exists():
-            shutil.copy(f, dst / name)

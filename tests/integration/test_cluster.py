@@ -39,18 +39,50 @@ TWO_NODES = textwrap.dedent("""
         pool = EnginePool(2, "hf", tiny, num_cpus=1, strategy=strategy, name=strategy)
         out[f"engines_{strategy}"] = pool.node_ids()
         pool.shutdown()
-    from cai_ray.config import PpoCfg
-    from cai_ray.rl.trainer import LearnerGroup, Roles
+    import torch
+    from cai_ray.config import RlCfg
+    from cai_ray.rl.experience import Experience, pad_right
+    from cai_ray.rl.group import LearnerGroup
+    from cai_ray.rl.learner import step_plan
+    from cai_ray.rl.trainer import learner_config
     pool = EnginePool(2, "hf", tiny, num_cpus=1, strategy="STRICT_SPREAD", name="coloc",
-                      shared={"CPU": 1})  # PPO's ppo.colocate: a learner rank in each bundle
-    cfg = dict(PpoCfg(num_workers=2, colocate=True).model_dump(), use_gpu=False)
-    group = LearnerGroup(Roles(tiny, tiny, tiny, None, tiny), cfg, seed=0, colocate_with=pool)
+                      shared={"CPU": 1})  # rl.colocate: a learner rank in each bundle
+    rl = RlCfg(algorithm="ppo", num_workers=2, colocate=True)
+    group = LearnerGroup(tiny, tiny, learner_config(rl, rl.resolved()), seed=0,
+                         colocate_with=pool)
     out["colocated_engines"] = pool.node_ids()
-    out["colocated_learners"] = ray.get([a.__ray_call__.remote(
-        lambda self: ray.get_runtime_context().get_node_id()) for a in group.actors])
-    for a in group.actors:
-        ray.kill(a)
+    out["colocated_learners"] = group.node_ids()
+    group.shutdown()
     pool.shutdown()
+    # a learner group of 2 ranks on 2 nodes (STRICT_SPREAD) trains together: the rendezvous is
+    # rank 0's node address, and after a step both ranks hold the same, changed weights
+    rl = RlCfg(algorithm="grpo", num_workers=2, placement_strategy="STRICT_SPREAD", lr=1e-2,
+               zero_stage=2, micro_batch_size=2)
+    group = LearnerGroup(tiny, None, learner_config(rl, rl.resolved()), seed=0)
+    out["learner_nodes"] = group.node_ids()
+    out["learner_world"] = ray.get([a.__ray_call__.remote(
+        lambda self: __import__("torch.distributed").distributed.get_world_size())
+        for a in group.actors])
+    out["learner_address"] = group.address[0]
+    g = torch.Generator().manual_seed(0)
+    resp, mask = pad_right([torch.randint(5, 200, (n,), generator=g).tolist()
+                            for n in (4, 6, 3, 5, 6, 2, 4, 5)])
+    prompts = [[7, 8, 9]] * 4 + [[10, 11]] * 4
+    exp = Experience(prompts, resp, mask, torch.zeros(resp.shape), torch.arange(8.0),
+                     torch.tensor([0] * 4 + [1] * 4), [0] * 8, ref_logp=torch.zeros(resp.shape),
+                     advantages=torch.randn(8, 1) * mask)
+    plans = step_plan([len(p) + int(m.sum()) for p, m in zip(prompts, mask)],
+                      exp.group.tolist(), 2, None, 2, 1)
+    def first_weights():
+        return [w.tolist() for w in ray.get([a.__ray_call__.remote(
+            lambda self: self.actor.module.model.embed_tokens.weight[:3, :4].clone())
+            for a in group.actors])]
+    before = first_weights()
+    ray.get(group.train(exp, plans))
+    after = first_weights()
+    out["learners_agree"] = after[0] == after[1]
+    out["learners_moved"] = after[0] != before[0]
+    group.shutdown()
     tmp = Path(tempfile.mkdtemp())
     rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": "hi"},
              {"role": "assistant", "content": "hello there"}]} for i in range(8)]
@@ -80,9 +112,12 @@ def test_two_nodes_spread_and_pack(tmp_path):
     assert len(set(out["engines_STRICT_SPREAD"])) == 2   # one engine actor on each node
     assert len(set(out["engines_STRICT_PACK"])) == 1     # both on one node
     assert len(out["trainer_nodes"]) == 2         # the two trainer workers spread too
-    # ppo.colocate: learner rank i on engine i's node, one pair per node
+    # rl.colocate: learner rank i on engine i's node, one pair per node
     assert out["colocated_learners"] == out["colocated_engines"]
     assert len(set(out["colocated_learners"])) == 2
+    # a learner group spanning the two nodes trains as one data-parallel group
+    assert len(set(out["learner_nodes"])) == 2 and out["learner_world"] == [2, 2]
+    assert out["learners_agree"] and out["learners_moved"]
 
 
 def _free_ports(n: int) -> list[int]:

@@ -1,5 +1,5 @@
 """CUDA paths (marked gpu: skipped on machines without CUDA; run by benchmarks/gpu_check.py's
-checks on a lent GPU). The PPO learner and the trainers on CUDA with the tiny model."""
+checks on a lent GPU). The RL learner on CUDA with the tiny model."""
 
 import pytest
 import torch
@@ -7,34 +7,26 @@ import torch
 pytestmark = [pytest.mark.gpu, pytest.mark.integration]
 
 
-@pytest.fixture(scope="module")
-def dist_one_rank():
-    import os
-
-    import deepspeed
-
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29651", "RANK": "0",
-                       "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
-    deepspeed.init_distributed(dist_backend="nccl")
-
-
-def test_ppo_learner_update_on_cuda(tiny_model, dist_one_rank):
-    from cai_ray.algos.advantages import whiten
-    from cai_ray.config import PpoCfg
+def test_rl_learner_update_on_cuda(tiny_model):
+    from cai_ray.algos.stats import whiten
+    from cai_ray.config import RlCfg
     from cai_ray.rl.experience import Experience, pad_responses
-    from cai_ray.rl.learner import PpoLearner
+    from cai_ray.rl.learner import Learner, step_plan
+    from cai_ray.rl.trainer import learner_config
 
-    cfg = dict(PpoCfg().model_dump(), use_gpu=True, precision="bf16")
-    ln = PpoLearner(tiny_model, tiny_model, cfg, master_port=29651)
+    cfg = RlCfg(algorithm="ppo", use_gpu=True, precision="bf16", micro_batch_size=2)
+    ln = Learner(tiny_model, learner_config(cfg, cfg.resolved()), critic_path=tiny_model)
+    ln.join(*ln.listen())
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(5, 200, (7,), generator=g).tolist() for _ in range(4)]
+    prompts = [torch.randint(5, 200, (7,), generator=g).tolist()] * 2 + \
+        [torch.randint(5, 200, (5,), generator=g).tolist()] * 2
     resp, mask = pad_responses([torch.randint(5, 200, (n,), generator=g).tolist()
                                 for n in (3, 5, 5, 2)])
-    logp, values = ln.logprobs_values(prompts, resp, mask)
+    logp, values = ln.logprobs(prompts, resp, mask), ln.values(prompts, resp, mask)
     assert logp.shape == values.shape == mask.shape and (logp[mask == 0] == 0).all()
     adv = whiten(torch.randn(4, 5, generator=g), mask)
-    exp = Experience(prompts, resp, mask, logp, logp.clone(), values, torch.randn(4),
-                     advantages=adv, returns=values + adv)
-    m = ln.train(exp, epochs=1, minibatch=2, clip=0.2, value_clip=0.2)
+    exp = Experience(prompts, resp, mask, logp.clone(), torch.randn(4), torch.tensor([0, 0, 1, 1]),
+                     [0] * 4, old_logp=logp, values=values, advantages=adv, returns=values + adv)
+    m = ln.train(exp, step_plan([9, 12, 10, 7], [0, 0, 1, 1], 1, None, 2, 1)[0])
     assert all(v == v for v in m.values())
-    assert [k for k, _, _ in ln.sync_meta()] == list(ln.policy_state())
+    assert [k for k, _, _ in ln.weight_meta()] == list(ln._policy_state())

@@ -20,7 +20,7 @@ def cai(*args, timeout=1200):
                           text=True, timeout=timeout, env=env)
 
 
-STAGES = ("sl_cai", "sft", "preferences", "reward", "ppo", "eval")
+STAGES = ("sl_cai", "sft", "preferences", "reward", "rl", "eval")
 
 
 def kill_driver_when(run_args: list[str], ready, log_path, timeout: float = 900) -> None:
@@ -68,8 +68,9 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
     rres = json.loads((run / "reward" / "result.json").read_text())
     assert rres["pairs_train"] > 0 and rres["soft_labels"]
     assert (run / "reward" / "model" / "config.json").exists()
-    ppo = json.loads((run / "ppo" / "result.json").read_text())
-    assert ppo["iterations"] == 2 and (run / "ppo" / "model" / "config.json").exists()
+    rl = json.loads((run / "rl" / "result.json").read_text())
+    assert rl["iterations"] == 2 and (run / "rl" / "model" / "config.json").exists()
+    assert rl["algorithm"] == "grpo" and rl["reward_source"] == "model"  # the reward stage's
     ev = json.loads((run / "eval" / "result.json").read_text())
     assert 0 <= ev["harmless_win_rate_vs_sft"] <= 1 and ev["harmless_vs_base"]["n"] > 0
     assert (run / "eval" / "win_rates.png").exists()

@@ -1,6 +1,6 @@
 """Weight sync from a real DeepSpeed learner actor into real vLLM engine actors, through both paths:
-the object store (safetensors bytes) and the collective broadcast (gloo here; the same code runs
-NCCL on GPUs). The learner starts from weights that differ from the engines'; after one push each
+the object store (safetensors buckets, streamed) and the collective broadcast (gloo here; the same
+code runs NCCL on GPUs), both in buckets smaller than the model, so several travel each push. The learner starts from weights that differ from the engines'; after one push each
 engine must generate exactly what the learner's weights generate."""
 
 import shutil
@@ -13,7 +13,8 @@ from cai_ray.config import load_job
 from cai_ray.engines.base import Request, Sampling
 from cai_ray.engines.hf_engine import HfEngine
 from cai_ray.engines.pool import EnginePool
-from cai_ray.rl.trainer import LearnerGroup, Roles
+from cai_ray.rl.group import LearnerGroup
+from cai_ray.rl.trainer import learner_config
 from cai_ray.rl.weight_sync import make_sync
 
 pytestmark = pytest.mark.integration
@@ -55,15 +56,16 @@ def test_push_makes_engines_generate_the_learners_weights(ray_cluster, tiny_mode
     try:
         before = greedy(pool)
         assert before[0] != want  # the engines start from other weights
-        cfg = dict(load_job("tiny").ppo.model_dump(), num_workers=1, use_gpu=False)
-        learners = LearnerGroup(Roles(noisy_model, tiny_model, tiny_model, None, tiny_model),
-                                cfg, seed=0)
-        sync = make_sync(kind, pool)
+        rl = load_job("tiny").rl
+        learners = LearnerGroup(noisy_model, None, learner_config(rl, rl.resolved()), seed=0)
+        sync = make_sync(kind, pool, bucket_mb=0.25)  # the tiny model is 1.3 MB: 6 buckets
         for push in (1, 2):  # the second push reuses the group
             out = sync.push(learners)
             assert out["weights_version"] == push, out
             assert out.get("weight_sync/fallback", 0) == 0, out
             assert greedy(pool) == [want, want]
+        if kind == "object_store":
+            assert out["weight_sync/buckets"] > 1
         if kind == "gloo":  # the whole policy went through the group (the tied head excepted)
             from safetensors.torch import load_file
 
@@ -72,6 +74,5 @@ def test_push_makes_engines_generate_the_learners_weights(ray_cluster, tiny_mode
                                                    if k != "lm_head.weight")
     finally:
         if learners:
-            for a in learners.actors:
-                ray.kill(a)
+            learners.shutdown()
         pool.shutdown()

@@ -1,4 +1,5 @@
-"""Weight-sync buffers and the broadcast group (gloo between two real processes)."""
+"""Weight-sync buffers and the broadcast group (gloo between three real processes), streamed one
+bucket at a time, with rank 0's store bound to 127.0.0.1 only."""
 
 import multiprocessing as mp
 import socket
@@ -23,7 +24,9 @@ def test_pack_unpack_round_trip_and_buckets():
     plan = C.buckets(meta)
     assert [d for d, _ in plan] == ["float32", "bfloat16"]  # one buffer per dtype
     assert plan[0][1] == [0, 1, 3]
-    back = C.unpack(C.pack(state, meta, plan), meta, plan)
+    back = {}
+    for dtype, idx in plan:
+        back.update(C.unpack_bucket(C.pack_bucket(state, meta, idx, dtype), meta, idx))
     assert set(back) == set(state)
     for k in state:
         assert back[k].dtype == state[k].dtype and torch.equal(back[k], state[k])
@@ -39,17 +42,40 @@ def test_pack_refuses_a_dtype_that_differs_from_meta():
     state = _state()
     meta = C.tensor_meta(state)
     state["a.bias"] = state["a.bias"].double()
+    dtype, idx = C.buckets(meta)[0]
     with pytest.raises(ValueError, match="a.bias"):
-        C.pack(state, meta, C.buckets(meta))
+        C.pack_bucket(state, meta, idx, dtype)
 
 
 def _rank(rank, port, meta, q):
-    group = C.open_group("127.0.0.1", port, rank, 3, "gloo", timeout_s=60)
+    listener = None
     if rank == 0:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", port))
+        listener.listen(16)
+    group = C.open_group("127.0.0.1", port, rank, 3, "gloo", timeout_s=60, listener=listener)
+    if rank == 0:
+        q.put(("listening", _listening_on(port)))
         q.put(("sent", C.send(group, _state(), meta, bucket_mb=0.0001)))
     else:
-        got = C.receive(group, meta, "cpu", bucket_mb=0.0001)
-        q.put((rank, {k: v.clone() for k, v in got.items()}))
+        got = {k: v.clone() for k, v in C.receive(group, meta, "cpu", bucket_mb=0.0001)}
+        q.put((rank, got))
+
+
+def _listening_on(port: int) -> list[str]:
+    """Local addresses with a listening TCP socket on port (from /proc/net/tcp*)."""
+    out = []
+    for path, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = open(path).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if state == "0A" and int(p, 16) == port:  # 0A: LISTEN
+                out.append("127.0.0.1" if addr == "0100007F" else addr)
+    return out
 
 
 def test_gloo_broadcast_between_three_processes():
@@ -62,9 +88,10 @@ def test_gloo_broadcast_between_three_processes():
     procs = [ctx.Process(target=_rank, args=(r, port, meta, q)) for r in range(3)]
     for p in procs:
         p.start()
-    out = dict(q.get(timeout=120) for _ in range(3))
+    out = dict(q.get(timeout=120) for _ in range(4))
     for p in procs:
         p.join(timeout=60)
+    assert out["listening"] == ["127.0.0.1"]  # the store never listens on all interfaces
     assert out["sent"] == sum(v.numel() * v.element_size() for v in _state().values())
     for r in (1, 2):
         for k, v in _state().items():

@@ -26,7 +26,8 @@ def test_overrides_and_flags():
     ("sl_cai.num_roundz=2", "sl_cai.num_roundz"),
     ("stages=[sl_cai,dance]", "stages"),
     ("engine.tensor_parallel_size=2", "tensor_parallel_size"),
-    ("ppo.weight_sync=nccl", "ppo.weight_sync=nccl"),
+    ("rl.weight_sync=nccl", "rl.weight_sync=nccl"),
+    ("ppo.weight_sync=nccl", "rl.weight_sync=nccl"),  # the old section name still works
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as err:
@@ -67,11 +68,11 @@ def test_digest_tracks_sections():
 
 
 def test_colocate_needs_one_learner_rank_per_engine():
-    assert load_job("tiny", ["ppo.colocate=true"]).ppo.colocate
-    with pytest.raises(ConfigError, match="ppo.colocate needs ppo.num_workers == engine.num_actors"):
-        load_job("tiny", ["ppo.colocate=true", "ppo.num_workers=2"])
+    assert load_job("tiny", ["rl.colocate=true"]).rl.colocate
+    with pytest.raises(ConfigError, match="rl.colocate needs rl.num_workers == engine.num_actors"):
+        load_job("tiny", ["rl.colocate=true", "rl.num_workers=2"])
     with pytest.raises(ConfigError, match="gpu_memory_utilization <= 0.5"):
-        load_job("tiny", ["ppo.colocate=true", "engine.num_gpus_per_actor=1"])
+        load_job("tiny", ["rl.colocate=true", "engine.num_gpus_per_actor=1"])
 
 
 def test_separate_judge_gets_its_own_engine_fields():
@@ -96,3 +97,57 @@ def test_separate_judge_gets_its_own_engine_fields():
 def test_bad_judge_engine_names_the_field(overrides, says):
     with pytest.raises(ConfigError, match=says):
         load_job("tiny", overrides)
+
+
+@pytest.mark.parametrize("overrides, field, words", [
+    (["rl.algorithm=ppo2"], "rl.algorithm", "unknown algorithm"),
+    (["rl.advantage=vtrace"], "rl.advantage", "unknown advantage estimator"),
+    (["rl.algorithm=grpo", "rl.samples_per_prompt=1"], "rl.samples_per_prompt", "at least 2"),
+    (["rl.algorithm=rloo", "rl.critic_lr=1e-5"], "rl.critic_lr", "trains no critic"),
+    (["rl.algorithm=grpo", "rl.lam=0.9"], "rl.lam", "trains no critic"),
+    (["rl.clip_low=0.3", "rl.clip_high=0.2"], "rl.clip_low", "above clip_high"),
+    (["rl.dual_clip=0.5"], "rl.dual_clip", "greater than 1"),
+    (["rl.algorithm=grpo", "rl.kl_target=0.1"], "rl.kl_target", "kl_in: reward"),
+])
+def test_bad_rl_settings_name_the_field(overrides, field, words):
+    with pytest.raises(ConfigError) as err:
+        load_job("tiny", overrides)
+    msg = str(err.value)
+    assert f"{field}:" in msg and words in msg and "\n" not in msg
+    assert "--set" in msg  # blamed on the override that set it
+
+
+def test_algorithm_knobs_resolve_over_the_preset():
+    job = load_job("tiny", ["rl.algorithm=grpo", "rl.clip_high=0.28", "rl.kl_coef=0"])
+    alg = job.rl.resolved()
+    assert (alg.advantage, alg.clip_low, alg.clip_high, alg.kl_coef) == ("grpo", 0.2, 0.28, 0.0)
+    assert not alg.needs_reference and not alg.needs_critic
+    assert load_job("tiny", ["rl.algorithm=ppo"]).rl.resolved().needs_critic
+
+
+def test_old_ppo_sections_and_stage_names_still_load(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("name: old\nstages: [sl_cai, sft, ppo]\nppo:\n  reward_fn: short\n"
+                   "  ppo_epochs: 2\n  micro_batch_size: 8\n  critic_lr: 1.0e-5\n")
+    job = load_job(old)
+    assert job.stages == ["sl_cai", "sft", "rl"]
+    assert (job.rl.algorithm, job.rl.reward, job.rl.update_epochs) == ("ppo", "short", 2)
+    assert job.rl.mini_batch_size == 8 and job.rl.critic_lr == 1e-5
+    assert load_job("tiny", ["ppo.reward_fn=contains:x"], stages="ppo").rl.reward == "contains:x"
+    both = tmp_path / "both.yaml"
+    both.write_text("ppo: {}\nrl: {}\n")
+    with pytest.raises(ConfigError, match="both `ppo:` and `rl:`"):
+        load_job(both)
+
+
+def test_weight_sync_auto_picks_the_broadcast_that_fits():
+    assert load_job("tiny").weight_sync() == "gloo"
+    assert load_job("tiny", ["engine.num_gpus_per_actor=1"]).weight_sync() == "object_store"
+    assert load_job("tiny", ["engine.num_gpus_per_actor=1", "rl.use_gpu=true"]).weight_sync() \
+        == "nccl"
+    assert load_job("tiny", ["rl.weight_sync=object_store"]).weight_sync() == "object_store"
+
+
+def test_unknown_field_suggests_the_nearest():
+    with pytest.raises(ConfigError, match="did you mean clip_high"):
+        load_job("tiny", ["rl.clip_hihg=0.3"])

@@ -1,0 +1,202 @@
+"""Where the RL stage's reward comes from: one small class per source, behind one interface.
+
+    source = build_reward("contains:sorry", max_tokens=64)
+    source.score([Scored("p1", "How do I ...?", "I can't help with that.", 9)])   # -> [1.0]
+
+rl.reward picks one:
+    model          the reward stage's preference model (Bai et al. 2022 sec. 4.1)
+    judge          the constitutional judge scores each rollout directly, on its own engine actors
+                   (direct RLAIF): pairwise, P(the rollout beats the SFT model's answer to the same
+                   prompt); or pointwise, P("yes") to "does this answer follow the principle?"
+    short          1 - answer tokens / max tokens (tests, ablations)
+    contains:WORD  1 if the answer contains WORD, else 0 (tests)
+    module:func    a Python callable func(prompts, completions, **kw) -> list[float] (the TRL
+                   reward-function convention); kw: completion_lengths, prompt_ids, max_tokens
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from cai_ray.errors import InputError
+
+
+@dataclass
+class Scored:
+    prompt_id: str
+    prompt: str
+    response: str
+    n_tokens: int
+
+
+class RewardSource(Protocol):
+    def score(self, batch: list[Scored]) -> list[float]: ...
+
+
+REWARDS: dict[str, Callable[..., RewardSource]] = {}
+
+
+def register_reward(kind: str):
+    def deco(cls):
+        REWARDS[kind] = cls
+        return cls
+    return deco
+
+
+def reward_kind(spec: str) -> tuple[str, str]:
+    """'contains:sorry' -> ('contains', 'sorry'); 'pkg.mod:fn' -> ('callable', 'pkg.mod:fn')."""
+    head, sep, arg = spec.partition(":")
+    if head in REWARDS:
+        return head, arg
+    if sep and head and arg:
+        return "callable", spec
+    raise InputError(f"rl.reward {spec!r}: not a reward source; use model, judge, short, "
+                     f"contains:WORD or module:function")
+
+
+def build_reward(spec: str, **params) -> RewardSource:
+    kind, arg = reward_kind(spec)
+    return REWARDS[kind](arg, **params)
+
+
+@register_reward("short")
+class ShortAnswer:
+    """1 for an answer that ends at once, 0 for one that runs to the length limit."""
+
+    def __init__(self, arg: str = "", *, max_tokens: int = 64, **_):
+        self.max_tokens = max_tokens
+
+    def score(self, batch: list[Scored]) -> list[float]:
+        return [1.0 - min(1.0, s.n_tokens / self.max_tokens) for s in batch]
+
+
+@register_reward("contains")
+class ContainsWord:
+    def __init__(self, arg: str, **_):
+        if not arg:
+            raise InputError("rl.reward contains:WORD: give the word after the colon")
+        self.word = arg.lower()
+
+    def score(self, batch: list[Scored]) -> list[float]:
+        return [1.0 if self.word in s.response.lower() else 0.0 for s in batch]
+
+
+@register_reward("model")
+class RewardModel:
+    """The trained preference model's scalar on (prompt, answer)."""
+
+    def __init__(self, arg: str = "", *, reward_model: str | None = None, **_):
+        from cai_ray.train.reward import RewardScorer
+
+        if not reward_model:
+            raise InputError("rl.reward model: no reward model; run the reward stage first or "
+                             "set rl.reward_model")
+        self.scorer = RewardScorer(reward_model)
+
+    def score(self, batch: list[Scored]) -> list[float]:
+        return self.scorer.score([[{"role": "user", "content": s.prompt},
+                                   {"role": "assistant", "content": s.response}] for s in batch])
+
+
+def load_callable(spec: str) -> Callable:
+    """Import 'module:function'; InputError naming rl.reward when it does not import."""
+    mod_name, _, fn_name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"rl.reward {spec!r}: cannot import it ({type(exc).__name__}: {exc}); "
+                         f"give module:function importable on every node") from None
+    if not callable(fn):
+        raise InputError(f"rl.reward {spec!r}: {fn_name} is not callable")
+    return fn
+
+
+def check_scores(spec: str, out, n: int) -> list[float]:
+    if not isinstance(out, (list, tuple)) or len(out) != n:
+        got = f"{type(out).__name__} of length {len(out)}" if hasattr(out, "__len__") \
+            else type(out).__name__
+        raise InputError(f"rl.reward {spec!r}: returned {got} for {n} completions; it must "
+                         f"return a list of {n} numbers")
+    try:
+        vals = [float(x) for x in out]
+    except (TypeError, ValueError):
+        raise InputError(f"rl.reward {spec!r}: returned a value that is not a number") from None
+    if not all(math.isfinite(v) for v in vals):
+        raise InputError(f"rl.reward {spec!r}: returned NaN or infinity")
+    return vals
+
+
+@register_reward("callable")
+class CallableReward:
+    def __init__(self, spec: str, *, max_tokens: int = 64, **_):
+        self.spec, self.fn, self.max_tokens = spec, load_callable(spec), max_tokens
+
+    def score(self, batch: list[Scored]) -> list[float]:
+        out = self.fn([s.prompt for s in batch], [s.response for s in batch],
+                      completion_lengths=[s.n_tokens for s in batch],
+                      prompt_ids=[s.prompt_id for s in batch], max_tokens=self.max_tokens)
+        return check_scores(self.spec, out, len(batch))
+
+
+def check_reward(spec: str, max_tokens: int) -> None:
+    """Load-time check of rl.reward: the kind exists; a callable imports and, on two probe
+    completions, returns two numbers. InputError naming rl.reward otherwise."""
+    kind, arg = reward_kind(spec)
+    if kind == "callable":
+        probe = [Scored("probe-0", "Hello?", "Hi there.", 3),
+                 Scored("probe-1", "How are you?", "Fine, thanks.", 4)]
+        CallableReward(spec, max_tokens=max_tokens).score(probe)
+    elif kind == "contains":
+        ContainsWord(arg)
+
+
+@register_reward("judge")
+class JudgeReward:
+    """The constitutional judge on each rollout (direct RLAIF), on its own engine pool.
+
+    pairwise: the rollout is option one, the SFT model's answer to the same prompt option two;
+    the reward is P(the rollout is better), over principles and both orders. pointwise: the judge
+    is asked whether the answer follows each principle; the reward is P(yes)."""
+
+    POINTWISE = ("Look at the assistant's last answer in the conversation above, judged by this "
+                 "principle: \"{text}\" Which is true of it?")
+    YES, NO = "It follows the principle.", "It does not follow the principle."
+
+    def __init__(self, arg: str = "", *, pool=None, tokenizer_path: str = "", constitution=None,
+                 mode: str = "pairwise", references: dict[str, str] | None = None,
+                 judge_kwargs: dict | None = None, **_):
+        from transformers import AutoTokenizer
+
+        from cai_ray.constitution import JudgePrinciple
+        from cai_ray.feedback import Judge
+
+        kw = dict(judge_kwargs or {})
+        if mode == "pointwise":
+            constitution = constitution.model_copy(update={"judge": [
+                JudgePrinciple(id=p.id, text=self.POINTWISE.format(text=p.text))
+                for p in constitution.judge], "judge_fewshot": []})
+            kw["num_fewshot"] = 0
+        elif references is None:
+            raise ValueError("judge reward, pairwise: needs the SFT model's answers")
+        self.mode, self.refs, self.n = mode, references or {}, 0
+        self.judge = Judge(pool, AutoTokenizer.from_pretrained(tokenizer_path), constitution,
+                           **kw)
+
+    def score(self, batch: list[Scored]) -> list[float]:
+        from cai_ray.feedback import JudgeItem
+
+        items = []
+        for s in batch:
+            self.n += 1
+            key = f"{s.prompt_id}#r{self.n}"
+            if self.mode == "pointwise":
+                convo = [{"role": "user", "content": s.prompt},
+                         {"role": "assistant", "content": s.response}]
+                items.append(JudgeItem(key, convo, self.YES, self.NO))
+            else:
+                items.append(JudgeItem(key, [{"role": "user", "content": s.prompt}], s.response,
+                                       self.refs.get(s.prompt_id, "")))
+        return [j.p_first for j in self.judge.label(items)]

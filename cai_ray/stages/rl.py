@@ -1,0 +1,192 @@
+"""Stage rl: RL-CAI (Bai et al. 2022 sec. 4): the SL-CAI policy trained against the reward model (or
+the constitutional judge directly, or a reward function) with a KL term to the SL-CAI reference,
+by any algorithm of the registry (rl.algorithm: ppo, grpo, rloo, reinforce_pp, ...). `ppo` is the
+stage's old name. Writes RUN_DIR/rl/: metrics.jsonl, tensorboard/, rl.png, checkpoints/iter_N/
+(the newest rl.keep_checkpoints, with optimizer state), model/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from cai_ray.errors import InputError
+from cai_ray.rundir import read_jsonl, write_jsonl_atomic
+from cai_ray.stages.context import Context
+
+SECTIONS = ("model", "prompts", "rl", "seed")
+PHASES = ("timing/generate_s", "timing/score_s", "timing/train_s", "timing/weight_sync_s")
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints (trainer_state.json is written last), oldest first."""
+    done = [d for d in folder.glob("iter_*") if (d / "trainer_state.json").exists()]
+    return sorted(done, key=lambda d: int(d.name.split("_")[1]))
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Keep the newest `keep` complete checkpoints; drop older ones and any incomplete one."""
+    done = checkpoints(folder)
+    for d in done[:-keep]:
+        shutil.rmtree(d, ignore_errors=True)
+    newest = int(done[-1].name.split("_")[1]) if done else 0
+    for d in folder.glob("iter_*"):
+        if d not in done and int(d.name.split("_")[1]) < newest:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = [r["iteration"] for r in rows]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.4))
+    ax[0].plot(it, [r.get("reward/mean", float("nan")) for r in rows], marker="o")
+    ax[0].set(title=f"reward (mean), {rows[-1].get('algorithm', '')}", xlabel="iteration")
+    ax[1].plot(it, [r.get("kl/mean", float("nan")) for r in rows], marker="o", color="tab:red",
+               label="KL to reference (per answer)")
+    if any("mismatch/kl" in r for r in rows):
+        ax[1].plot(it, [r.get("mismatch/kl", float("nan")) for r in rows], marker=".",
+                   color="tab:purple", label="sampler vs learner KL (per token)")
+    ax[1].set(title="KL", xlabel="iteration")
+    ax[1].legend(fontsize=7)
+    bottom = [0.0] * len(rows)
+    for key, color in zip(PHASES, ("tab:blue", "tab:orange", "tab:green", "tab:gray")):
+        vals = [r.get(key, 0.0) or 0.0 for r in rows]
+        ax[2].bar(it, vals, bottom=bottom, color=color, label=key.split("/")[1][:-2])
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax[2].set(title="seconds per iteration", xlabel="iteration")
+    ax[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def judge_setup(ctx: Context, cfg, sft: str, pool, out: Path, start: int) -> tuple[dict, object]:
+    """The judge as the reward (direct RLAIF): its engine pool, and for pairwise judging the SFT
+    model's greedy answer to every training prompt (generated once, before any update, on the
+    rollout engines, which hold the SFT weights then; kept in RUN_DIR/rl/sft_answers.jsonl)."""
+    from cai_ray.engines.base import Request, Sampling
+
+    pref = ctx.job.preferences
+    refs_file = out / "sft_answers.jsonl"
+    refs = {r["prompt_id"]: r["answer"] for r in read_jsonl(refs_file)}
+    prompts = ctx.train_prompts(ctx.red_team.prompts) + ctx.train_prompts(ctx.helpful.prompts)
+    todo = [p for p in prompts if p.id not in refs]
+    if cfg.judge_mode == "pairwise" and todo:
+        if start:
+            raise InputError(f"{refs_file}: missing on resume; the SFT answers the judge compares "
+                             f"against are written before the first update (remove "
+                             f"{out}/checkpoints to start the stage again)")
+        sched = pool.scheduler(Sampling(max_tokens=cfg.max_new_tokens, temperature=0.0),
+                               ctx.job.engine.batch_size)
+        for p in todo:
+            sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
+        refs.update({pid: outs[0].text.strip() for pid, outs in sched.results()})
+        write_jsonl_atomic(refs_file, [{"prompt_id": k, "answer": v} for k, v in refs.items()])
+    judge_path = pref.judge_model and _resolve(pref.judge_model)
+    judge_pool = ctx.judge_pool(judge_path) if judge_path else \
+        ctx.engine_pool(sft, name="judge")
+    je = ctx.job.judge_engine() if judge_path else ctx.job.engine
+    params = {"pool": judge_pool, "tokenizer_path": judge_path or sft,
+              "constitution": ctx.constitution, "mode": cfg.judge_mode, "references": refs,
+              "judge_kwargs": {"seed": ctx.job.seed, "principles_per_pair":
+                               pref.principles_per_pair, "num_fewshot": pref.num_fewshot,
+                               "both_orders": pref.both_orders, "chain_of_thought":
+                               pref.chain_of_thought, "cot_max_new_tokens":
+                               pref.cot_max_new_tokens, "batch_size": je.batch_size,
+                               "max_in_flight": je.max_in_flight}}
+    return params, judge_pool
+
+
+def run(ctx: Context) -> dict:
+    from cai_ray.rl.rewards import reward_kind
+    from cai_ray.rl.trainer import RlTrainer, Roles
+    from cai_ray.train.core import MetricsWriter
+
+    cfg = ctx.job.rl
+    alg = cfg.resolved()
+    out = ctx.run.stage_dir("rl")
+    sft = ctx.sft_model()
+    reward_model = cfg.reward_model and _resolve(cfg.reward_model) or ctx.stage_model("reward")
+    kind, _ = reward_kind(cfg.reward)
+    if kind == "model" and not reward_model:
+        raise InputError(f"{ctx.run.path}/reward/model: no reward model; run the reward stage "
+                         f"first, set rl.reward_model, or choose another rl.reward")
+    done = checkpoints(out / "checkpoints")
+    ckpt = done[-1] if done else None
+    start, history, state = 0, [], {}
+    if ckpt:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        start = state["iteration"]
+        history = [r for r in read_jsonl(out / "metrics.jsonl") if r["iteration"] <= start]
+    critic_init = str(ckpt / "critic") if ckpt and (ckpt / "critic").exists() else \
+        (reward_model or sft)
+    roles = Roles(policy=str(ckpt / "policy") if ckpt else sft, reference=sft,
+                  critic=critic_init if alg.needs_critic else None, tokenizer=sft)
+    prompts = ctx.train_prompts(ctx.red_team.prompts) + ctx.train_prompts(ctx.helpful.prompts)
+    pool = ctx.engine_pool(roles.policy, name="rollout",
+                           shared={"CPU": 1} if cfg.colocate else None)  # a learner rank each
+    judge_pool, trainer = None, None
+    write_jsonl_atomic(out / "metrics.jsonl", history)
+    writer = MetricsWriter(out, True)
+    try:
+        params = {"reward_model": reward_model}
+        if kind == "judge":
+            extra, judge_pool = judge_setup(ctx, cfg, sft, pool, out, start)
+            params.update(extra)
+        trainer = RlTrainer(cfg, roles, pool, prompts, seed=ctx.job.seed, reward_params=params,
+                            quiet=ctx.quiet, weight_sync=ctx.job.weight_sync())
+        trainer.history = history
+        if ckpt:
+            trainer.restore(ckpt, state)
+        bar = ctx.progress(cfg.iterations, f"rl ({alg.name})", initial=start, unit="iter")
+
+        def on_iteration(tr, row):
+            writer.log(row["iteration"], row)
+            plot(tr.history, out / "rl.png")
+            bar.update(1)
+            bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
+                            kl=f"{row.get('kl/mean', 0.0):.3f}", refresh=False)
+            if row["iteration"] % cfg.checkpoint_every == 0 or row["iteration"] == cfg.iterations:
+                tr.save(out / "checkpoints" / f"iter_{row['iteration']}")
+                prune(out / "checkpoints", cfg.keep_checkpoints)
+
+        rows = trainer.run(start, on_iteration)
+        bar.close()
+        final = checkpoints(out / "checkpoints")[-1]
+        shutil.rmtree(out / "model", ignore_errors=True)
+        shutil.copytree(final / "policy", out / "model")
+        memory = trainer.peak_memory_mb()
+    finally:
+        writer.close()
+        if trainer is not None:
+            trainer.shutdown()
+        for p in (pool, judge_pool):
+            if p is not None:
+                p.shutdown()
+    first, last = rows[0], rows[-1]
+    timed = rows[1:] or rows  # the first iteration includes start-up
+    return {"algorithm": alg.name, "advantage": alg.advantage, "reward_source": cfg.reward,
+            "critic": alg.needs_critic, "reference": alg.needs_reference,
+            "iterations": len(rows), "resumed_from": start,
+            "reward_first": first.get("reward/mean"), "reward_last": last.get("reward/mean"),
+            "kl_first": first.get("kl/mean"), "kl_last": last.get("kl/mean"),
+            "mismatch_kl_mean": _mean(rows, "mismatch/kl"),
+            **{f"{k}_mean": _mean(timed, k) for k in PHASES + ("timing/iteration_s",)},
+            **memory, "mode": "async" if cfg.async_mode else "sync",
+            "weight_sync": ctx.job.weight_sync(),
+            "model": str(out / "model")}
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _resolve(name: str) -> str:
+    from cai_ray import models
+
+    return models.resolve(name)

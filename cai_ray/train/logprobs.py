@@ -1,0 +1,55 @@
+"""Token log-probabilities of a causal LM where they are needed, and nowhere else.
+
+The LM head and its log-softmax run only on the hidden states of the positions that predict a
+scored token (an answer's), `chunk` positions at a time. With gradients each chunk is checkpointed,
+so its (chunk x vocab) logits exist only while that chunk is computed, forward and backward: never
+a (batch x length x vocab) tensor. Entropy comes from the same chunks.
+
+    logp, ent = head_logprobs(head, hidden, targets, chunk=1024, entropy=True)
+    # hidden: (N, H) at the predicting positions; targets: (N,); logp, ent: (N,)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+
+def backbone_and_head(model):
+    """(backbone, LM head) of a transformers causal LM (a DeepSpeed engine's module or a plain
+    model)."""
+    model = getattr(model, "module", model)
+    return getattr(model, model.base_model_prefix), model.get_output_embeddings()
+
+
+def _chunk_logprobs(head, softcap: float | None, want_entropy: bool, h: Tensor,
+                    targets: Tensor) -> tuple[Tensor, Tensor]:
+    logits = head(h).float()  # (n, V)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n,)
+    ent = -(logp_all.exp() * logp_all).sum(-1) if want_entropy else torch.zeros_like(logp)
+    return logp, ent
+
+
+def head_logprobs(head, hidden: Tensor, targets: Tensor, *, chunk: int = 1024,
+                  entropy: bool = False,
+                  softcap: float | None = None) -> tuple[Tensor, Tensor | None]:
+    """log p(targets) from the hidden states that predict them, and the entropy there when asked:
+    (N,) tensors."""
+    targets = targets.to(hidden.device)
+    lps, ents = [], []
+    for k in range(0, hidden.shape[0], chunk):
+        args = (head, softcap, entropy, hidden[k:k + chunk], targets[k:k + chunk])
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(*args)
+        lps.append(lp)
+        ents.append(ent)
+    if not lps:
+        empty = hidden.new_zeros(0)
+        return empty, (empty if entropy else None)
+    return torch.cat(lps), (torch.cat(ents) if entropy else None)

@@ -1,0 +1,169 @@
+"""The RL stage on the tiny model, real Ray, vLLM and DeepSpeed: a learning test per algorithm with a
+learnable rule reward (short answers), exact resume (optimizer state included), the constitutional
+judge as the reward, dynamic sampling, a rollout engine killed mid-run, and co-located roles."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from cai_ray import pipeline
+from cai_ray.config import load_job
+from cai_ray.rundir import read_jsonl
+
+pytestmark = pytest.mark.integration
+
+RL = ["rl.reward=short", "rl.iterations=12", "rl.prompts_per_iter=8", "rl.samples_per_prompt=4",
+      "rl.max_new_tokens=16", "rl.lr=5e-4", "rl.kl_coef=0.01", "rl.checkpoint_every=6"]
+PER_ALGORITHM = {"ppo": ["rl.critic_lr=1e-3", "rl.update_epochs=2", "rl.mini_batch_size=16"],
+                 "grpo": ["rl.async_mode=true"],  # the async path with the same correction
+                 "rloo": ["rl.lr=1e-3"],
+                 "reinforce_pp": []}
+
+
+def rl_job(run_dir, *extra):
+    return load_job("tiny", RL + list(extra), run_dir=str(run_dir), stages="rl", limit=16)
+
+
+def metrics(run_dir):
+    return read_jsonl(run_dir / "rl" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("algorithm", list(PER_ALGORITHM))
+def test_reward_rises(ray_cluster, tmp_path, algorithm):
+    run = tmp_path / "run"
+    job = rl_job(run, f"rl.algorithm={algorithm}", *PER_ALGORITHM[algorithm])
+    res = pipeline.run(job, quiet=True)["rl"]
+    assert res["status"] == "complete", res
+    rows = metrics(run)
+    assert [r["iteration"] for r in rows] == list(range(1, 13))
+    early = sum(r["reward/mean"] for r in rows[:3]) / 3
+    late = sum(r["reward/mean"] for r in rows[-3:]) / 3
+    assert late > early + 0.15, [round(r["reward/mean"], 3) for r in rows]
+    for r in rows:  # what every iteration reports
+        for key in ("reward/mean", "kl/mean", "mismatch/kl", "mismatch/abs_logp_diff",
+                    "timing/generate_s", "timing/score_s", "timing/train_s",
+                    "timing/weight_sync_s"):
+            assert isinstance(r.get(key), float), (key, r)
+        assert ("critic/loss" in r) == (algorithm == "ppo")  # a value loss only with a critic
+        assert r["policy_version"] == r["iteration"] and r["algorithm"] == algorithm
+    if algorithm == "grpo":  # async: generation overlapped training, nothing refused as stale
+        assert all(r["stale_refused"] == 0 for r in rows)
+        assert any(r["timing/overlapped_generate_s"] > 0 for r in rows)
+    assert (run / "rl" / "rl.png").stat().st_size > 1000
+    assert (run / "rl" / "model" / "config.json").exists()
+    result = json.loads((run / "rl" / "result.json").read_text())
+    assert result["reward_last"] == rows[-1]["reward/mean"] and result["algorithm"] == algorithm
+    assert result["critic"] == (algorithm == "ppo")
+
+
+def test_resume_continues_exactly_where_it_stopped(ray_cluster, tmp_path):
+    """Stopped after iteration 2 and resumed, iteration 3 equals the uninterrupted run's: the same
+    losses (two optimizer steps, so the second depends on Adam's moments) and the same weights."""
+    run = tmp_path / "run"
+    job = rl_job(run, "rl.algorithm=grpo", "rl.iterations=3", "rl.checkpoint_every=1",
+                 "rl.keep_checkpoints=3", "rl.mini_batch_size=8", "rl.prompts_per_iter=4",
+                 "rl.lr=1e-3")  # 16 rollouts in two optimizer steps
+    assert pipeline.run(job, quiet=True)["rl"]["status"] == "complete"
+    whole = metrics(run)[2]
+    weights = load_file(str(run / "rl" / "checkpoints" / "iter_3" / "policy" /
+                            "model.safetensors"))
+    shutil.rmtree(run / "rl" / "checkpoints" / "iter_3")  # as if killed before it was written
+    res = pipeline.run(job, quiet=True)["rl"]
+    assert res["status"] == "complete" and res["result"]["resumed_from"] == 2
+    again = metrics(run)[2]
+    assert again["iteration"] == 3
+    for key in ("reward/mean", "kl/mean", "policy/loss", "kl/loss_term"):
+        assert again[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+    resumed = load_file(str(run / "rl" / "checkpoints" / "iter_3" / "policy" /
+                            "model.safetensors"))
+    worst = max(float((resumed[k] - weights[k]).abs().max()) for k in weights)
+    assert worst < 1e-6, worst
+
+
+def test_judge_as_the_reward(ray_cluster, tmp_path):
+    """Direct RLAIF: the constitutional judge scores every rollout against the SFT model's answer
+    to the same prompt, on its own engine actors; its probability is the reward."""
+    run = tmp_path / "run"
+    job = rl_job(run, "rl.algorithm=grpo", "rl.reward=judge", "rl.iterations=2",
+                 "rl.prompts_per_iter=4", "rl.samples_per_prompt=2")
+    res = pipeline.run(job, quiet=True)["rl"]
+    assert res["status"] == "complete", res
+    answers = read_jsonl(run / "rl" / "sft_answers.jsonl")
+    assert answers and all(a["answer"] for a in answers)
+    rows = metrics(run)
+    assert all(0.0 < r["reward/mean"] < 1.0 for r in rows)  # probabilities, not rule scores
+    assert all(r["reward/std"] > 0 for r in rows)
+    assert res["result"]["reward_source"] == "judge"
+
+
+def test_dynamic_sampling_drops_groups_without_signal(ray_cluster, tmp_path):
+    """DAPO: groups whose rewards are all equal (here: every answer hits the length limit, reward
+    0) are dropped and refilled from the next prompts."""
+    run = tmp_path / "run"
+    job = rl_job(run, "rl.algorithm=dapo", "rl.iterations=2", "rl.max_refills=2")
+    res = pipeline.run(job, quiet=True)["rl"]
+    assert res["status"] == "complete", res
+    rows = metrics(run)
+    assert sum(r["dynamic/groups_dropped"] for r in rows) > 0
+    assert all(r["groups/all_equal"] == 0 for r in rows if r["rollouts"])
+    assert any(r["dynamic/refills"] > 0 for r in rows)
+
+
+def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path):
+    """Two rollout engines; one is SIGKILLed after the first iteration. The run finishes; a second
+    run on the same directory resumes from the last checkpoint instead of starting over."""
+    run = tmp_path / "run"
+    job = rl_job(run, "rl.algorithm=grpo", "rl.iterations=4", "rl.checkpoint_every=2",
+                 "rl.keep_checkpoints=2", "engine.num_actors=2", "rl.max_new_tokens=32")
+    killed = []
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            m = run / "rl" / "metrics.jsonl"
+            if m.exists() and m.read_text().count("\n") >= 1:
+                pids = _engine_pids()
+                if pids:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append(pids[0])
+            time.sleep(0.2)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    res = pipeline.run(job, quiet=True)["rl"]
+    t.join(timeout=1)
+    assert killed and res["status"] == "complete", res
+    rows = metrics(run)
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    assert sum(r["actor_failures"] for r in rows) >= 1
+    assert sorted(p.name for p in (run / "rl" / "checkpoints").iterdir()) == ["iter_2", "iter_4"]
+
+    shutil.rmtree(run / "rl" / "checkpoints" / "iter_4")  # as if the driver died after iter 3
+    res2 = pipeline.run(job, quiet=True)["rl"]
+    assert res2["status"] == "complete" and res2["result"]["resumed_from"] == 2
+    assert [r["iteration"] for r in metrics(run)] == [1, 2, 3, 4]
+
+
+def _engine_pids():
+    out = subprocess.run(["pgrep", "-f", "ray::EngineWorker"], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def test_colocated_roles_finish_a_run(ray_cluster, tmp_path):
+    """rl.colocate: the learner rank lives in the rollout engine's bundle (and the reference and
+    reward roles beside it); a short PPO run completes and its weights reach the engine."""
+    run = tmp_path / "run"
+    job = rl_job(run, "rl.algorithm=ppo", "rl.colocate=true", "rl.iterations=2",
+                 "rl.weight_sync=gloo")
+    res = pipeline.run(job, quiet=True)["rl"]
+    assert res["status"] == "complete", res
+    rows = metrics(run)
+    assert [r["weights_version"] for r in rows] == [1, 2]
+    assert all(r["weight_sync/fallback"] == 0 for r in rows)
