@@ -23,9 +23,15 @@ def _run(args) -> int:
                    limit=args.limit, run_dir=args.run_dir, stages=args.stages)
     if args.dry_run:
         ctx = pipeline.build_context(job, quiet=True)
-        print(json.dumps({"job": job.name, "run_dir": job.run_dir, "stages": job.stages,
-                          "model": ctx.base_model, "constitution": ctx.constitution.name,
-                          "red_team": len(ctx.red_team), "helpful": len(ctx.helpful)}, indent=2))
+        from dataclasses import asdict
+
+        info = {"job": job.name, "run_dir": job.run_dir, "stages": job.stages,
+                "model": ctx.base_model, "constitution": ctx.constitution.name,
+                "red_team": len(ctx.red_team), "helpful": len(ctx.helpful)}
+        if "rl" in job.stages:  # the algorithm with every knob resolved
+            info["rl"] = {**asdict(job.rl.resolved()), "reward": job.rl.reward,
+                          "weight_sync": job.weight_sync()}
+        print(json.dumps(info, indent=2))
         return 0
     summary = pipeline.run(job, resume=args.resume, force=args.force, quiet=args.quiet)
     print(pipeline.format_summary(summary))

@@ -46,6 +46,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         ray.init(address=address, **kwargs)
         return
     loopback_only()
+    # workers import what the driver can from its working directory (rl.reward: module:function)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH"))
+                                        if p)
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls.
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", _temp_dir=temp_dir, **kwargs)

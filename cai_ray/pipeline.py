@@ -68,7 +68,36 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
     if {"preferences", "eval"} & set(job.stages):
         constitution.require("judge", job.constitution.path)
     base = models.resolve(job.model.name)
+    if "rl" in job.stages:
+        check_rl(job, constitution)
     return Context(job, RunDir(job.run_dir), constitution, red, helpful, base, quiet=quiet)
+
+
+def check_rl(job: JobConfig, constitution) -> None:
+    """What the RL stage will need, checked before anything starts: its reward source loads (a
+    module:function imports and returns one number per completion), the judge has principles and
+    its model resolves, and the reward model exists or an earlier stage of this run makes it."""
+    from pathlib import Path
+
+    from cai_ray import models
+    from cai_ray.rl.rewards import check_reward, reward_kind
+
+    rl = job.rl
+    check_reward(rl.reward, rl.max_new_tokens)
+    kind, _ = reward_kind(rl.reward)
+    if kind == "judge":
+        constitution.require("judge", job.constitution.path)
+        if job.preferences.judge_model:
+            models.resolve(job.preferences.judge_model)
+    if kind == "model":
+        if rl.reward_model:
+            models.resolve(rl.reward_model)
+        elif "reward" not in job.stages and not (Path(job.run_dir) / "reward" / "model" /
+                                                  "config.json").exists():
+            raise InputError(f"rl.reward model: no reward model in {job.run_dir}/reward/model "
+                             f"and the reward stage is not in this run; add it to --stages, set "
+                             f"rl.reward_model, or choose another rl.reward (judge, short, "
+                             f"module:function)")
 
 
 def stage_digests(job: JobConfig, stages: list[str]) -> dict[str, str]:

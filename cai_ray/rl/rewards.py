@@ -102,8 +102,14 @@ class RewardModel:
 
 
 def load_callable(spec: str) -> Callable:
-    """Import 'module:function'; InputError naming rl.reward when it does not import."""
+    """Import 'module:function' (the working directory included, as `python -m` would); InputError
+    naming rl.reward when it does not import."""
+    import os
+    import sys
+
     mod_name, _, fn_name = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:

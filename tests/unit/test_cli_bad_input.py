@@ -61,6 +61,17 @@ CASES = {
     "limit zero": (["--limit", "0"], "--limit 0"),
     "bad config value": (["--set", "sl_cai.num_rounds=-1"], "sl_cai.num_rounds"),
     "unknown stage": (["--stages", "sl_cai,bake"], "stages"),
+    "unknown algorithm": (["--set", "rl.algorithm=ppo3"], "rl.algorithm"),
+    "group estimator, one sample": (["--set", "rl.samples_per_prompt=1"],
+                                    "rl.samples_per_prompt"),
+    "critic setting without a critic": (["--set", "rl.value_clip=0.3"], "rl.value_clip"),
+    "clip low above high": (["--set", "rl.clip_low=0.4"], "rl.clip_low"),
+    "reward source unknown": (["--set", "rl.reward=bogus"], "rl.reward"),
+    "reward callable not importable": (["--set", "rl.reward=no_such_mod:fn"], "cannot import"),
+    "reward callable wrong length": (["--set", "rl.reward=my_rewards:one"],
+                                     "list of 2 numbers"),
+    "no reward model for rl": (["--stages", "rl"], "rl.reward model"),
+    "old ppo section, bad value": (["--set", "ppo.kl_coef=-1"], "rl.kl_coef"),
 }
 
 
@@ -70,7 +81,9 @@ def test_bad_input_exit_2(tmp_path, run_dir, case):
     args, expect = CASES[case]
     args = [a.format(**files) for a in args]
     before = tree_digest(run_dir)
-    res = cli("run", "tiny", "--run-dir", str(run_dir), *args)
+    (tmp_path / "my_rewards.py").write_text("def one(prompts, completions, **kw):\n"
+                                            "    return [1.0]\n")
+    res = cli("run", "tiny", "--run-dir", str(run_dir), *args, cwd=tmp_path)
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("cai-ray: error:")]
     assert len(lines) == 1 and expect in lines[0], res.stderr[-2000:]
