@@ -69,7 +69,7 @@ def _models(args) -> int:
 def _bench(args) -> int:
     import importlib
 
-    mod = importlib.import_module(f"cai_ray.bench.{args.what}")
+    mod = importlib.import_module(f"cai_ray.bench.{'rl' if args.what == 'ppo' else args.what}")
     return mod.main(args.rest)
 
 
@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=_models)
 
     b = sub.add_parser("bench", help="benchmarks (JSON + table)")
-    b.add_argument("what", choices=["generation", "sl_cai", "train", "judge", "ppo"])
+    b.add_argument("what", choices=["generation", "sl_cai", "train", "judge", "rl", "ppo"],
+                   help="ppo: the old name of rl")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=_bench)
 

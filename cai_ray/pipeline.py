@@ -100,6 +100,18 @@ def check_rl(job: JobConfig, constitution) -> None:
                              f"module:function)")
 
 
+def platform_record(job: JobConfig) -> dict:
+    """What the driver's machine decided for the run (engines on other nodes decide on theirs and
+    report it in their info): the engine dtype and why, the cores, a GPU or not."""
+    from cai_ray.platform import BF16_FLAGS, cpu_flags, engine_dtype, has_cuda, num_cores
+
+    dtype, why = engine_dtype(job.model.dtype)
+    return {"engine_dtype": dtype, "engine_dtype_reason": why, "cores": num_cores(),
+            "cuda": has_cuda(), "cpu_bf16_flags": sorted(cpu_flags() & set(BF16_FLAGS)),
+            "trainer_dtype": "float32 master weights"
+            + (", bf16 compute" if "bf16" in {job.sft.precision, job.rl.precision} else "")}
+
+
 def stage_digests(job: JobConfig, stages: list[str]) -> dict[str, str]:
     out, prev = {}, ""
     for s in STAGES:
@@ -154,7 +166,7 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
     digests = stage_digests(job, job.stages)
     lock = RunLock(rd.path)
     try:
-        rd.open(identity(job), job.name, job.model_dump(mode="json"))
+        rd.open(identity(job), job.name, job.model_dump(mode="json"), platform_record(job))
         from cai_ray.cluster import init_ray
 
         init_ray(job.ray.address, local_cpus(job), job.ray.temp_dir)

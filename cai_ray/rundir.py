@@ -148,10 +148,13 @@ class RunDir:
                              f"{job_name!r}, identity {job_identity}); choose another --run-dir "
                              f"or pass --force to reuse it")
 
-    def open(self, job_identity: str, job_name: str, config: dict) -> None:
+    def open(self, job_identity: str, job_name: str, config: dict,
+             platform: dict | None = None) -> None:
         m = self.manifest() or {"created": time.time(), "stages": {}}
         m.update({"name": job_name, "identity": job_identity, "config": config,
                   "updated": time.time()})
+        if platform:
+            m["platform"] = platform
         write_json_atomic(self.manifest_path, m)
 
     # -- stages --------------------------------------------------------------------------------

@@ -176,6 +176,8 @@ class Engine(ABC):
         from cai_ray.platform import current_rss_mb, peak_rss_mb
 
         return {"backend": self.backend, "model": self.model_path, "pid": os.getpid(),
+                "dtype": str(getattr(self, "dtype", "")).removeprefix("torch."),
+                "dtype_reason": getattr(self, "dtype_reason", None),
                 "weights_version": self.weights_version, "max_model_len": self.max_model_len,
                 "rss_mb": current_rss_mb(), "peak_rss_mb": peak_rss_mb()}
 

@@ -10,8 +10,7 @@ import torch
 
 from cai_ray.engines.base import Completion, Engine, Sampling
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-          "auto": torch.float32}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HfEngine(Engine):
@@ -25,7 +24,10 @@ class HfEngine(Engine):
         from transformers import AutoModelForCausalLM
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = DTYPES[dtype]
+        from cai_ray.platform import engine_dtype
+
+        name, self.dtype_reason = engine_dtype(dtype)
+        self.dtype = DTYPES[name]
         self.batch_size = batch_size
         self.seed = seed
         self.model = AutoModelForCausalLM.from_pretrained(

@@ -62,8 +62,10 @@ class VllmEngine(Engine):
             _use_cores(cpu_cores)
         from vllm import LLM
 
-        if dtype == "auto":
-            dtype = "bfloat16" if has_cuda() else "float32"
+        from cai_ray.platform import engine_dtype
+
+        dtype, self.dtype_reason = engine_dtype(dtype)
+        self.dtype = dtype
         kwargs = dict(model=self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
                       trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size,

@@ -44,7 +44,14 @@ def _shared_hidden(backbone, prompt_ids, response, mask, pad_id) -> Tensor | Non
     prompts = [list(p) for p in distinct]
     p_ids, p_att = pad_right(prompts, pad_id)  # (G, P)
     plens = p_att.sum(-1).long()  # (G,)
-    out = backbone(input_ids=p_ids.to(dev), attention_mask=p_att.long().to(dev),
+    T = response.shape[1]
+    r_ids = response.masked_fill(~mask.bool(), pad_id)
+    # one embedding lookup for prompts and answers: its backward makes one dense (vocab x H)
+    # gradient per micro-batch instead of two
+    emb = backbone.get_input_embeddings()(torch.cat([p_ids.flatten(), r_ids.flatten()]).to(dev))
+    p_emb, r_emb = emb[:p_ids.numel()].view(*p_ids.shape, -1), emb[p_ids.numel():].view(
+        *r_ids.shape, -1)
+    out = backbone(inputs_embeds=p_emb, attention_mask=p_att.long().to(dev),
                    past_key_values=DynamicCache(), use_cache=True)
     cache = out.past_key_values
     if type(cache) is not DynamicCache or any(getattr(layer, "is_sliding", False) or
@@ -52,11 +59,9 @@ def _shared_hidden(backbone, prompt_ids, response, mask, pad_id) -> Tensor | Non
         return None
     last = out.last_hidden_state[torch.arange(len(prompts)), (plens - 1).to(dev)]  # (G, H)
     cache.batch_select_indices(owner.to(dev))  # every answer gets its prompt's keys and values
-    T = response.shape[1]
-    r_ids = response.masked_fill(~mask.bool(), pad_id)
     att = torch.cat([p_att[owner], mask], dim=1).long()  # (B, P + T): holes where prompts pad
     pos = plens[owner].unsqueeze(1) + torch.arange(T)[None]  # (B, T): each prompt's own length
-    hidden = backbone(input_ids=r_ids.to(dev), attention_mask=att.to(dev),
+    hidden = backbone(inputs_embeds=r_emb, attention_mask=att.to(dev),
                       position_ids=pos.to(dev), past_key_values=cache,
                       use_cache=True).last_hidden_state  # (B, T, H)
     # token 0 is predicted by the prompt's last position, token t by answer position t - 1
@@ -78,7 +83,8 @@ def predictor_hidden(model, prompt_ids: list[list[int]], response: Tensor, mask:
 
 
 def rollout_logprobs(model, prompt_ids: list[list[int]], response: Tensor, mask: Tensor,
-                     pad_id: int, *, chunk: int = 1024, entropy: bool = False,
+                     pad_id: int, *, chunk: int = 256, entropy: bool = False,
+                     entropy_grad: bool = False,
                      share_prompts: bool = True) -> tuple[Tensor, Tensor | None]:
     """log p(response token t | prompt, tokens < t): (B, T), 0 on padding; entropy (B, T) too when
     asked. The LM head runs only at the answer's positions, in chunks (train/logprobs.py)."""
@@ -87,6 +93,7 @@ def rollout_logprobs(model, prompt_ids: list[list[int]], response: Tensor, mask:
     dev = h.device
     cfg = getattr(getattr(model, "module", model), "config", None)
     lp, ent = head_logprobs(head, h, response[mask.bool()].to(dev), chunk=chunk, entropy=entropy,
+                            entropy_grad=entropy_grad,
                             softcap=getattr(cfg, "final_logit_softcapping", None))
     m = mask.to(dev)
     return scatter_tokens(lp, m), (scatter_tokens(ent, m) if entropy else None)
@@ -102,7 +109,7 @@ def rollout_values(value_model, prompt_ids: list[list[int]], response: Tensor, m
 
 
 @torch.no_grad()
-def frozen_logprobs(model, prompt_ids, response, mask, pad_id, chunk: int = 1024,
+def frozen_logprobs(model, prompt_ids, response, mask, pad_id, chunk: int = 256,
                     share_prompts: bool = True) -> Tensor:
     return rollout_logprobs(model, prompt_ids, response, mask, pad_id, chunk=chunk,
                             share_prompts=share_prompts)[0]

@@ -173,6 +173,7 @@ class Learner:
             self.actor.step()
             if self.critic is not None:
                 self.critic.step()
+            D.trim_heap()
             timing["learner/optimizer_s"] += time.time() - t
         self.version += 1
         timing["learner/train_s"] = time.time() - t_all
@@ -185,6 +186,7 @@ class Learner:
         t0 = time.time()
         logp, ent = rollout_logprobs(self.actor, mb.prompt_ids, mb.response, mb.mask, self.pad_id,
                                      chunk=cfg["logprob_chunk"], entropy=True,
+                                     entropy_grad=cfg["entropy_coef"] > 0,
                                      share_prompts=cfg["share_prompts"])
         mask, adv, sampler = mb.mask.to(dev), mb.advantages.to(dev), mb.sampler_logp.to(dev)
         correction = cfg["rollout_correction"]

@@ -13,7 +13,7 @@ class ReferencePolicy:
     """The SFT model, frozen: log-probs of rollouts for the KL term (LM head at the answer's
     positions only, in chunks)."""
 
-    def __init__(self, model_path: str, threads: int | None = None, chunk: int = 1024,
+    def __init__(self, model_path: str, threads: int | None = None, chunk: int = 256,
                  share_prompts: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

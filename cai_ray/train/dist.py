@@ -79,17 +79,34 @@ def build_engine(model, cfg: dict, lr: float, world_size: int, *, grad_accum: in
     return engine
 
 
-def limit_heap() -> None:
-    """Large allocations through mmap in this process (see MMAP_THRESHOLD); glibc reads the variable
-    when it starts, so this sets it for the workers a trainer starts, and mallopt for itself."""
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
+def _libc():
     try:
         import ctypes
 
-        libc = ctypes.CDLL("libc.so.6")
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+def limit_heap() -> None:
+    """Large allocations through mmap in this process (see MMAP_THRESHOLD), and two malloc arenas
+    (OpenMP's threads otherwise each grow an arena of their own, which fragment). glibc reads the
+    variables when a process starts, so this sets them for the processes a trainer starts, and
+    mallopt for itself."""
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", MMAP_THRESHOLD)
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
+    libc = _libc()
+    if libc is not None:
         libc.mallopt(-3, int(MMAP_THRESHOLD))  # M_MMAP_THRESHOLD; also turns off its sliding
-    except (OSError, AttributeError):
-        pass
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the system (after an optimizer step: what a step's
+    activations left in the heap would otherwise stay resident)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 # -- the rendezvous of a learner group ------------------------------------------------------------

@@ -5,7 +5,7 @@ scored token (an answer's), `chunk` positions at a time. With gradients each chu
 so its (chunk x vocab) logits exist only while that chunk is computed, forward and backward: never
 a (batch x length x vocab) tensor. Entropy comes from the same chunks.
 
-    logp, ent = head_logprobs(head, hidden, targets, chunk=1024, entropy=True)
+    logp, ent = head_logprobs(head, hidden, targets, chunk=256, entropy=True)
     # hidden: (N, H) at the predicting positions; targets: (N,); logp, ent: (N,)
 """
 
@@ -23,26 +23,32 @@ def backbone_and_head(model):
     return getattr(model, model.base_model_prefix), model.get_output_embeddings()
 
 
-def _chunk_logprobs(head, softcap: float | None, want_entropy: bool, h: Tensor,
+def _chunk_logprobs(head, softcap: float | None, entropy: str, h: Tensor,
                     targets: Tensor) -> tuple[Tensor, Tensor]:
+    """entropy: "" (none), "value" (no gradient: two (n x vocab) tensors fewer kept for the
+    backward pass) or "grad" (an entropy bonus in the loss)."""
     logits = head(h).float()  # (n, V)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     logp_all = torch.log_softmax(logits, -1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (n,)
-    ent = -(logp_all.exp() * logp_all).sum(-1) if want_entropy else torch.zeros_like(logp)
+    if not entropy:
+        return logp, torch.zeros_like(logp)
+    with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+        ent = -(logp_all.exp() * logp_all).sum(-1)
     return logp, ent
 
 
-def head_logprobs(head, hidden: Tensor, targets: Tensor, *, chunk: int = 1024,
-                  entropy: bool = False,
+def head_logprobs(head, hidden: Tensor, targets: Tensor, *, chunk: int = 256,
+                  entropy: bool = False, entropy_grad: bool = False,
                   softcap: float | None = None) -> tuple[Tensor, Tensor | None]:
-    """log p(targets) from the hidden states that predict them, and the entropy there when asked:
-    (N,) tensors."""
+    """log p(targets) from the hidden states that predict them, and the entropy there when asked
+    (with a gradient only if entropy_grad): (N,) tensors."""
     targets = targets.to(hidden.device)
+    mode = ("grad" if entropy_grad else "value") if entropy else ""
     lps, ents = [], []
     for k in range(0, hidden.shape[0], chunk):
-        args = (head, softcap, entropy, hidden[k:k + chunk], targets[k:k + chunk])
+        args = (head, softcap, mode, hidden[k:k + chunk], targets[k:k + chunk])
         if torch.is_grad_enabled() and hidden.requires_grad:
             lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:

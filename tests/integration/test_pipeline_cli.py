@@ -61,6 +61,8 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
         assert ids and len(ids) == len(set(ids)), name
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(manifest["stages"][s]["status"] == "complete" for s in STAGES)
+    assert manifest["platform"]["engine_dtype"] == "float32"  # the tiny job sets it
+    assert "model.dtype" in manifest["platform"]["engine_dtype_reason"]
     assert (run / "sft" / "model" / "model.safetensors").exists()
     prefs = read_jsonl(run / "preferences" / "data.jsonl")
     assert prefs and all(0.5 <= r["p_chosen"] <= 1.0 for r in prefs)
