@@ -58,12 +58,18 @@ class EngineWorker:
         return self.engine.load_buckets(ray.get(r) for r in refs)
 
     def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
-        return self.engine.join_sync(host, port, rank, world, backend)
+        self.in_sync = self.engine.join_sync(host, port, rank, world, backend)
+        return self.in_sync
+
+    def in_sync_group(self) -> bool:
+        """False in an engine Ray restarted since the group formed (a fresh process)."""
+        return getattr(self, "in_sync", False)
 
     def receive_weights(self, meta, bucket_mb: float = 64) -> int:
         return self.engine.receive_weights(meta, bucket_mb)
 
     def leave_sync(self) -> None:
+        self.in_sync = False
         self.engine.leave_sync()
 
     def info(self) -> dict:

@@ -93,8 +93,10 @@ def open_group(host: str, port: int, rank: int, world: int, backend: str,
     `listener`, a socket it bound to host (never all interfaces); the others connect."""
     timeout = datetime.timedelta(seconds=timeout_s)
     if rank == 0 and listener is not None:
+        # the store owns (and closes) the fd: detach it, or the socket object closes the same
+        # number again when collected, by then perhaps a newer socket's
         store = dist.TCPStore(host, port, world, True, timeout, wait_for_workers=False,
-                              master_listen_fd=listener.fileno())
+                              master_listen_fd=listener.detach())
     else:
         store = dist.TCPStore(host, port, world, is_master=rank == 0, timeout=timeout)
     store = dist.PrefixStore("cai-ray-weight-sync", store)

@@ -106,24 +106,34 @@ class CollectiveSync:
             self.fallback.meta = ray.get(learners.call("weight_meta")[0])
         self.joined = True
 
-    def push(self, learners) -> dict:
-        from cai_ray.engines.pool import ACTOR_ERRORS
+    def _members(self, learners) -> None:
+        """Form the group if there is none, or again if an engine was restarted since (its
+        fresh process holds no group, and a broadcast would wait for it)."""
+        if self.joined:
+            held = ray.get([a.in_sync_group.remote() for a in self.pool.actors],
+                           timeout=self.timeout_s)
+            if all(held):
+                return
+            log.info("an engine was restarted since the weight-sync group formed: forming it "
+                     "again")
+            self._leave(learners)
+        self._join(learners)
 
+    def push(self, learners) -> dict:
         t = time.time()
         # restarted engines reload from the learner on demand (scheduler), not from stale bytes
         self.pool.latest_weights = lambda: self.fallback.publish(learners)
         try:
-            if not self.joined:
-                self._join(learners)
+            self._members(learners)
             sends = learners.call("sync_send", self.meta, self.bucket_mb)
             recvs = [a.receive_weights.remote(self.meta, self.bucket_mb)
                      for a in self.pool.actors]
             versions = ray.get(recvs, timeout=self.timeout_s)
             sent = ray.get(sends[0], timeout=self.timeout_s)
-        except (ray.exceptions.GetTimeoutError, *ACTOR_ERRORS) as exc:
-            log.warning("weight sync over %s failed (%s); this push goes through the object "
-                        "store and the group is formed again next time", self.backend,
-                        type(exc).__name__)
+        except ray.exceptions.RayError as exc:  # a dead engine, a broken pair, a timeout
+            log.warning("weight sync over %s failed (%s: %s); this push goes through the "
+                        "object store and the group is formed again next time", self.backend,
+                        type(exc).__name__, str(exc).splitlines()[0][:200])
             self._leave(learners)
             out = self.fallback.push(learners)
             return {**out, "weight_sync/fallback": 1, "timing/weight_sync_s": time.time() - t}

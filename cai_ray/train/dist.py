@@ -140,8 +140,10 @@ def store(host: str, port: int, rank: int, world: int, timeout_s: float = 600,
     if rank == 0:
         if listener is None:
             raise ValueError("rank 0 serves the store: give it the listening socket")
+        # the store owns the fd from here on (it closes it): detach, or Python closes it again
+        # later, by then maybe another socket's number
         return dist.TCPStore(host, port, world, True, timeout, wait_for_workers=False,
-                             master_listen_fd=listener.fileno())
+                             master_listen_fd=listener.detach())
     return dist.TCPStore(host, port, world, False, timeout)
 
 

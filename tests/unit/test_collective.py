@@ -96,3 +96,23 @@ def test_gloo_broadcast_between_three_processes():
     for r in (1, 2):
         for k, v in _state().items():
             assert torch.equal(out[r][k], v), (r, k)
+
+
+def test_group_formed_again_after_the_last_one_is_dropped():
+    """The learner forms the broadcast group again after an engine dies: a fresh listening socket
+    replaces the old one. The store owns the old socket's fd; if Python also kept it, collecting
+    the old socket would close the same number, by then the new socket's (EBADF)."""
+    import gc
+
+    from cai_ray.train.dist import listen
+
+    sock = listen("127.0.0.1")
+    for _ in range(3):
+        group = C.open_group("127.0.0.1", sock.getsockname()[1], 0, 1, "gloo", timeout_s=10,
+                             listener=sock)
+        buf = torch.arange(4.0)
+        C._broadcast(group, buf)  # world 1: a no-op that needs a working group
+        group = None
+        gc.collect()
+        sock = listen("127.0.0.1")  # the old socket object is collected here
+        assert sock.getsockname()[1] > 0
