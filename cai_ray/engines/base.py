@@ -156,9 +156,10 @@ class Engine(ABC):
     def receive_weights(self, meta, bucket_mb: float = 64) -> int:
         """Receive the learner's broadcast (meta: its tensor list) bucket by bucket and load it
         as it arrives; the new version."""
-        from cai_ray.rl.collective import receive
+        from cai_ray.rl.collective import drop_on_failure, receive
 
-        self._load_stream(receive(self._sync_group, meta, self.sync_device(), bucket_mb))
+        drop_on_failure(self, "_sync_group", lambda group: self._load_stream(
+            receive(group, meta, self.sync_device(), bucket_mb)))
         self.weights_version += 1
         return self.weights_version
 

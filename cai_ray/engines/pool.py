@@ -29,6 +29,30 @@ from cai_ray.platform import core_ranges, has_cuda
 
 log = logging.getLogger(__name__)
 ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
+RESTART_WAIT_S = 600  # how long a restarting actor (ActorUnavailableError) is waited for
+
+
+def alive(actor, timeout_s: float = RESTART_WAIT_S, died_for_s: float = 5.0) -> bool:
+    """Whether the actor answers, waiting while Ray restarts it (calls then raise
+    ActorUnavailableError, which is temporary). A call made just after the process died, before
+    Ray knew, can fail as if the actor were dead; only an actor that keeps failing that way for
+    died_for_s is taken as dead for good."""
+    deadline = time.time() + timeout_s
+    died_since = None
+    while True:
+        try:
+            return ray.get(actor.ping.remote(), timeout=max(1.0, deadline - time.time()))
+        except ActorUnavailableError:
+            died_since = None
+        except RayActorError:
+            died_since = died_since or time.time()
+            if time.time() - died_since > died_for_s:
+                return False
+        except ray.exceptions.GetTimeoutError:
+            return False
+        if time.time() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 class EngineWorker:
@@ -86,9 +110,11 @@ class EnginePool:
     def __init__(self, num_actors: int, backend: str, model_path: str, *, num_cpus: float = 1.0,
                  num_gpus: float = 0.0, strategy: str = "PACK", max_restarts: int = 1,
                  engine_kwargs: dict | None = None, name: str = "engine",
-                 resources: dict | None = None, shared: dict | None = None):
+                 resources: dict | None = None, shared: dict | None = None, wait: bool = True):
         """shared: resources added to every bundle for roles co-located with the engines (RL's
-        learner ranks); on GPUs the engine then takes half of its bundle's GPUs."""
+        learner ranks); on GPUs the engine then takes half of its bundle's GPUs. wait=False
+        returns once the actors are placed, while they still load the model: call ready()
+        before the first request (other roles start meanwhile)."""
         self.backend, self.model_path, self.name = backend, model_path, name
         self.latest_weights = None  # the newest weights (RL): ObjectRefs of their safetensors
         # buckets, or a function that returns them; a restarted actor reloads them before it
@@ -118,9 +144,17 @@ class EnginePool:
                     self.pg, placement_group_bundle_index=i),
             ).remote(backend, model_path, kwargs)
             self.actors.append(actor)
-        t = time.time()
-        ray.get([a.ping.remote() for a in self.actors])
-        self.startup_s = time.time() - t
+        self._t0, self.startup_s = time.time(), None
+        self._starting = [a.ping.remote() for a in self.actors]
+        if wait:
+            self.ready()
+
+    def ready(self) -> "EnginePool":
+        """Wait until every actor has loaded its model (once; later calls return at once)."""
+        if self._starting:
+            ray.get(self._starting)
+            self._starting, self.startup_s = [], time.time() - self._t0
+        return self
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -183,6 +217,7 @@ class Scheduler:
         self.inflight: dict[ray.ObjectRef, _Batch] = {}
         self.dead: set[int] = set()
         self.suspect: dict[ray.ObjectRef, int] = {}  # ping refs of actors that just failed
+        self.first_failure: dict[int, float] = {}  # since when a restarting actor is waited for
         self.stats = {"batches": 0, "retried_batches": 0, "actor_failures": 0,
                       "generated_tokens": 0, "prompt_tokens": 0, "requests": 0}
 
@@ -240,12 +275,25 @@ class Scheduler:
         i = self.suspect.pop(ref)
         try:
             ray.get(ref)  # returns once Ray has restarted the actor
+        except ActorUnavailableError:  # still restarting: ask again shortly
+            if time.time() - self.first_failure.setdefault(i, time.time()) < RESTART_WAIT_S:
+                time.sleep(0.5)
+                self.suspect[self.pool.actors[i].ping.remote()] = i
+                return
+            return self._gone(i)
+        except ACTOR_ERRORS:
+            return self._gone(i)
+        self.first_failure.pop(i, None)
+        try:
             weights = self.pool.latest_weights
             if callable(weights):  # collective sync: ask the learner for its current weights
                 weights = weights()
             if weights is not None:
                 ray.get(self.pool.actors[i].load_weight_refs.remote(list(weights)))
-            log.warning("%s: actor %d is back", self.pool.name, i)
-        except ACTOR_ERRORS:
-            log.warning("%s: actor %d is gone for good", self.pool.name, i)
-            self.dead.add(i)
+        except ACTOR_ERRORS:  # died again while loading: it fails its next batch, and so on
+            pass
+        log.warning("%s: actor %d is back", self.pool.name, i)
+
+    def _gone(self, i: int) -> None:
+        log.warning("%s: actor %d is gone for good", self.pool.name, i)
+        self.dead.add(i)

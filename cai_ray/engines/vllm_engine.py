@@ -203,10 +203,11 @@ def _worker_reload(worker, pairs) -> None:
 
 def _worker_receive(worker, meta, bucket_mb) -> None:
     """Receive the broadcast into the worker's device bucket by bucket, reloading as it comes."""
-    from cai_ray.rl.collective import receive
+    from cai_ray.rl.collective import drop_on_failure, receive
 
     device = "cuda" if _has_cuda_device() else "cpu"
-    _worker_reload(worker, receive(worker._cai_sync, meta, device, bucket_mb))
+    drop_on_failure(worker, "_cai_sync", lambda group: _worker_reload(
+        worker, receive(group, meta, device, bucket_mb)))
 
 
 def _has_cuda_device() -> bool:

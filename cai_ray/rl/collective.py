@@ -17,6 +17,7 @@ Both sides hold at most one bucket beyond the model itself. Pure torch: no ray, 
 from __future__ import annotations
 
 import datetime
+import gc
 import socket
 from math import prod
 
@@ -144,3 +145,16 @@ def receive(group, meta: Meta, device, bucket_mb: float = 64):
                           device=device)
         _broadcast(group, buf)
         yield from unpack_bucket(buf, meta, idx)
+
+
+def drop_on_failure(owner, attr: str, fn):
+    """fn(owner.<attr>) (the group); if it fails, the group is dropped before the error goes up,
+    and nothing left (no traceback frame) still holds it: its sockets close, so the other members
+    fail at once instead of waiting out the group's timeout."""
+    try:
+        return fn(getattr(owner, attr))
+    except Exception as exc:  # noqa: BLE001 (re-raised below, without its frames)
+        msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+    setattr(owner, attr, None)
+    gc.collect()
+    raise RuntimeError(f"weight broadcast failed ({msg}); the group was dropped")

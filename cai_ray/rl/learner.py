@@ -285,11 +285,14 @@ class Learner:
     def sync_send(self, meta: list, bucket_mb: float) -> int:
         """Broadcast the policy to the engines, bucket by bucket (every rank calls; rank 0
         sends)."""
-        from cai_ray.rl.collective import send
+        from cai_ray.rl.collective import drop_on_failure, send
 
         with D.gathered(self.actor.module):
-            return send(self._sync_group, self._policy_state(), meta, bucket_mb) \
-                if self.rank == 0 else 0
+            if self.rank != 0:
+                return 0
+            state = self._policy_state()
+            return drop_on_failure(self, "_sync_group",
+                                   lambda group: send(group, state, meta, bucket_mb))
 
     def sync_leave(self) -> None:
         self._sync_group = None

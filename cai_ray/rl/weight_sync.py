@@ -52,27 +52,32 @@ class ObjectStoreSync:
         refs = self.publish(learners)
         self.pool.latest_weights = refs  # restarted engines reload these
         loads = [a.load_weight_refs.remote(refs) for a in self.pool.actors]
+        self.restarted = 0
         versions = [self._wait(i, ref, refs) for i, ref in enumerate(loads)]
         return {"timing/weight_sync_s": time.time() - t,
                 "weights_version": max(v for v in versions if v is not None),
-                "weight_sync/bytes": state_bytes(self.meta), "weight_sync/buckets": len(refs)}
+                "weight_sync/bytes": state_bytes(self.meta), "weight_sync/buckets": len(refs),
+                "weight_sync/engines_restarted": self.restarted}
 
     def _wait(self, i: int, ref, refs, tries: int = 3):
         """The engine's new weights version; an engine that dies meanwhile is waited for (Ray
         restarts it) and loaded again; one gone for good is skipped (None)."""
-        from cai_ray.engines.pool import ACTOR_ERRORS
+        from cai_ray.engines.pool import ACTOR_ERRORS, alive
 
         actor = self.pool.actors[i]
         for _ in range(tries):
             try:
                 return ray.get(ref, timeout=self.timeout_s)
             except ACTOR_ERRORS:
-                try:
-                    ray.get(actor.ping.remote(), timeout=self.timeout_s)
-                except ACTOR_ERRORS:
+                if not alive(actor):  # waits while Ray restarts it
                     return None
+                self.restarted += 1
                 ref = actor.load_weight_refs.remote(refs)
         return None
+
+
+class EnginesGone(RuntimeError):
+    """An engine is dead for good (out of restarts): pushes go through the object store."""
 
 
 class CollectiveSync:
@@ -101,19 +106,26 @@ class CollectiveSync:
         refs = learners.call("sync_join", host, port, world, self.backend)
         refs += [a.join_sync.remote(host, port, 1 + i * self.tp, world, self.backend)
                  for i, a in enumerate(self.pool.actors)]
-        ray.get(refs, timeout=self.timeout_s)
+        ray.get(refs, timeout=self.timeout_s)  # fails as soon as any member fails
         if self.fallback.meta is None:
             self.fallback.meta = ray.get(learners.call("weight_meta")[0])
         self.joined = True
 
     def _members(self, learners) -> None:
         """Form the group if there is none, or again if an engine was restarted since (its
-        fresh process holds no group, and a broadcast would wait for it)."""
+        fresh process holds no group, and a broadcast would wait for it). Every engine must
+        answer first (one that Ray is restarting is waited for): a group only forms whole."""
+        from cai_ray.engines.pool import alive
+
+        gone = [i for i, a in enumerate(self.pool.actors) if not alive(a, self.timeout_s)]
+        if gone:
+            raise EnginesGone(f"engine(s) {gone} gone for good: the group cannot form")
         if self.joined:
             held = ray.get([a.in_sync_group.remote() for a in self.pool.actors],
                            timeout=self.timeout_s)
             if all(held):
                 return
+            self.restarted = held.count(False)
             log.info("an engine was restarted since the weight-sync group formed: forming it "
                      "again")
             self._leave(learners)
@@ -123,14 +135,14 @@ class CollectiveSync:
         t = time.time()
         # restarted engines reload from the learner on demand (scheduler), not from stale bytes
         self.pool.latest_weights = lambda: self.fallback.publish(learners)
+        self.restarted = 0
         try:
             self._members(learners)
             sends = learners.call("sync_send", self.meta, self.bucket_mb)
             recvs = [a.receive_weights.remote(self.meta, self.bucket_mb)
                      for a in self.pool.actors]
-            versions = ray.get(recvs, timeout=self.timeout_s)
-            sent = ray.get(sends[0], timeout=self.timeout_s)
-        except ray.exceptions.RayError as exc:  # a dead engine, a broken pair, a timeout
+            *versions, sent = ray.get(recvs + sends[:1], timeout=self.timeout_s)
+        except (ray.exceptions.RayError, EnginesGone) as exc:  # dead engine, broken pair, timeout
             log.warning("weight sync over %s failed (%s: %s); this push goes through the "
                         "object store and the group is formed again next time", self.backend,
                         type(exc).__name__, str(exc).splitlines()[0][:200])
@@ -138,7 +150,8 @@ class CollectiveSync:
             out = self.fallback.push(learners)
             return {**out, "weight_sync/fallback": 1, "timing/weight_sync_s": time.time() - t}
         return {"timing/weight_sync_s": time.time() - t, "weights_version": max(versions),
-                "weight_sync/bytes": sent, "weight_sync/fallback": 0}
+                "weight_sync/bytes": sent, "weight_sync/fallback": 0,
+                "weight_sync/engines_restarted": self.restarted}
 
     def _leave(self, learners) -> None:
         self.joined = False

@@ -58,15 +58,18 @@ class Context:
                 "block_size": e.block_size}
 
     def engine_pool(self, model_path: str, name: str = "engine", num_actors: int | None = None,
-                    shared: dict | None = None, engine: EngineCfg | None = None):
-        """Engine actors for a model; `engine` overrides job.engine (the separate judge's own)."""
+                    shared: dict | None = None, engine: EngineCfg | None = None,
+                    wait: bool = True):
+        """Engine actors for a model; `engine` overrides job.engine (the separate judge's own);
+        wait=False: see EnginePool."""
         from cai_ray.engines.pool import EnginePool
 
         e = engine or self.job.engine
         return EnginePool(num_actors or e.num_actors, e.backend, model_path,
                           num_cpus=e.num_cpus_per_actor, num_gpus=e.num_gpus_per_actor,
                           strategy=e.placement_strategy, max_restarts=e.max_restarts,
-                          engine_kwargs=self.engine_kwargs(e), name=name, shared=shared)
+                          engine_kwargs=self.engine_kwargs(e), name=name, shared=shared,
+                          wait=wait)
 
     def judge_pool(self, judge_path: str):
         """Engine actors for the separate judge model, on preferences.judge_engine's resources."""

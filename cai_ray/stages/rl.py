@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from cai_ray.errors import InputError
@@ -15,6 +16,7 @@ from cai_ray.rundir import read_jsonl, write_jsonl_atomic
 from cai_ray.stages.context import Context
 
 SECTIONS = ("model", "prompts", "rl", "seed")
+PLOT_EVERY_S = 30  # drawing takes 0.3-1 s of the driver's loop
 PHASES = ("timing/generate_s", "timing/score_s", "timing/train_s", "timing/weight_sync_s")
 
 
@@ -127,7 +129,8 @@ def run(ctx: Context) -> dict:
     roles = Roles(policy=str(ckpt / "policy") if ckpt else sft, reference=sft,
                   critic=critic_init if alg.needs_critic else None, tokenizer=sft)
     prompts = ctx.train_prompts(ctx.red_team.prompts) + ctx.train_prompts(ctx.helpful.prompts)
-    pool = ctx.engine_pool(roles.policy, name="rollout",
+    # the engines load their model while the learner, reference and reward roles start
+    pool = ctx.engine_pool(roles.policy, name="rollout", wait=False,
                            shared={"CPU": 1} if cfg.colocate else None)  # a learner rank each
     judge_pool, trainer = None, None
     write_jsonl_atomic(out / "metrics.jsonl", history)
@@ -135,18 +138,22 @@ def run(ctx: Context) -> dict:
     try:
         params = {"reward_model": reward_model}
         if kind == "judge":
-            extra, judge_pool = judge_setup(ctx, cfg, sft, pool, out, start)
+            extra, judge_pool = judge_setup(ctx, cfg, sft, pool.ready(), out, start)
             params.update(extra)
         trainer = RlTrainer(cfg, roles, pool, prompts, seed=ctx.job.seed, reward_params=params,
                             quiet=ctx.quiet, weight_sync=ctx.job.weight_sync())
         trainer.history = history
         if ckpt:
             trainer.restore(ckpt, state)
+        pool.ready()
         bar = ctx.progress(cfg.iterations, f"rl ({alg.name})", initial=start, unit="iter")
+        plotted = [0.0]  # when rl.png was last drawn: at most every PLOT_EVERY_S, and at the end
 
         def on_iteration(tr, row):
             writer.log(row["iteration"], row)
-            plot(tr.history, out / "rl.png")
+            if time.time() - plotted[0] > PLOT_EVERY_S or row["iteration"] == cfg.iterations:
+                plot(tr.history, out / "rl.png")
+                plotted[0] = time.time()
             bar.update(1)
             bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
                             kl=f"{row.get('kl/mean', 0.0):.3f}", refresh=False)

@@ -142,7 +142,9 @@ def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path):
     assert killed and res["status"] == "complete", res
     rows = metrics(run)
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
-    assert sum(r["actor_failures"] for r in rows) >= 1
+    # the generation scheduler or the weight sync (whichever the kill hit) saw the restart
+    assert sum(r["actor_failures"] + r.get("weight_sync/fallback", 0) +
+               r.get("weight_sync/engines_restarted", 0) for r in rows) >= 1, rows
     assert sorted(p.name for p in (run / "rl" / "checkpoints").iterdir()) == ["iter_2", "iter_4"]
 
     shutil.rmtree(run / "rl" / "checkpoints" / "iter_4")  # as if the driver died after iter 3

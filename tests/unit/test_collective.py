@@ -116,3 +116,58 @@ def test_group_formed_again_after_the_last_one_is_dropped():
         gc.collect()
         sock = listen("127.0.0.1")  # the old socket object is collected here
         assert sock.getsockname()[1] > 0
+
+
+class _Holder:
+    group = None
+
+
+def _rank_with_a_dead_peer(rank, port, meta, q):
+    import os
+    import time
+
+    listener = None
+    if rank == 0:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", port))
+        listener.listen(16)
+    holder = _Holder()
+    holder.group = C.open_group("127.0.0.1", port, rank, 3, "gloo", timeout_s=90,
+                                listener=listener)
+    if rank == 2:
+        os._exit(0)  # an engine killed before the broadcast
+    t = time.time()
+    try:
+        if rank == 0:
+            time.sleep(1)
+            C.drop_on_failure(holder, "group", lambda g: C.send(g, _state(), meta, 0.0001))
+        else:
+            C.drop_on_failure(holder, "group", lambda g: list(C.receive(g, meta, "cpu", 0.0001)))
+        q.put((rank, "no error", time.time() - t, holder.group is None))
+    except RuntimeError as exc:
+        q.put((rank, str(exc), time.time() - t, holder.group is None))
+    time.sleep(120)  # alive: only the dropped group can release the other member
+
+
+def test_a_dead_member_fails_the_others_at_once_not_at_the_timeout():
+    """Rank 2 dies; rank 0's send fails and drops the group, which closes its sockets, so rank 1
+    (still waiting for data) fails within seconds instead of at the group's 90 s timeout."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    meta = C.tensor_meta(_state())
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_rank_with_a_dead_peer, args=(r, port, meta, q))
+             for r in range(3)]
+    for p in procs:
+        p.start()
+    try:
+        out = {r: rest for r, *rest in (q.get(timeout=80) for _ in range(2))}
+    finally:
+        for p in procs:
+            p.kill()
+    for r in (0, 1):
+        msg, seconds, dropped = out[r]
+        assert "weight broadcast failed" in msg and dropped, (r, msg)
+        assert seconds < 30, (r, seconds)
