@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                   "mismatch_abs_logp"):
             if r.get(k) is not None:
                 row[k] = r[k]
+        row["total_peak_mb"] = sum(row.get(k) or 0.0 for k in ("learner_peak_mb",
+                                                               "reference_peak_mb",
+                                                               "engine_peak_mb"))
         rows.append(row)
         by_spec[spec] = row
         print(f"{spec}: {row['iteration_s']:.1f} s/iteration", file=sys.stderr)
@@ -154,13 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             row["x_memory"] = row["learner_peak_mb"] / by_spec[base]["learner_peak_mb"]
     tbl = table(rows, ["runner", "iteration_s", "generate_s", "score_s", "train_s",
                        "weight_sync_s", "sync_share", "learner_peak_mb", "reference_peak_mb",
-                       "engine_peak_mb", "mismatch_kl", "vs", "x_time", "x_memory"])
+                       "engine_peak_mb", "total_peak_mb", "mismatch_kl", "vs", "x_time", "x_memory"])
     tbl += (f"\n\n{args.prompts} prompts x {args.answers} answers x {args.max_tokens} new tokens "
             f"per iteration, one optimizer step, KL coefficient {KL_COEF} on both sides; mean of "
             f"iterations 2..{args.iterations}. x_time < 1 is faster than the TRL runner named in "
             f"`vs`. learner_peak_mb: our learner process (the reference and the engine are "
-            f"processes of their own, listed beside it); TRL's: its single process, which holds "
-            f"the policy, the reference and generation.")
+            f"processes of their own, listed beside it, total_peak_mb sums the three); TRL's: its "
+            f"single process, which holds the policy, the reference and generation.")
     write("rl", {"model": args.model, "settings": vars(args), "rows": rows}, tbl, args.out)
     return 0
 
