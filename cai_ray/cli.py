@@ -97,6 +97,9 @@ def _eval(args) -> int:
 def _submit(args) -> int:
     from cai_ray.jobs_api import submit
 
+    bad = [kv for kv in args.env or [] if "=" not in kv or kv.startswith("=")]
+    if bad:
+        raise InputError(f"--env {bad[0]}: give KEY=VALUE (for example --env HF_HOME=/data/hf)")
     env = dict(kv.split("=", 1) for kv in args.env or [])
     rest = args.run_args
     status = submit(args.job, args.address, rest, follow=args.follow, token=args.token,

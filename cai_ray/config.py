@@ -350,6 +350,16 @@ class JobConfig(_Section):
     rl: RlCfg = RlCfg()
     eval: EvalCfg = EvalCfg()
 
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_path(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("empty; give a folder (for example runs/my-job)")
+        if "://" in v:
+            raise ValueError(f"{v}: URIs (s3://, gs://, ...) are not supported yet; give a local "
+                             f"folder, or a shared one mounted on every node")
+        return v
+
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, v: list[str]) -> list[str]:
@@ -572,4 +582,7 @@ def load_job(path: str | Path | None = None, overrides: list[str] = (), **flags:
             path = legacy_override(parse_override(item)[0])
             if path == loc[:len(path)]:
                 source = f"--set {item}"
+        for key, value in flags.items():  # ... or the flag (--stages, --run-dir, ...)
+            if value is not None and tuple(shortcuts[key]) == tuple(loc[:len(shortcuts[key])]):
+                source = f"--{key.replace('_', '-')} {value}"
         raise ConfigError(_format_validation(err, source)) from None

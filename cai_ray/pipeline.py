@@ -70,7 +70,9 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
     base = models.resolve(job.model.name)
     if "rl" in job.stages:
         check_rl(job, constitution)
-    return Context(job, RunDir(job.run_dir), constitution, red, helpful, base, quiet=quiet)
+    run = RunDir(job.run_dir)
+    run.check_usable()
+    return Context(job, run, constitution, red, helpful, base, quiet=quiet)
 
 
 def check_rl(job: JobConfig, constitution) -> None:

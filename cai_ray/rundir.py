@@ -24,11 +24,35 @@ from cai_ray.errors import InputError
 MANIFEST = "manifest.json"
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in folder durable (the directory entry itself), where the OS allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_durably(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 def write_json_atomic(path: Path, data) -> None:
+    """Written to a temporary name, fsynced, renamed, and the rename fsynced: after a crash or
+    a power cut the file is the old one or the new one, whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    _replace_durably(tmp, path)
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> int:
@@ -41,8 +65,14 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> int:
             n += 1
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _replace_durably(tmp, path)
     return n
+
+
+def complete_lines(data: bytes) -> bytes:
+    """data without a torn last line: everything after the last newline is dropped before any
+    decoding, so a write killed inside a multi-byte UTF-8 character cannot break a resume."""
+    return data if data.endswith(b"\n") else data[:data.rfind(b"\n") + 1]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -50,7 +80,7 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = complete_lines(path.read_bytes()).decode("utf-8").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -78,9 +108,8 @@ class ProgressLog:
         if self.path.exists() and self.path.stat().st_size:
             data = self.path.read_bytes()
             if not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
                 with open(self.path, "r+b") as fh:
-                    fh.truncate(cut)
+                    fh.truncate(len(complete_lines(data)))
 
     def __contains__(self, key: str) -> bool:
         return key in self.rows
@@ -139,8 +168,27 @@ class RunDir:
             raise InputError(f"{self.manifest_path}: damaged manifest (invalid JSON); move the "
                              f"run directory aside or choose another --run-dir") from None
 
+    def check_usable(self) -> None:
+        """A folder this process can create or write: not a file, not under a read-only parent.
+        Checked before anything is written or any actor starts."""
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"--run-dir {self.path}: a file, not a folder; choose a folder "
+                             f"(it is created if missing)")
+        existing = self.path
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise InputError(f"--run-dir {self.path}: {existing} is a file; choose a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise InputError(f"--run-dir {self.path}: {existing} is not writable by this user; "
+                             f"choose a folder you can write")
+        if (self.path / ".lock").exists() and not os.access(self.path / ".lock", os.W_OK):
+            raise InputError(f"--run-dir {self.path}: its .lock is not writable by this user "
+                             f"(another user's run?); choose another folder")
+
     def check_identity(self, job_identity: str, job_name: str, force: bool = False) -> None:
         """Refuse a run directory that another job (other model, constitution or prompts) wrote."""
+        self.check_usable()
         m = self.manifest()
         if m and m.get("identity") != job_identity and not force:
             raise InputError(f"{self.path}: this run directory belongs to another job "

@@ -45,6 +45,8 @@ def _files(tmp_path):
     missing.write_text("critique_revision:\n  - id: a\n    critique: c\n")
     wrongtype = tmp_path / "wrongtype.yaml"
     wrongtype.write_text("critique_revision:\n  - id: a\n    critique: [1, 2]\n    revision: r\n")
+    afile = tmp_path / "afile.txt"
+    afile.write_text("not a folder\n")
     return locals()
 
 
@@ -60,7 +62,7 @@ CASES = {
     "unknown model": (["--model", "no-such-model"], "no-such-model"),
     "limit zero": (["--limit", "0"], "--limit 0"),
     "bad config value": (["--set", "sl_cai.num_rounds=-1"], "sl_cai.num_rounds"),
-    "unknown stage": (["--stages", "sl_cai,bake"], "stages"),
+    "unknown stage": (["--stages", "sl_cai,bake"], "--stages sl_cai,bake"),
     "unknown algorithm": (["--set", "rl.algorithm=ppo3"], "rl.algorithm"),
     "group estimator, one sample": (["--set", "rl.samples_per_prompt=1"],
                                     "rl.samples_per_prompt"),
@@ -72,6 +74,10 @@ CASES = {
                                      "list of 2 numbers"),
     "no reward model for rl": (["--stages", "rl"], "rl.reward model"),
     "old ppo section, bad value": (["--set", "ppo.kl_coef=-1"], "rl.kl_coef"),
+    "run directory is a file": (["--run-dir", "{afile}"], "afile.txt: a file, not a folder"),
+    "run directory under a file": (["--run-dir", "{afile}/run"], "afile.txt is a file"),
+    "empty run directory": (["--run-dir", ""], "run_dir"),
+    "run directory is a URI": (["--run-dir", "s3://bucket/run"], "s3://bucket/run"),
 }
 
 
@@ -104,3 +110,12 @@ def test_models_list_cli():
     res = cli("models", "list")
     assert res.returncode == 0
     assert "smollm2-135m-instruct" in res.stdout and "tiny-random-llama" in res.stdout
+
+
+def test_submit_env_without_a_value_exits_2_before_contacting_anyone(tmp_path):
+    """--env FOO (no =): one line naming the flag, exit 2; the address is never contacted (an
+    unreachable one would give another error)."""
+    res = cli("submit", "tiny", "--address", "http://127.0.0.1:9", "--env", "FOO", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("cai-ray: error:")]
+    assert len(lines) == 1 and "--env FOO: give KEY=VALUE" in lines[0], res.stderr[-2000:]

@@ -45,3 +45,35 @@ def test_manifest_and_identity(tmp_path):
     rd.check_identity("id2", "other", force=True)
     write_json_atomic(tmp_path / "x.json", {"a": 1})
     assert not list(tmp_path.glob(".x.json.tmp*"))
+
+
+def test_a_line_torn_inside_a_multibyte_character_is_dropped(tmp_path):
+    """A kill in the middle of a UTF-8 character: the torn bytes are dropped before decoding, so
+    both reading and reopening the log work, and the next row lands on a fresh line."""
+    p = tmp_path / "progress.jsonl"
+    log = ProgressLog(p)
+    log.add({"id": "a", "text": "déjà vu"})
+    log.close()
+    row = json.dumps({"id": "b", "text": "naïve ünïcode"}, ensure_ascii=False).encode()
+    cut = row.index("ï".encode()) + 1  # half of a two-byte character
+    with open(p, "ab") as fh:
+        fh.write(row[:cut])
+    assert [r["id"] for r in read_jsonl(p)] == ["a"]
+    log2 = ProgressLog(p)
+    log2.add({"id": "b", "text": "naïve"})
+    log2.close()
+    assert [r["text"] for r in read_jsonl(p)] == ["déjà vu", "naïve"]
+
+
+def test_atomic_json_is_fsynced_and_renamed(tmp_path, monkeypatch):
+    """write_json_atomic fsyncs the file before the rename and the directory after it."""
+    import os
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                 real(fd)))
+    write_json_atomic(tmp_path / "state.json", {"a": 1})
+    assert json.loads((tmp_path / "state.json").read_text()) == {"a": 1}
+    assert any(".state.json.tmp" in s for s in synced) and str(tmp_path) in synced
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]
