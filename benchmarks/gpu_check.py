@@ -7,7 +7,7 @@
   learner     the RL learner with a critic (policy + critic, each a DeepSpeed engine) on CUDA
               on synthetic experience, log-prob/value pass, the gathered-state time
   engine      the transformers engine on CUDA: batched generation vs a batch-1 loop, tokens/s
-  nccl        the weight broadcast (cai_ray.rl.collective) over NCCL between two processes
+  nccl        the weight broadcast (cai_ray.collective) over NCCL between two processes
 
 The device machine has no model hub and no Ray or vLLM (their wheels exceed what can be carried), so
 the model is SmolLM2-135M's architecture and tokenizer with random weights (same shapes, same
@@ -289,7 +289,7 @@ def _nccl_rank(rank: int, port: int, model_dir: str, q) -> None:
     try:
         from safetensors.torch import load_file
 
-        from cai_ray.rl import collective as C
+        from cai_ray import collective as C
 
         if CUDA:
             torch.cuda.set_device(0)
@@ -314,7 +314,7 @@ def nccl(model_dir: str) -> dict:
     records whether the broadcast runs here; on two GPUs the same code runs one rank per GPU."""
     import multiprocessing as mp
 
-    from cai_ray.rl.collective import free_port
+    from cai_ray.collective import free_port
 
     ctx = mp.get_context("spawn")
     q, port = ctx.Queue(), free_port()

@@ -147,8 +147,8 @@ class Engine(ABC):
 
     # -- weight sync over a collective group (RL, rl.weight_sync = nccl | gloo) ---------------
     def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
-        """Join the learner's broadcast group as `rank` (see cai_ray.rl.collective)."""
-        from cai_ray.rl.collective import open_group
+        """Join the learner's broadcast group as `rank` (see cai_ray.collective)."""
+        from cai_ray.collective import open_group
 
         self._sync_group = open_group(host, port, rank, world, backend)
         return True
@@ -156,7 +156,7 @@ class Engine(ABC):
     def receive_weights(self, meta, bucket_mb: float = 64) -> int:
         """Receive the learner's broadcast (meta: its tensor list) bucket by bucket and load it
         as it arrives; the new version."""
-        from cai_ray.rl.collective import drop_on_failure, receive
+        from cai_ray.collective import drop_on_failure, receive
 
         drop_on_failure(self, "_sync_group", lambda group: self._load_stream(
             receive(group, meta, self.sync_device(), bucket_mb)))

@@ -188,7 +188,7 @@ def _in_process() -> bool:
 
 
 def _worker_join(worker, host, port, rank, world, backend) -> None:
-    from cai_ray.rl.collective import open_group
+    from cai_ray.collective import open_group
 
     worker._cai_sync = open_group(host, port, rank + getattr(worker, "rank", 0), world, backend)
 
@@ -203,7 +203,7 @@ def _worker_reload(worker, pairs) -> None:
 
 def _worker_receive(worker, meta, bucket_mb) -> None:
     """Receive the broadcast into the worker's device bucket by bucket, reloading as it comes."""
-    from cai_ray.rl.collective import drop_on_failure, receive
+    from cai_ray.collective import drop_on_failure, receive
 
     device = "cuda" if _has_cuda_device() else "cpu"
     drop_on_failure(worker, "_cai_sync", lambda group: _worker_reload(

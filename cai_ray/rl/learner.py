@@ -246,7 +246,7 @@ class Learner:
         return state
 
     def weight_meta(self) -> list:
-        from cai_ray.rl.collective import tensor_meta
+        from cai_ray.collective import tensor_meta
 
         with D.gathered(self.actor.module):
             return tensor_meta(self._policy_state())
@@ -258,7 +258,7 @@ class Learner:
         (the gather is collective); rank 0 yields."""
         from safetensors.torch import save
 
-        from cai_ray.rl.collective import buckets
+        from cai_ray.collective import buckets
 
         with D.gathered(self.actor.module):
             if self.rank != 0:
@@ -271,7 +271,7 @@ class Learner:
     def sync_join(self, host: str, port: int, world: int, backend: str) -> bool:
         """Rank 0 of the learner group is rank 0 (the source) of the weight broadcast group."""
         if self.rank == 0:
-            from cai_ray.rl.collective import open_group
+            from cai_ray.collective import open_group
 
             self._sync_group = open_group(host, port, 0, world, backend, listener=self._sync_sock)
         return True
@@ -285,7 +285,7 @@ class Learner:
     def sync_send(self, meta: list, bucket_mb: float) -> int:
         """Broadcast the policy to the engines, bucket by bucket (every rank calls; rank 0
         sends)."""
-        from cai_ray.rl.collective import drop_on_failure, send
+        from cai_ray.collective import drop_on_failure, send
 
         with D.gathered(self.actor.module):
             if self.rank != 0:

@@ -8,7 +8,7 @@ ObjectStoreSync   learner rank 0 streams the policy as safetensors buckets into 
                   (a streaming generator); every engine loads them bucket by bucket (works
                   everywhere: CPU, several nodes, engines in or out of process).
 CollectiveSync    a broadcast from learner rank 0 straight into the engines' model workers over a
-                  torch.distributed group of its own (cai_ray.rl.collective): NCCL between GPUs
+                  torch.distributed group of its own (cai_ray.collective): NCCL between GPUs
                   (`nccl`), or gloo between CPU processes (`gloo`, the same code, tested here).
                   An engine that dies breaks the group: that push falls back to the object store
                   and the group is formed again at the next one.

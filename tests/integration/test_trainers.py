@@ -140,7 +140,7 @@ def test_deepspeed_starts_on_cpu_without_building_an_op(tmp_path):
     import subprocess
     import sys
 
-    from cai_ray.rl.collective import free_port
+    from cai_ray.collective import free_port
 
     script = ("from cai_ray.platform import init_deepspeed_comm\n"
               "import deepspeed.comm as dist, torch\n"

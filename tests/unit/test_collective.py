@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch
 
-from cai_ray.rl import collective as C
+from cai_ray import collective as C
 
 
 def _state(seed=0):
@@ -47,13 +47,19 @@ def test_pack_refuses_a_dtype_that_differs_from_meta():
         C.pack_bucket(state, meta, idx, dtype)
 
 
+def _listener(rank, port):
+    """Rank 0 serves the store on a socket bound to 127.0.0.1; the others connect."""
+    if rank != 0:
+        return None
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", port))
+    listener.listen(16)
+    return listener
+
+
 def _rank(rank, port, meta, q):
-    listener = None
-    if rank == 0:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", port))
-        listener.listen(16)
-    group = C.open_group("127.0.0.1", port, rank, 3, "gloo", timeout_s=60, listener=listener)
+    group = C.open_group("127.0.0.1", port, rank, 3, "gloo", timeout_s=60,
+                         listener=_listener(rank, port))
     if rank == 0:
         q.put(("listening", _listening_on(port)))
         q.put(("sent", C.send(group, _state(), meta, bucket_mb=0.0001)))
@@ -126,14 +132,9 @@ def _rank_with_a_dead_peer(rank, port, meta, q):
     import os
     import time
 
-    listener = None
-    if rank == 0:
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", port))
-        listener.listen(16)
     holder = _Holder()
     holder.group = C.open_group("127.0.0.1", port, rank, 3, "gloo", timeout_s=90,
-                                listener=listener)
+                                listener=_listener(rank, port))
     if rank == 2:
         os._exit(0)  # an engine killed before the broadcast
     t = time.time()
