@@ -84,16 +84,20 @@ def _listening_on(port: int) -> list[str]:
     return out
 
 
-def test_gloo_broadcast_between_three_processes():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    meta = C.tensor_meta(_state())
+def _three_ranks(target):
+    """Ranks 0..2 of a group on a free loopback port, each a spawned process running
+    target(rank, port, meta, queue); the processes and the queue they report to."""
+    port, meta = C.free_port(), C.tensor_meta(_state())
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, port, meta, q)) for r in range(3)]
+    procs = [ctx.Process(target=target, args=(r, port, meta, q)) for r in range(3)]
     for p in procs:
         p.start()
+    return procs, q
+
+
+def test_gloo_broadcast_between_three_processes():
+    procs, q = _three_ranks(_rank)
     out = dict(q.get(timeout=120) for _ in range(4))
     for p in procs:
         p.join(timeout=60)
@@ -153,16 +157,7 @@ def _rank_with_a_dead_peer(rank, port, meta, q):
 def test_a_dead_member_fails_the_others_at_once_not_at_the_timeout():
     """Rank 2 dies; rank 0's send fails and drops the group, which closes its sockets, so rank 1
     (still waiting for data) fails within seconds instead of at the group's 90 s timeout."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    meta = C.tensor_meta(_state())
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_rank_with_a_dead_peer, args=(r, port, meta, q))
-             for r in range(3)]
-    for p in procs:
-        p.start()
+    procs, q = _three_ranks(_rank_with_a_dead_peer)
     try:
         out = {r: rest for r, *rest in (q.get(timeout=80) for _ in range(2))}
     finally:
