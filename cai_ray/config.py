@@ -20,9 +20,7 @@ from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationErro
 
 from cai_ray.errors import ConfigError
 
-STAGES = ("sl_cai", "sft", "preferences", "reward", "rl", "eval")
-STAGE_ALIASES = {"ppo": "rl"}
-"""Old stage names that still work on the command line and in job files."""
+from cai_ray.stages.registry import ALIASES as STAGE_ALIASES, DEFAULT_STAGES, STAGES  # noqa: F401
 PACKAGED_JOBS = Path(__file__).parent / "jobs"
 
 
@@ -113,8 +111,23 @@ class SlCaiCfg(_Section):
     expand_fewshot: int = Field(4, ge=1)
 
 
+class LoraCfg(_Section):
+    """Low-rank adapters (peft) instead of full fine-tuning: only the adapters train."""
+
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                 "down_proj"]
+    """Module names (the last part of the dotted name) that get an adapter; checked against the
+    model at load time."""
+    save: Literal["merged", "adapter"] = "merged"
+    """merged: an ordinary model folder (adapters folded in); adapter: the adapter alone
+    (adapter_model.safetensors + adapter_config.json, peft's format)."""
+
+
 class TrainCfg(_Section):
-    """Shared by the sft, reward and ppo learners."""
+    """Shared by the sft, reward, dpo and RL learners."""
 
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
@@ -138,6 +151,10 @@ class TrainCfg(_Section):
     """Training-state checkpoints kept (the newest k; older ones are deleted as new ones land)."""
     max_failures: int = Field(1, ge=0)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    group_by_length: bool = True
+    """Batch rows of similar length together (less padding); batches are still shuffled."""
+    lora: LoraCfg | None = None
+    """Set (e.g. `lora: {rank: 16}`) to train low-rank adapters instead of every weight."""
 
 
 class SftCfg(TrainCfg):
@@ -154,6 +171,26 @@ class RewardCfg(TrainCfg):
     data: str | None = None
     """Preference data (folder or .jsonl with prompt, chosen, rejected[, p_chosen]) instead of
     RUN_DIR/preferences/data."""
+
+
+DPO_DATA = ("preferences", "sl_cai_pairs")
+
+
+class DpoCfg(TrainCfg):
+    """Direct preference optimisation on the AI-labelled pairs (no reward model, no RL)."""
+
+    lr: float = Field(1e-6, gt=0)
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["dpo", "cdpo", "ipo"] = "cdpo"
+    """cdpo: conservative DPO whose target is the judge's soft label p_chosen (both orderings
+    weighed by it; with hard labels it is DPO); dpo; ipo (cai_ray/algos/dpo.py)."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    soft_labels: bool | None = None
+    """Use p_chosen as the target; unset: on for cdpo, off for dpo and ipo."""
+    data: str = "preferences"
+    """preferences (the preferences stage's pairs and soft labels), sl_cai_pairs (revision chosen
+    over the initial answer, as the HF Constitutional AI recipe does), or a .jsonl / saved data
+    set with prompt (or conversation), chosen, rejected[, p_chosen]."""
 
 
 class PreferencesCfg(_Section):
@@ -337,7 +374,11 @@ class JobConfig(_Section):
     name: str = "cai"
     run_dir: str = "runs/default"
     seed: int = 0
-    stages: list[str] = list(STAGES)
+    stages: list[str] = list(DEFAULT_STAGES)
+    start_policy: str | None = None
+    """The policy for stages that read one (preferences, dpo, rl, eval) when no stage of the run
+    has made one: `base` (model.name) or a model. Unset: such a stage needs sft, dpo or rl in the
+    run or complete in the run directory."""
     model: ModelCfg = ModelCfg()
     constitution: ConstitutionCfg = ConstitutionCfg()
     prompts: PromptsCfg = PromptsCfg()
@@ -347,6 +388,7 @@ class JobConfig(_Section):
     sft: SftCfg = SftCfg()
     preferences: PreferencesCfg = PreferencesCfg()
     reward: RewardCfg = RewardCfg()
+    dpo: DpoCfg = DpoCfg()
     rl: RlCfg = RlCfg()
     eval: EvalCfg = EvalCfg()
 
@@ -369,7 +411,7 @@ class JobConfig(_Section):
             raise ValueError(f"unknown stage(s) {bad}; choose from {list(STAGES)}")
         if not v:
             raise ValueError("no stages given")
-        return [s for s in STAGES if s in v]  # always in the method's order
+        return [s for s in STAGES if s in v]  # always in the order data flows
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobConfig":
@@ -397,7 +439,7 @@ class JobConfig(_Section):
                                  "set preferences.judge_model too (without it the policy judges "
                                  "itself on its own engine actors)")
             self.judge_engine()
-        for sec in ("sft", "reward", "rl"):
+        for sec in ("sft", "reward", "dpo", "rl"):
             t: TrainCfg = getattr(self, sec)
             if t.zero_stage == 3 and t.offload_params and not t.offload_optimizer:
                 raise ValueError(f"{sec}.offload_params needs {sec}.offload_optimizer")
@@ -499,8 +541,9 @@ def apply_override(data: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def read_job_file(path: str | Path | None) -> tuple[dict, str]:
-    """Raw YAML mapping of a job file (None: the packaged default job) and its display name."""
+def read_job_file(path: str | Path | None, _depth: int = 0) -> tuple[dict, str]:
+    """Raw YAML mapping of a job file (None: the packaged default job) and its display name. A
+    file with `extends: NAME` is that job file with this one's fields over it."""
     if path is None:
         path = PACKAGED_JOBS / "default.yaml"
     elif not Path(path).exists() and (PACKAGED_JOBS / f"{path}.yaml").exists():
@@ -519,7 +562,23 @@ def read_job_file(path: str | Path | None) -> tuple[dict, str]:
         raise ConfigError(f"{p}:{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the job file must be a mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is not None:  # another job file (a path beside this one, or a packaged name)
+        if _depth >= 8:
+            raise ConfigError(f"{p}: extends: more than 8 levels (a cycle?)")
+        near = p.parent / str(parent)
+        base, _ = read_job_file(near if near.is_file() else str(parent), _depth + 1)
+        data = deep_merge(base, data)
     return data, str(p)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
+                                                                             dict) else v
+    return out
 
 
 LEGACY_RL_FIELDS = {"reward_fn": "reward"}

@@ -1,17 +1,17 @@
 """Runs the stages of the method in order against a run directory.
 
-Everything the job needs is loaded and validated first (constitution, prompts, model name), so a bad
-input fails before the run directory is touched or an actor starts. Each stage's digest covers the
-config sections it reads and the digest of the stage before it; with --resume a stage whose output is
-complete under the same digest is skipped. A stage whose digest changed starts afresh (its old output
-is moved to RUN_DIR/.previous/, not deleted).
+Everything the job needs is loaded and validated first (constitution, prompts, model name, and the
+stage graph: every requested stage's inputs are made by a stage of this run or complete in the run
+directory), so a bad input fails before the run directory is touched or an actor starts. Each
+stage's digest covers the config sections it reads and the digests of the stages whose output it
+reads (cai_ray/stages/graph.py); with --resume a stage whose output is complete under the same
+digest is skipped. A stage whose digest changed starts afresh (its old output is moved to
+RUN_DIR/.previous/, not deleted).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import importlib
 import logging
 import math
 import shutil
@@ -20,35 +20,17 @@ import time
 import traceback
 from pathlib import Path
 
-from cai_ray.config import STAGES, JobConfig
+from cai_ray.config import JobConfig
 from cai_ray.constitution import load_constitution
 from cai_ray.errors import InputError
 from cai_ray.prompts.sources import load_prompts
 from cai_ray.rundir import RunDir
+from cai_ray.stages import graph
 from cai_ray.stages.context import Context
 
 log = logging.getLogger("cai_ray")
 
-# stage name -> module in cai_ray.stages with SECTIONS and run(ctx) -> dict
-STAGE_MODULES = {s: f"cai_ray.stages.{s}" for s in STAGES}
 IDENTITY_SECTIONS = ("name", "model", "constitution", "prompts")
-KEY_FIGURES = {
-    "sl_cai": ("prompts", "sft_rows", "throughput/prompts_per_s"),
-    "sft": ("train/loss_first", "train/loss_last", "eval/loss"),
-    "preferences": ("pairs", "p_chosen_mean", "order_disagreement"),
-    "reward": ("eval/accuracy", "train/loss_last"),
-    "rl": ("algorithm", "reward_first", "reward_last", "kl_last"),
-    "eval": ("harmless_win_rate_vs_sft", "helpful_win_rate_vs_sft"),
-}
-
-
-def stage_module(stage: str):
-    try:
-        return importlib.import_module(STAGE_MODULES[stage])
-    except ModuleNotFoundError as exc:
-        if exc.name == STAGE_MODULES[stage]:
-            return None
-        raise
 
 
 def build_context(job: JobConfig, quiet: bool = False) -> Context:
@@ -63,43 +45,33 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
                          f"(read {red.counts.get('read', 0)}, counts {dict(red.counts)})")
     helpful = load_prompts(p.helpful, limit=p.limit, max_chars=p.max_chars,
                            on_too_long=p.on_too_long) if p.helpful else load_prompts([])
-    if "sl_cai" in job.stages:
-        constitution.require("critique_revision", job.constitution.path)
-    if {"preferences", "eval"} & set(job.stages):
-        constitution.require("judge", job.constitution.path)
     base = models.resolve(job.model.name)
-    if "rl" in job.stages:
-        check_rl(job, constitution)
+    for stage in job.stages:  # each stage's own load-time checks, and its adapters' targets
+        mod = graph.stage_module(stage)
+        if hasattr(mod, "check"):
+            mod.check(job, constitution, base)
+        check_lora(job, stage, base)
     run = RunDir(job.run_dir)
     run.check_usable()
-    return Context(job, run, constitution, red, helpful, base, quiet=quiet)
+    plan = graph.resolve(job, run.manifest().get("stages", {}))
+    graph.check(job, plan, job.run_dir)
+    start = models.resolve(job.start_policy) if job.start_policy not in (None, "base") else base
+    return Context(job, run, constitution, red, helpful, base, quiet=quiet, plan=plan,
+                   start_policy=start)
 
 
-def check_rl(job: JobConfig, constitution) -> None:
-    """What the RL stage will need, checked before anything starts: its reward source loads (a
-    module:function imports and returns one number per completion), the judge has principles and
-    its model resolves, and the reward model exists or an earlier stage of this run makes it."""
-    from pathlib import Path
+def check_lora(job: JobConfig, stage: str, base: str) -> None:
+    """A training section's LoRA target modules exist in the model it trains."""
+    from cai_ray.config import TrainCfg
 
-    from cai_ray import models
-    from cai_ray.rl.rewards import check_reward, reward_kind
+    sec = getattr(job, stage, None)
+    if isinstance(sec, TrainCfg) and sec.lora:
+        from cai_ray import models
+        from cai_ray.train.lora import check_targets
 
-    rl = job.rl
-    check_reward(rl.reward, rl.max_new_tokens)
-    kind, _ = reward_kind(rl.reward)
-    if kind == "judge":
-        constitution.require("judge", job.constitution.path)
-        if job.preferences.judge_model:
-            models.resolve(job.preferences.judge_model)
-    if kind == "model":
-        if rl.reward_model:
-            models.resolve(rl.reward_model)
-        elif "reward" not in job.stages and not (Path(job.run_dir) / "reward" / "model" /
-                                                  "config.json").exists():
-            raise InputError(f"rl.reward model: no reward model in {job.run_dir}/reward/model "
-                             f"and the reward stage is not in this run; add it to --stages, set "
-                             f"rl.reward_model, or choose another rl.reward (judge, short, "
-                             f"module:function)")
+        model = getattr(sec, "base_model", None)
+        check_targets(models.resolve(model) if model else base, sec.lora.target_modules,
+                      f"{stage}.lora.target_modules")
 
 
 def platform_record(job: JobConfig) -> dict:
@@ -112,16 +84,6 @@ def platform_record(job: JobConfig) -> dict:
             "cuda": has_cuda(), "cpu_bf16_flags": sorted(cpu_flags() & set(BF16_FLAGS)),
             "trainer_dtype": "float32 master weights"
             + (", bf16 compute" if "bf16" in {job.sft.precision, job.rl.precision} else "")}
-
-
-def stage_digests(job: JobConfig, stages: list[str]) -> dict[str, str]:
-    out, prev = {}, ""
-    for s in STAGES:
-        mod = stage_module(s)
-        sections = getattr(mod, "SECTIONS", (s,)) if mod else (s,)
-        prev = hashlib.sha256((prev + job.digest(*sections)).encode()).hexdigest()[:16]
-        out[s] = prev
-    return {s: out[s] for s in stages}
 
 
 def identity(job: JobConfig) -> str:
@@ -156,7 +118,8 @@ def local_cpus(job: JobConfig) -> int | None:
     if job.rl.reward == "judge":  # the judge's own engine actors run beside the rollout engines
         je = job.judge_engine() if job.preferences.judge_model else e
         rl += math.ceil(je.num_actors * je.num_cpus_per_actor)
-    return max(num_cores(), rl, engines, job.sft.num_workers, job.reward.num_workers)
+    return max(num_cores(), rl, engines, job.sft.num_workers, job.reward.num_workers,
+               job.dpo.num_workers)
 
 
 def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: bool = False,
@@ -165,7 +128,7 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
     ctx = ctx or build_context(job, quiet=quiet)
     rd = ctx.run
     rd.check_identity(identity(job), job.name, force=force)
-    digests = stage_digests(job, job.stages)
+    digests = ctx.plan.digests
     lock = RunLock(rd.path)
     try:
         rd.open(identity(job), job.name, job.model_dump(mode="json"), platform_record(job))
@@ -184,10 +147,8 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
 
 def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
     rd = ctx.run
-    mod = stage_module(stage)
-    if mod is None:
-        rd.mark(stage, status="not_implemented", digest=digest)
-        return {"status": "not_implemented", "seconds": 0.0, "result": {}}
+    mod = graph.stage_module(stage)
+    ctx.stage = stage
     if resume and rd.is_complete(stage, digest):
         return {"status": "skipped (complete)", "seconds": 0.0, "result": rd.result(stage)}
     rec = rd.stage_record(stage)
@@ -227,7 +188,7 @@ def format_summary(summary: dict) -> str:
     for stage, rec in summary.items():
         res = rec.get("result", {})
         figs = []
-        for key in KEY_FIGURES.get(stage, ()):
+        for key in getattr(graph.stage_module(stage), "KEY_FIGURES", ()):
             if key in res:
                 v = res[key]
                 figs.append(f"{key}={v:.3g}" if isinstance(v, float) else f"{key}={v}")

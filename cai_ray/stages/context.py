@@ -7,6 +7,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cai_ray.config import EngineCfg, JobConfig
 from cai_ray.constitution import Constitution
@@ -27,6 +28,12 @@ class Context:
     """Resolved folder (or hub id) of job.model.name."""
     quiet: bool = False
     notes: list[str] = field(default_factory=list)
+    plan: Any = None
+    """The stage graph's resolution (cai_ray/stages/graph.py Plan): who provides each input."""
+    start_policy: str | None = None
+    """Resolved job.start_policy: the policy when no stage of the run has made one."""
+    stage: str = ""
+    """The stage running now (set by the pipeline)."""
 
     # -- prompts -------------------------------------------------------------------------------
     def train_prompts(self, prompts: list[Prompt]) -> list[Prompt]:
@@ -40,8 +47,26 @@ class Context:
         folder = self.run.path / stage / "model"
         return str(folder) if (folder / "config.json").exists() else None
 
+    def input_model(self, artifact: str) -> str | None:
+        """The model folder of the stage that provides `artifact` to the running stage."""
+        from cai_ray.stages.graph import START
+
+        src = (self.plan.inputs.get(self.stage, {}) if self.plan else {}).get(artifact)
+        if src == START:
+            return self.start_policy or self.base_model
+        return self.stage_model(src) if src else None
+
     def policy_model(self) -> str:
-        """The newest policy: RL's, else SFT's, else the base model."""
+        """The current policy: the model of the newest policy-making stage before this one (sft,
+        dpo, rl; cai_ray/stages/graph.py), or start_policy when the job names one."""
+        got = self.input_model("policy")
+        if got:
+            return got
+        if self.plan is not None and self.stage:
+            from cai_ray.errors import InputError
+
+            raise InputError(f"{self.stage}: the policy's model is missing from "
+                             f"{self.run.path} (its stage is not complete)")
         return self.stage_model("rl") or self.stage_model("sft") or self.base_model
 
     def sft_model(self) -> str:

@@ -17,6 +17,18 @@ from cai_ray.rundir import ProgressLog, save_dataset
 from cai_ray.stages.context import Context, model_label
 
 SECTIONS = ("model", "constitution", "prompts", "preferences", "seed")
+PRODUCES = ("preferences",)
+KEY_FIGURES = ("pairs", "p_chosen_mean", "order_disagreement")
+
+
+def check(job, constitution, base: str) -> None:
+    """Load-time checks, before anything starts: the constitution has what this stage uses."""
+    constitution.require("judge", job.constitution.path)
+
+
+def reads(job) -> tuple[str, ...]:
+    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    return ("policy",)
 
 
 def sample_answers(pool, prompts, cfg, seed: int, batch_size: int, max_in_flight: int) -> dict:
@@ -49,7 +61,7 @@ def run(ctx: Context) -> dict:
     prompts = [p for p in ctx.train_prompts(ctx.red_team.prompts)]
     todo = [p for p in prompts if not any(k.startswith(p.id + "#") for k in log.rows)
             and p.id + "#none" not in log.rows]
-    policy = ctx.sft_model()
+    policy = ctx.policy_model()
     judge_path = cfg.judge_model and _resolve(cfg.judge_model)
     t0 = time.time()
     stats, judge_s, n_judged, judge_actors = {}, 0.0, 0, 0

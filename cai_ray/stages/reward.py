@@ -7,6 +7,13 @@ from cai_ray.stages.context import Context
 from cai_ray.stages.data import read_rows, split_rows, write_split
 
 SECTIONS = ("model", "reward", "seed")
+PRODUCES = ("reward_model",)
+KEY_FIGURES = ("eval/accuracy", "train/loss_last")
+
+
+def reads(job) -> tuple[str, ...]:
+    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    return () if job.reward.data else ("preferences",)
 
 
 def run(ctx: Context) -> dict:

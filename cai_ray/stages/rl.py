@@ -16,6 +16,41 @@ from cai_ray.rundir import read_jsonl, write_jsonl_atomic
 from cai_ray.stages.context import Context
 
 SECTIONS = ("model", "prompts", "rl", "seed")
+PRODUCES = ("policy",)
+KEY_FIGURES = ("algorithm", "reward_first", "reward_last", "kl_last")
+
+
+def check(job, constitution, base: str) -> None:
+    """What the RL stage will need, checked before anything starts: its reward source loads (a
+    module:function imports and returns one number per completion), the judge has principles and
+    its model resolves, and a reward model it names resolves (the stage graph checks that the
+    reward stage's model is there or made by this run)."""
+    from cai_ray import models
+    from cai_ray.rl.rewards import check_reward, reward_kind
+
+    rl = job.rl
+    check_reward(rl.reward, rl.max_new_tokens)
+    kind, _ = reward_kind(rl.reward)
+    if kind == "judge":
+        constitution.require("judge", job.constitution.path)
+        if job.preferences.judge_model:
+            models.resolve(job.preferences.judge_model)
+    if kind == "model" and rl.reward_model:
+        models.resolve(rl.reward_model)
+
+
+def reads(job) -> tuple[str, ...]:
+    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    from cai_ray.rl.rewards import reward_kind
+
+    try:
+        kind = reward_kind(job.rl.reward)[0]
+    except InputError:  # check() names the bad reward source when rl runs
+        kind = None
+    model = kind == "model" and not job.rl.reward_model
+    return ("policy", "reward_model") if model else ("policy",)
+
+
 PLOT_EVERY_S = 30  # drawing takes 0.3-1 s of the driver's loop
 PHASES = ("timing/generate_s", "timing/score_s", "timing/train_s", "timing/weight_sync_s")
 
@@ -111,8 +146,9 @@ def run(ctx: Context) -> dict:
     cfg = ctx.job.rl
     alg = cfg.resolved()
     out = ctx.run.stage_dir("rl")
-    sft = ctx.sft_model()
-    reward_model = cfg.reward_model and _resolve(cfg.reward_model) or ctx.stage_model("reward")
+    sft = ctx.policy_model()  # the policy RL starts from (SFT's, or DPO's when dpo ran before)
+    reward_model = cfg.reward_model and _resolve(cfg.reward_model) or \
+        ctx.input_model("reward_model")
     kind, _ = reward_kind(cfg.reward)
     if kind == "model" and not reward_model:
         raise InputError(f"{ctx.run.path}/reward/model: no reward model; run the reward stage "

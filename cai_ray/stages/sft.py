@@ -7,6 +7,13 @@ from cai_ray.stages.context import Context
 from cai_ray.stages.data import read_rows, split_rows, write_split
 
 SECTIONS = ("model", "sft", "seed")
+PRODUCES = ("policy",)
+KEY_FIGURES = ("train/loss_first", "train/loss_last", "eval/loss")
+
+
+def reads(job) -> tuple[str, ...]:
+    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    return () if job.sft.data else ("sft_data",)
 
 
 def run(ctx: Context) -> dict:

@@ -25,6 +25,18 @@ from cai_ray.rundir import ProgressLog, save_dataset
 from cai_ray.stages.context import Context, model_label
 
 SECTIONS = ("model", "constitution", "prompts", "sl_cai", "seed")
+PRODUCES = ("sft_data", "pairs")
+KEY_FIGURES = ("prompts", "sft_rows", "throughput/prompts_per_s")
+
+
+def check(job, constitution, base: str) -> None:
+    """Load-time checks, before anything starts: the constitution has what this stage uses."""
+    constitution.require("critique_revision", job.constitution.path)
+
+
+def reads(job) -> tuple[str, ...]:
+    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    return ()
 
 
 @dataclass

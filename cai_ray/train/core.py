@@ -40,6 +40,9 @@ class Task(Protocol):
 
     def tokens(self, batch: dict) -> int: ...
 
+    # optional: length(item) -> int (length grouping), prepare(engine, splits, data_dir, micro,
+    # pad_id) -> dict (work before the first step: DPO's reference log-probs), lora_task_type
+
 
 def lr_lambda(schedule: str, warmup: int, total: int):
     """Multiplier of the base learning rate at optimizer step s (0-based)."""
@@ -53,14 +56,35 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return f
 
 
+GROUP_SPAN = 64
+"""Length grouping sorts windows of this many batches: batches of similar rows, still random."""
+
+
 def batches(items: list[dict], size: int, seed: int, epoch: int, shuffle: bool = True,
-            keep_last: bool = False):
-    """Batches of `size` (training drops a short last batch; evaluation keeps it)."""
+            keep_last: bool = False, lengths: list[int] | None = None):
+    """Batches of `size` (training drops a short last batch; evaluation keeps it). With lengths,
+    each window of GROUP_SPAN batches of the shuffled rows is sorted by length before it is cut
+    into batches, and the batches are shuffled again: rows of similar length share a batch (less
+    padding) while the order stays random."""
+    rng = random.Random(seed * 1000 + epoch)
     order = list(range(len(items)))
     if shuffle:
-        random.Random(seed * 1000 + epoch).shuffle(order)
+        rng.shuffle(order)
     stop = len(order) if keep_last else len(order) - size + 1
-    return [[items[i] for i in order[k:k + size]] for k in range(0, stop, size)]
+    if lengths is not None:
+        span = size * GROUP_SPAN
+        order = [i for k in range(0, len(order), span)
+                 for i in sorted(order[k:k + span], key=lambda i: -lengths[i])]
+    out = [[items[i] for i in order[k:k + size]] for k in range(0, stop, size)]
+    if lengths is not None and shuffle:
+        rng.shuffle(out)
+    return out
+
+
+def pad_share(batch: dict) -> tuple[int, int]:
+    """(padded positions, all positions) of a collated batch."""
+    mask = batch["attention_mask"]
+    return int(mask.numel() - mask.sum()), int(mask.numel())
 
 
 class MetricsWriter:
@@ -122,9 +146,18 @@ def train_loop(config: dict) -> None:
     total = min(cfg["max_steps"] or 10 ** 9, steps_per_epoch * cfg["epochs"])
 
     model = task.build_model(config["model_path"])
+    if cfg.get("lora"):
+        from cai_ray.train import lora
+
+        model = lora.apply(model, cfg["lora"], getattr(task, "lora_task_type", "CAUSAL_LM"))
     engine = build_engine(model, cfg, cfg["lr"], world)
     optimizer = engine.optimizer
     lr_at = lr_lambda(cfg["lr_schedule"], cfg["warmup_steps"], total)
+    prepared = task.prepare(engine, {"train": train_items, "eval": eval_items},
+                            config["data_dir"], cfg["micro_batch_size"], pad_id) \
+        if hasattr(task, "prepare") else {}
+    size_of = getattr(task, "length", lambda x: len(x["input_ids"]))
+    lengths = [size_of(x) for x in train_items] if cfg.get("group_by_length") else None
 
     step = 0
     ckpt = ray.train.get_checkpoint()
@@ -141,14 +174,16 @@ def train_loop(config: dict) -> None:
     while step < total:
         t_step = time.time()
         epoch, within = divmod(step, steps_per_epoch)
-        micro = batches(train_items, global_batch, config["seed"], epoch)
+        micro = batches(train_items, global_batch, config["seed"], epoch, lengths=lengths)
         start = within * cfg["grad_accum"]
-        losses, extra = [], {}
+        losses, extra, padded, positions = [], {}, 0, 0
         lr = cfg["lr"] * lr_at(step)
         for group in optimizer.param_groups:  # the schedule, set before this optimizer step
             group["lr"] = lr
         for mb in micro[start:start + cfg["grad_accum"]]:
             batch = task.collate(mb[rank::world], pad_id)
+            p, n = pad_share(batch)
+            padded, positions = padded + p, positions + n
             engine.train()
             loss, m = task.step(engine, batch)
             engine.backward(loss)
@@ -166,7 +201,10 @@ def train_loop(config: dict) -> None:
                    "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
                    "train/epoch": epoch, "perf/tokens_per_s": tokens_seen / elapsed,
                    "perf/samples_per_s": step * global_batch * cfg["grad_accum"] / elapsed,
-                   **{f"train/{k}": v for k, v in extra.items()}}
+                   "perf/pad_share": _all_mean(padded / max(positions, 1)),
+                   **{f"train/{k}": _all_mean(v) for k, v in sorted(extra.items())}}
+        if step == 1:
+            metrics.update(prepared)
         last = step == total
         if last and eval_batches:
             metrics.update(task.evaluate(engine, eval_batches))
@@ -217,7 +255,8 @@ def _report(engine, step: int, metrics: dict, config: dict, last: bool) -> None:
     with tempfile.TemporaryDirectory(dir=config["out_dir"], prefix=".ckpt-") as tmp:
         save_state(engine, tmp, CKPT_TAG, {"step": step})
         if last:
-            export_model(engine, config["export_dir"])
+            export_model(engine, config["export_dir"],
+                         (config["train"].get("lora") or {}).get("save"))
         ray.train.report({k: v for k, v in metrics.items() if v is not None},
                          checkpoint=Checkpoint.from_directory(tmp))
 
@@ -252,7 +291,7 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
     if result.error:
         raise result.error
     metrics = dict(result.metrics or {})
-    if not (export / "config.json").exists():
+    if not any((export / f).exists() for f in ("config.json", "adapter_config.json")):
         raise RuntimeError(f"{task}: training finished without exporting {export}")
     copy_tokenizer(model_path, export)
     return metrics

@@ -201,17 +201,24 @@ def barrier() -> None:
         dist.barrier()
 
 
-def export_model(engine, out_dir: str | Path) -> None:
+def export_model(engine, out_dir: str | Path, lora_save: str | None = None) -> None:
     """save_pretrained of the full model on rank 0 (safetensors); under ZeRO-3 the shards are
-    gathered first. Written to a temporary folder and renamed."""
+    gathered first. Written to a temporary folder and renamed. A model with LoRA adapters is
+    saved merged (an ordinary model folder), or as the adapter alone with lora_save="adapter"."""
+    from cai_ray.train import lora
+
     module = engine.module
     with gathered(module):
         if rank() == 0:
             out = Path(out_dir)
-            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
             tmp = out.with_name(out.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            module.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            if lora.is_peft(module) and lora_save == "adapter":
+                module.save_pretrained(tmp, safe_serialization=True)
+            else:
+                plain = lora.merged_copy(module) if lora.is_peft(module) else module
+                state = {k: v.detach().cpu().clone() for k, v in plain.state_dict().items()}
+                plain.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             shutil.rmtree(out, ignore_errors=True)
             os.replace(tmp, out)
     barrier()

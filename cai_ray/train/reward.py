@@ -24,6 +24,9 @@ def token_values(model, input_ids, attention_mask):
     """The scalar head at every position: (B, T). The head reads the backbone's hidden states
     directly, so the score position comes from the attention mask, not from pad-token guessing
     (SmolLM2's pad token is also its end-of-turn token)."""
+    from cai_ray.train.lora import unwrap
+
+    model = unwrap(model)
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     head = getattr(model, "score", None) or getattr(model, "classifier")
@@ -65,6 +68,7 @@ class RewardTask:
     """Rows: prompt (or conversation), chosen, rejected, and p_chosen (soft label; default 1.0)."""
 
     name = "reward"
+    lora_task_type = "SEQ_CLS"
 
     def __init__(self, max_len: int = 512):
         self.max_len = max_len
@@ -76,6 +80,9 @@ class RewardTask:
         return [{"chosen": render(conversation(r, r["chosen"]), tokenizer, self.max_len),
                  "rejected": render(conversation(r, r["rejected"]), tokenizer, self.max_len),
                  "p": float(r.get("p_chosen", 1.0))} for r in rows]
+
+    def length(self, item: dict) -> int:
+        return max(len(item["chosen"]), len(item["rejected"]))
 
     def collate(self, items: list[dict], pad_id: int) -> dict:
         ids, mask = pad_right([x["chosen"] for x in items] + [x["rejected"] for x in items], pad_id)

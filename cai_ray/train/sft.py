@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from cai_ray.algos.losses import IGNORE, label_positions, selected_sft_loss
+from cai_ray.train.lora import unwrap
 
 
 def assistant_labels(messages: list[dict], tokenizer, max_len: int) -> tuple[list[int], list[int]]:
@@ -32,6 +33,7 @@ def assistant_labels(messages: list[dict], tokenizer, max_len: int) -> tuple[lis
 
 class SftTask:
     name = "sft"
+    lora_task_type = "CAUSAL_LM"
 
     def __init__(self, max_len: int = 512):
         self.max_len = max_len
@@ -65,7 +67,7 @@ class SftTask:
         """The LM head runs only where the loss counts (assistant tokens): prompts and the
         template's text never pay for the (T x vocab) projection and its softmax."""
         dev = engine.device
-        model = getattr(engine, "module", engine)  # a DeepSpeed engine or a plain model
+        model = unwrap(engine)  # a DeepSpeed engine's, a peft model's or a plain model
         sel, targets = label_positions(batch["labels"].to(dev))  # (B, T) bool, (N,)
         backbone = getattr(model, model.base_model_prefix)
         hidden = backbone(input_ids=batch["input_ids"].to(dev),

@@ -10,4 +10,8 @@ def make_task(name: str, kwargs: dict):
         from cai_ray.train.reward import RewardTask
 
         return RewardTask(**kwargs)
+    if name == "dpo":
+        from cai_ray.train.dpo import DpoTask
+
+        return DpoTask(**kwargs)
     raise ValueError(f"unknown training task {name!r}")

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_separate_judge_on_its_own_actors(ray_cluster, tiny_model, tmp_path):
-    job = load_job("tiny", [f"preferences.judge_model={tiny_model}",
+    job = load_job("tiny", ["start_policy=base", f"preferences.judge_model={tiny_model}",
                             "preferences.judge_engine={num_actors: 2, batch_size: 4}"],
                    run_dir=str(tmp_path / "run"), stages="preferences", limit=6)
     res = pipeline.run(job, quiet=True)["preferences"]["result"]

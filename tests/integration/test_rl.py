@@ -19,7 +19,8 @@ from cai_ray.rundir import read_jsonl
 
 pytestmark = pytest.mark.integration
 
-RL = ["rl.reward=short", "rl.iterations=12", "rl.prompts_per_iter=8", "rl.samples_per_prompt=4",
+RL = ["start_policy=base", "rl.reward=short", "rl.iterations=12", "rl.prompts_per_iter=8",
+      "rl.samples_per_prompt=4",
       "rl.max_new_tokens=16", "rl.lr=5e-4", "rl.kl_coef=0.01", "rl.checkpoint_every=6"]
 PER_ALGORITHM = {"ppo": ["rl.critic_lr=1e-3", "rl.update_epochs=2", "rl.mini_batch_size=16"],
                  "grpo": ["rl.async_mode=true"],  # the async path with the same correction

@@ -47,6 +47,9 @@ def _files(tmp_path):
     wrongtype.write_text("critique_revision:\n  - id: a\n    critique: [1, 2]\n    revision: r\n")
     afile = tmp_path / "afile.txt"
     afile.write_text("not a folder\n")
+    badp = tmp_path / "prefs.jsonl"
+    badp.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": 0.7}\n'
+                    '{"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": 1.5}\n')
     return locals()
 
 
@@ -72,7 +75,19 @@ CASES = {
     "reward callable not importable": (["--set", "rl.reward=no_such_mod:fn"], "cannot import"),
     "reward callable wrong length": (["--set", "rl.reward=my_rewards:one"],
                                      "list of 2 numbers"),
-    "no reward model for rl": (["--stages", "rl"], "rl.reward model"),
+    "no reward model for rl": (["--stages", "rl", "--set", "start_policy=base"],
+                               "rl reads reward_model"),
+    "rl with no policy": (["--stages", "rl", "--set", "rl.reward=short"], "rl reads policy"),
+    "sft on an empty run directory": (["--stages", "sft"], "sft reads sft_data"),
+    "dpo without preference data": (["--stages", "dpo", "--set", "start_policy=base"],
+                                    "dpo reads preferences"),
+    "dpo without sl_cai pairs": (["--stages", "sft,dpo", "--set", "dpo.data=sl_cai_pairs",
+                                  "--set", "sft.data={badp}"], "dpo reads pairs"),
+    "dpo soft label out of range": (["--stages", "sft,dpo", "--set", "dpo.data={badp}",
+                                     "--set", "sft.data={badp}"], "prefs.jsonl: line 2: p_chosen"),
+    "lora target the model lacks": (["--set", "sft.lora={{target_modules: [qkv_proj]}}"],
+                                    "sft.lora.target_modules: ['qkv_proj']"),
+    "lora rank zero": (["--set", "dpo.lora.rank=0"], "dpo.lora.rank"),
     "old ppo section, bad value": (["--set", "ppo.kl_coef=-1"], "rl.kl_coef"),
     "run directory is a file": (["--run-dir", "{afile}"], "afile.txt: a file, not a folder"),
     "run directory under a file": (["--run-dir", "{afile}/run"], "afile.txt is a file"),

@@ -1,14 +1,27 @@
 import pytest
 
-from cai_ray.config import STAGES, JobConfig, load_job
+from cai_ray.config import DEFAULT_STAGES, JobConfig, load_job
 from cai_ray.errors import ConfigError
 
 
 def test_packaged_jobs_load():
     job = load_job()
     assert job.model.name == "smollm2-135m-instruct"
-    assert job.stages == list(STAGES)
+    assert job.stages == list(DEFAULT_STAGES)
     assert load_job("tiny").model.name == "tiny-random-llama"
+    dpo = load_job("dpo")  # extends: default
+    assert dpo.stages == ["sl_cai", "sft", "preferences", "dpo", "eval"]
+    assert dpo.sft == job.sft and dpo.dpo.loss_type == "cdpo" and dpo.name == "cai-dpo"
+
+
+def test_extends_merges_sections_and_refuses_cycles(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: tiny\nsft:\n  lr: 0.5\n")
+    job = load_job(tmp_path / "a.yaml")
+    assert job.sft.lr == 0.5 and job.sft.max_steps == load_job("tiny").sft.max_steps
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: b.yaml\n")
+    with pytest.raises(ConfigError, match="more than 8 levels"):
+        load_job(tmp_path / "b.yaml")
 
 
 def test_overrides_and_flags():
@@ -16,7 +29,7 @@ def test_overrides_and_flags():
                    stages="sft,sl_cai", run_dir="/tmp/x")
     assert job.sl_cai.num_rounds == 3 and job.engine.num_actors == 2
     assert job.prompts.limit == 5 and job.run_dir == "/tmp/x"
-    assert job.stages == ["sl_cai", "sft"]  # always in the method's order
+    assert job.stages == ["sl_cai", "sft"]  # always in the order data flows
 
 
 @pytest.mark.parametrize("override, field", [

@@ -1,0 +1,78 @@
+"""Stage dpo: direct preference optimisation of the current policy on the AI-labelled pairs, no
+reward model and no RL (the HF Constitutional AI recipe's second step). DPO, IPO or conservative
+DPO on the judge's soft labels (cai_ray/algos/dpo.py), on the training core (DeepSpeed ZeRO under
+Ray Train, checkpoints, resume, metrics, TensorBoard). Writes RUN_DIR/dpo/model.
+
+Data: the preferences stage's pairs (default), the SL-CAI pairs (revision chosen over the initial
+answer), or a user's file. The reference is the policy this stage starts from; its log-probs are
+computed once before training and stored with the data (train/dpo.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cai_ray.config import DPO_DATA
+from cai_ray.errors import InputError
+from cai_ray.stages.context import Context
+from cai_ray.stages.data import read_rows, split_rows, write_split
+
+SECTIONS = ("model", "dpo", "seed")
+PRODUCES = ("policy",)
+KEY_FIGURES = ("eval/rewards/accuracy", "eval/rewards/margin", "train/loss_last")
+NEED = ("chosen", "rejected")
+
+
+def reads(job) -> tuple[str, ...]:
+    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    src = {"preferences": ("preferences",), "sl_cai_pairs": ("pairs",)}
+    return ("policy",) + src.get(job.dpo.data, ())
+
+
+def check(job, constitution, base: str) -> None:
+    """A user's preference file is read at load time: it exists, has the columns, and its soft
+    labels lie in [0, 1] (the line of the first that does not)."""
+    if job.dpo.data in DPO_DATA:
+        return
+    check_labels(read_rows(job.dpo.data, NEED, "dpo.data"), job.dpo.data)
+
+
+def check_labels(rows: list[dict], source) -> None:
+    if "prompt" not in rows[0] and "conversation" not in rows[0]:
+        raise InputError(f"{source}: preference data needs a prompt or conversation column")
+    for i, r in enumerate(rows, 1):
+        p = r.get("p_chosen", 1.0)
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            raise InputError(f"{source}: line {i}: p_chosen {p!r} is not a probability in [0, 1]")
+
+
+def data_source(ctx: Context) -> Path | str:
+    spec = ctx.job.dpo.data
+    return {"preferences": ctx.run.path / "preferences" / "data",
+            "sl_cai_pairs": ctx.run.path / "sl_cai" / "pairs"}.get(spec, spec)
+
+
+def run(ctx: Context) -> dict:
+    from cai_ray.train.core import fit
+
+    cfg = ctx.job.dpo
+    out = ctx.run.stage_dir("dpo")
+    src = data_source(ctx)
+    rows = read_rows(src, NEED, "the DPO pairs")
+    check_labels(rows, src)
+    train, evals = split_rows(rows, cfg.eval_fraction)
+    data = write_split(out / "data", train, evals)
+    start = ctx.policy_model()
+    task = {"max_len": cfg.max_len, "beta": cfg.beta, "loss_type": cfg.loss_type,
+            "label_smoothing": cfg.label_smoothing, "soft_labels": cfg.soft_labels}
+    m = fit("dpo", start, data, cfg.model_dump(), out, seed=ctx.job.seed, task_kwargs=task)
+    keys = ("eval/loss", "eval/rewards/accuracy", "eval/rewards/margin", "eval/rewards/chosen",
+            "eval/rewards/rejected", "eval/logps/chosen", "eval/logps/rejected",
+            "train/rewards/accuracy", "train/rewards/margin", "perf/samples_per_s",
+            "perf/tokens_per_s", "perf/pad_share")
+    return {"pairs_train": len(train), "pairs_eval": len(evals), "data": str(src),
+            "start_model": str(start), "loss_type": cfg.loss_type, "beta": cfg.beta,
+            "soft_labels": any(0 < float(r.get("p_chosen", 1.0)) < 1 for r in rows),
+            "steps": m.get("step"), "train/loss_first": m.get("train/loss_first"),
+            "train/loss_last": m.get("train/loss"), **{k: m.get(k) for k in keys},
+            "model": str(out / "model")}

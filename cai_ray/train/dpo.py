@@ -1,0 +1,192 @@
+"""DPO / IPO / conservative DPO on preference pairs, on the shared training core (train/core.py).
+
+Rows: prompt (or conversation), chosen, rejected, p_chosen (soft label; 1.0 when absent). The
+reference model's log-probabilities are computed once, before the first step, by the trainer's own
+forward pass on its initial weights (the ranks share the rows), and stored beside the data
+(DATA_DIR/ref_logps-<data digest>.jsonl): every step then runs one policy forward per pair, and a restarted run
+reads them back instead of recomputing them from weights that have moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from cai_ray.algos.dpo import preference_loss
+from cai_ray.algos.losses import IGNORE, label_positions
+from cai_ray.train.logprobs import head_logprobs
+from cai_ray.train.lora import unwrap
+from cai_ray.train.reward import conversation
+
+
+
+def ref_path(data_dir: str | Path) -> Path:
+    """DATA_DIR/ref_logps-<digest of the data>.jsonl: other data never reads these numbers."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in ("train", "eval"):
+        f = Path(data_dir) / f"{split}.jsonl"
+        h.update(f.read_bytes() if f.exists() else b"")
+    return Path(data_dir) / f"ref_logps-{h.hexdigest()[:16]}.jsonl"
+
+
+def _render(messages: list[dict], tokenizer, gen: bool) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen,
+                                        return_dict=False)
+    return list(out["input_ids"] if isinstance(out, dict) else out)
+
+
+def encode_answer(row: dict, answer: str, tokenizer, max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + answer and labels on the answer's tokens only. Too long: the prompt
+    loses its start first (the answer is what is scored), then the answer its end."""
+    prompt = _render(conversation(row, answer)[:-1], tokenizer, True)
+    full = _render(conversation(row, answer), tokenizer, False)
+    answer_ids = full[len(prompt):]
+    keep_prompt = max(max_len - len(answer_ids), min(len(prompt), max_len // 2))
+    prompt = prompt[len(prompt) - keep_prompt:] if keep_prompt < len(prompt) else prompt
+    ids = (prompt + answer_ids)[:max_len]
+    labels = ([IGNORE] * len(prompt) + answer_ids)[:max_len]
+    return ids, labels
+
+
+def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.tensor(s)
+    return out
+
+
+def sequence_logprobs(model, input_ids, attention_mask, labels, chunk: int = 256):
+    """Sum of log p(label) over each row's labelled tokens: (B,). The LM head runs only at the
+    positions that predict a labelled token (train/logprobs.py)."""
+    m = unwrap(model)
+    backbone, head = getattr(m, m.base_model_prefix), m.get_output_embeddings()
+    sel, targets = label_positions(labels)  # (B, T) bool, (N,)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    logp, _ = head_logprobs(head, hidden[sel], targets, chunk=chunk)  # (N,)
+    rows = sel.nonzero()[:, 0]  # (N,) row of each selected position
+    return torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add(
+        0, rows, logp)
+
+
+class DpoTask:
+    name = "dpo"
+    lora_task_type = "CAUSAL_LM"
+
+    def __init__(self, max_len: int = 512, beta: float = 0.1, loss_type: str = "cdpo",
+                 label_smoothing: float = 0.0, soft_labels: bool | None = None):
+        self.max_len, self.beta, self.loss_type = max_len, beta, loss_type
+        self.label_smoothing, self.soft_labels = label_smoothing, soft_labels
+
+    def build_model(self, model_path: str):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                    use_safetensors=True)
+
+    def encode(self, rows: list[dict], tokenizer) -> list[dict]:
+        out = []
+        for r in rows:
+            c, cl = encode_answer(r, r["chosen"], tokenizer, self.max_len)
+            j, jl = encode_answer(r, r["rejected"], tokenizer, self.max_len)
+            out.append({"chosen": c, "chosen_labels": cl, "rejected": j, "rejected_labels": jl,
+                        "p": float(r.get("p_chosen", 1.0)), "ref": r.get("ref_logps")})
+        return out
+
+    def length(self, item: dict) -> int:
+        return max(len(item["chosen"]), len(item["rejected"]))
+
+    def collate(self, items: list[dict], pad_id: int) -> dict:
+        seqs = [x["chosen"] for x in items] + [x["rejected"] for x in items]  # (2B,)
+        labels = [x["chosen_labels"] for x in items] + [x["rejected_labels"] for x in items]
+        mask = pad([[1] * len(s) for s in seqs], 0)
+        ref = [x["ref"] or [0.0, 0.0] for x in items]
+        return {"input_ids": pad(seqs, pad_id), "attention_mask": mask,
+                "labels": pad(labels, IGNORE), "p": torch.tensor([x["p"] for x in items]),
+                "ref": torch.tensor(ref, dtype=torch.float32)}  # (B, 2): chosen, rejected
+
+    def policy_logprobs(self, engine, batch: dict):
+        dev = engine.device
+        lp = sequence_logprobs(engine, batch["input_ids"].to(dev),
+                               batch["attention_mask"].to(dev), batch["labels"].to(dev))  # (2B,)
+        n = lp.shape[0] // 2
+        return lp[:n], lp[n:]
+
+    def step(self, engine, batch: dict):
+        pi_c, pi_r = self.policy_logprobs(engine, batch)
+        ref = batch["ref"].to(pi_c.device)
+        return preference_loss(pi_c, pi_r, ref[:, 0], ref[:, 1], batch["p"], beta=self.beta,
+                               loss_type=self.loss_type, label_smoothing=self.label_smoothing,
+                               soft_labels=self.soft_labels)
+
+    @torch.no_grad()
+    def evaluate(self, engine, batches: list[dict]) -> dict:
+        engine.eval()
+        tot: dict[str, float] = {}
+        n = 0
+        for b in batches:
+            loss, m = self.step(engine, b)
+            k = b["p"].shape[0]
+            for key, v in {"loss": float(loss), **m}.items():
+                tot[key] = tot.get(key, 0.0) + v * k
+            n += k
+        return {f"eval/{k}": v / max(n, 1) for k, v in tot.items()}
+
+    def tokens(self, batch: dict) -> int:
+        return int(batch["attention_mask"].sum())
+
+    # -- the reference, once -----------------------------------------------------------------
+    @torch.no_grad()
+    def prepare(self, engine, splits: dict[str, list[dict]], data_dir: str, micro: int,
+                pad_id: int) -> dict:
+        """Reference log-probs of every row, from the model as it is before the first step. Read
+        from DATA_DIR/ref_logps-*.jsonl when a run before this one wrote them; else computed (rank r
+        takes batches r, r + world, ...; every rank runs as many forwards, which ZeRO-3 needs),
+        gathered, and written by rank 0."""
+        import torch.distributed as dist
+
+        path = ref_path(data_dir)
+        if not path.exists():
+            rank = dist.get_rank() if dist.is_initialized() else 0
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            jobs = [(s, k) for s, items in splits.items() for k in range(0, len(items), micro)]
+            mine = jobs[rank::world]
+            rounds = -(-len(jobs) // world)
+            engine.eval()
+            got = []
+            for i in range(rounds):
+                split, k = mine[i] if i < len(mine) else jobs[0]  # a repeat keeps ZeRO-3 in step
+                chunk = splits[split][k:k + micro]
+                c, r = self.policy_logprobs(engine, self.collate(chunk, pad_id))
+                if i < len(mine):
+                    got += [(split, k + j, float(c[j]), float(r[j])) for j in range(len(chunk))]
+            if world > 1:
+                parts = [None] * world
+                dist.all_gather_object(parts, got)
+                got = [x for p in parts for x in p]
+            if rank == 0:
+                tmp = path.with_suffix(".tmp")
+                with open(tmp, "w") as fh:
+                    for split, i, c, r in sorted(got):
+                        fh.write(json.dumps({"split": split, "i": i, "chosen": c,
+                                             "rejected": r}) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            if dist.is_initialized():
+                dist.barrier()
+        seen = 0
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            splits[rec["split"]][rec["i"]]["ref"] = [rec["chosen"], rec["rejected"]]
+            seen += 1
+        if seen != sum(len(v) for v in splits.values()):
+            raise RuntimeError(f"{path}: {seen} reference rows for "
+                               f"{sum(len(v) for v in splits.values())} pairs")
+        return {"ref/logps_chosen": sum(x["ref"][0] for x in splits["train"]) /
+                max(1, len(splits["train"]))}
