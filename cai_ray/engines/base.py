@@ -145,6 +145,16 @@ class Engine(ABC):
         self.weights_version += 1
         return self.weights_version
 
+    def load_adapter(self, payload: bytes, base: str) -> int:
+        """A LoRA policy's adapter (train/lora.py adapter_payload) merged into the base model's
+        weights here, on the engine: only the adapter crossed the network. Returns the new weights
+        version."""
+        from cai_ray.train.lora import merged_pairs
+
+        self._load_stream(merged_pairs(base, payload))
+        self.weights_version += 1
+        return self.weights_version
+
     # -- weight sync over a collective group (RL, rl.weight_sync = nccl | gloo) ---------------
     def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
         """Join the learner's broadcast group as `rank` (see cai_ray.collective)."""

@@ -76,6 +76,12 @@ class EngineWorker:
     def load_weights(self, source) -> int:
         return self.engine.load_weights(source)
 
+    def load_adapter(self, payload, base: str) -> int:
+        """payload: the adapter's bytes, or an ObjectRef of them (fetched here)."""
+        if isinstance(payload, ray.ObjectRef):
+            payload = ray.get(payload)
+        return self.engine.load_adapter(payload, base)
+
     def load_weight_refs(self, refs: list) -> int:
         """Weights as a list of ObjectRefs of safetensors buckets (the learner's stream), each
         fetched when the loader reaches it."""
@@ -286,6 +292,9 @@ class Scheduler:
         self.first_failure.pop(i, None)
         try:
             weights = self.pool.latest_weights
+            if hasattr(weights, "reload"):  # an adapter: the actor merges it again
+                ray.get(weights.reload(self.pool.actors[i]))
+                weights = None
             if callable(weights):  # collective sync: ask the learner for its current weights
                 weights = weights()
             if weights is not None:

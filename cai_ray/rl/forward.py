@@ -19,6 +19,7 @@ from torch import Tensor
 from cai_ray.rl.experience import (join_sequences, pad_right, response_lists, response_selector,
                                    scatter_tokens)
 from cai_ray.train.logprobs import backbone_and_head, head_logprobs
+from cai_ray.train.lora import unwrap
 
 
 def _device(model) -> torch.device:
@@ -73,8 +74,8 @@ def predictor_hidden(model, prompt_ids: list[list[int]], response: Tensor, mask:
                      pad_id: int, share_prompts: bool = True) -> Tensor:
     """The last hidden state at every position that predicts a response token, (N, H) in the
     mask's row-major order. share_prompts: run each distinct prompt once (see the module doc)."""
-    backbone = getattr(getattr(model, "module", model),
-                       getattr(model, "module", model).base_model_prefix)
+    m = unwrap(model)
+    backbone = getattr(m, m.base_model_prefix)
     if share_prompts and len({tuple(p) for p in prompt_ids}) < len(prompt_ids):
         h = _shared_hidden(backbone, prompt_ids, response, mask, pad_id)
         if h is not None:
@@ -91,7 +92,7 @@ def rollout_logprobs(model, prompt_ids: list[list[int]], response: Tensor, mask:
     h = predictor_hidden(model, prompt_ids, response, mask, pad_id, share_prompts)
     _, head = backbone_and_head(model)
     dev = h.device
-    cfg = getattr(getattr(model, "module", model), "config", None)
+    cfg = getattr(unwrap(model), "config", None)
     lp, ent = head_logprobs(head, h, response[mask.bool()].to(dev), chunk=chunk, entropy=entropy,
                             entropy_grad=entropy_grad,
                             softcap=getattr(cfg, "final_logit_softcapping", None))

@@ -118,6 +118,12 @@ class Learner:
         if cfg["gradient_checkpointing"]:
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
                 "use_reentrant": False})
+        if cfg.get("lora"):  # only the adapters train; the engines get only them (AdapterSync)
+            from cai_ray.train import lora
+
+            if cfg["gradient_checkpointing"]:
+                policy.enable_input_require_grads()
+            policy = lora.apply(policy, cfg["lora"], "CAUSAL_LM")
         self.actor = D.build_engine(policy, cfg, cfg["lr"], self.world, grad_accum=1)
         if critic_path:
             self.critic = D.build_engine(load_value_model(critic_path), cfg, cfg["critic_lr"],
@@ -239,8 +245,20 @@ class Learner:
                 "critic/values_mean": float(masked_mean(values.detach(), mask))}
 
     # -- weights out -----------------------------------------------------------------------------
+    def adapter_payload(self) -> bytes | None:
+        """The LoRA adapter as safetensors bytes (rank 0; every rank calls under ZeRO-3)."""
+        from cai_ray.train import lora
+
+        with D.gathered(self.actor.module):
+            return lora.adapter_payload(self.actor.module) if self.rank == 0 else None
+
     def _policy_state(self) -> dict:
-        state = dict(self.actor.module.state_dict())
+        from cai_ray.train import lora
+
+        module = self.actor.module
+        if lora.is_peft(module):  # the full-weight paths get the merged weights
+            module = lora.merged_copy(module)
+        state = dict(module.state_dict())
         if self.tied:
             state.pop("lm_head.weight", None)
         return state

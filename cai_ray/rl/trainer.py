@@ -74,7 +74,10 @@ class RlTrainer:
         self.resume_cursor = 0   # ... by the iterations finished: where a resumed run goes on
         self.timeout = cfg.call_timeout_s
         near = {"scheduling_strategy": pool.bundle_strategy(0)} if cfg.colocate else {}
-        self.learners = LearnerGroup(roles.policy, roles.critic if alg.needs_critic else None,
+        # with LoRA the learner always starts from the base (a resume restores the adapters from
+        # the DeepSpeed state), and the engines merge each adapter into that same base
+        self.learners = LearnerGroup(roles.reference if cfg.lora else roles.policy,
+                                     roles.critic if alg.needs_critic else None,
                                      learner_config(cfg, alg), seed,
                                      colocate_with=pool if cfg.colocate else None)
         # the frozen roles take no CPU of their own (they work while the learner waits), but use
@@ -88,7 +91,8 @@ class RlTrainer:
             cfg.reward, {"max_tokens": cfg.max_new_tokens, **(reward_params or {})}, threads)
         kind = weight_sync or cfg.weight_sync
         self.sync = make_sync("object_store" if kind == "auto" else kind, pool,
-                              cfg.weight_sync_bucket_mb)
+                              cfg.weight_sync_bucket_mb,
+                              lora_base=roles.reference if cfg.lora else None)
         self.kl = (AdaptiveKLController(alg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                    if cfg.kl_target else FixedKLController(alg.kl_coef))
         # several optimizer steps per iteration: the old log-probs must be computed before the

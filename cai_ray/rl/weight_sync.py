@@ -7,6 +7,8 @@ buckets (rl.weight_sync_bucket_mb) so neither side holds a second copy of the wh
 ObjectStoreSync   learner rank 0 streams the policy as safetensors buckets into Ray's object store
                   (a streaming generator); every engine loads them bucket by bucket (works
                   everywhere: CPU, several nodes, engines in or out of process).
+AdapterSync       a LoRA policy: only the adapter travels (object store); each engine merges it
+                  into the base weights it reads from the base model's folder.
 CollectiveSync    a broadcast from learner rank 0 straight into the engines' model workers over a
                   torch.distributed group of its own (cai_ray.collective): NCCL between GPUs
                   (`nccl`), or gloo between CPU processes (`gloo`, the same code, tested here).
@@ -22,6 +24,8 @@ from math import prod
 
 import ray
 import torch
+
+from cai_ray.engines.pool import ACTOR_ERRORS, alive
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +66,6 @@ class ObjectStoreSync:
     def _wait(self, i: int, ref, refs, tries: int = 3):
         """The engine's new weights version; an engine that dies meanwhile is waited for (Ray
         restarts it) and loaded again; one gone for good is skipped (None)."""
-        from cai_ray.engines.pool import ACTOR_ERRORS, alive
-
         actor = self.pool.actors[i]
         for _ in range(tries):
             try:
@@ -74,6 +76,43 @@ class ObjectStoreSync:
                 self.restarted += 1
                 ref = actor.load_weight_refs.remote(refs)
         return None
+
+
+class AdapterSync:
+    """A LoRA policy: learner rank 0 sends only the adapter (A and B of each adapted module, a few
+    percent of the model) through the object store, and every engine merges it into the base
+    model's weights itself (train/lora.py merged_pairs). Used whatever rl.weight_sync says."""
+
+    name = "adapter"
+
+    def __init__(self, pool, base: str, full_bytes: int | None = None, timeout_s: float = 600):
+        self.pool, self.base, self.timeout_s = pool, base, timeout_s
+        self.full_bytes = full_bytes
+
+    def reload(self, actor):
+        """A restarted engine merges the newest adapter again (EnginePool's scheduler)."""
+        return actor.load_adapter.remote(self.ref, self.base)
+
+    def push(self, learners) -> dict:
+        t = time.time()
+        payload = ray.get(learners.call("adapter_payload"), timeout=self.timeout_s)[0]
+        self.ref = ray.put(payload)
+        self.pool.latest_weights = self
+        self.restarted = 0
+        versions = []
+        for a in self.pool.actors:
+            try:
+                versions.append(ray.get(a.load_adapter.remote(self.ref, self.base),
+                                        timeout=self.timeout_s))
+            except ACTOR_ERRORS:
+                if alive(a):  # restarted: the scheduler's reload merges it; count it
+                    self.restarted += 1
+        out = {"timing/weight_sync_s": time.time() - t,
+               "weights_version": max(versions) if versions else None,
+               "weight_sync/bytes": len(payload), "weight_sync/engines_restarted": self.restarted}
+        if self.full_bytes:
+            out["weight_sync/share_of_model"] = len(payload) / self.full_bytes
+        return out
 
 
 class EnginesGone(RuntimeError):
@@ -115,8 +154,6 @@ class CollectiveSync:
         """Form the group if there is none, or again if an engine was restarted since (its
         fresh process holds no group, and a broadcast would wait for it). Every engine must
         answer first (one that Ray is restarting is waited for): a group only forms whole."""
-        from cai_ray.engines.pool import alive
-
         gone = [i for i, a in enumerate(self.pool.actors) if not alive(a, self.timeout_s)]
         if gone:
             raise EnginesGone(f"engine(s) {gone} gone for good: the group cannot form")
@@ -162,11 +199,22 @@ class CollectiveSync:
                 pass
 
 
+def model_bytes(folder: str) -> int:
+    """Bytes of a model folder's weights (the denominator of an adapter sync's share)."""
+    from pathlib import Path
+
+    return sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+
+
 def _single_node() -> bool:
     return len([n for n in ray.nodes() if n.get("Alive")]) <= 1
 
 
-def make_sync(kind: str, pool, bucket_mb: float = 64, timeout_s: float = 600):
+def make_sync(kind: str, pool, bucket_mb: float = 64, timeout_s: float = 600,
+              lora_base: str | None = None):
+    """lora_base: the policy trains LoRA adapters on this base model: AdapterSync."""
+    if lora_base:
+        return AdapterSync(pool, lora_base, model_bytes(lora_base), timeout_s)
     if kind in ("nccl", "gloo"):
         return CollectiveSync(pool, kind, bucket_mb=bucket_mb,
                               tensor_parallel_size=getattr(pool, "tensor_parallel_size", 1))

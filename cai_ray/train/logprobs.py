@@ -17,9 +17,11 @@ from torch.utils.checkpoint import checkpoint
 
 
 def backbone_and_head(model):
-    """(backbone, LM head) of a transformers causal LM (a DeepSpeed engine's module or a plain
-    model)."""
-    model = getattr(model, "module", model)
+    """(backbone, LM head) of a transformers causal LM (a DeepSpeed engine's module, a peft model
+    or a plain model)."""
+    from cai_ray.train.lora import unwrap
+
+    model = unwrap(model)
     return getattr(model, model.base_model_prefix), model.get_output_embeddings()
 
 
