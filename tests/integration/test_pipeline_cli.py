@@ -80,3 +80,31 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
     # --resume: every stage is complete under the same config, so nothing runs again
     again = cai("run", "tiny", "--run-dir", str(run), "--quiet", "--resume")
     assert again.returncode == 0 and again.stdout.count("skipped (complete)") == len(STAGES)
+
+
+def test_dpo_on_sl_cai_pairs_killed_mid_dpo_then_resumed(tmp_path):
+    """`--stages sl_cai,sft,dpo` with the SL-CAI pairs (the HF recipe's data): the driver is killed
+    once DPO has stored its reference log-probs; `--resume` skips sl_cai and sft, reuses the
+    stored reference (byte for byte: a restart never recomputes it from moved weights), and DPO
+    completes on SFT's model."""
+    run = tmp_path / "run"
+    args = ["run", "tiny", "--run-dir", str(run), "--quiet", "--stages", "sl_cai,sft,dpo",
+            "--set", "dpo.data=sl_cai_pairs", "--set", "dpo.num_workers=2",
+            "--set", "dpo.micro_batch_size=2", "--set", "dpo.max_steps=6",
+            "--set", "dpo.checkpoint_every=2", "--set", "dpo.lr=1e-4"]
+
+    def refs():
+        return list((run / "dpo" / "data").glob("ref_logps-*.jsonl"))
+
+    kill_driver_when(args, lambda: bool(refs()), tmp_path / "killed.log")
+    stored = refs()[0].read_bytes()
+    res = cai(*args, "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("skipped (complete)") == 2  # sl_cai and sft
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["dpo"]["status"] == "complete"
+    assert [p.read_bytes() for p in refs()] == [stored]
+    out = json.loads((run / "dpo" / "result.json").read_text())
+    assert out["start_model"] == str(run / "sft" / "model") and out["steps"] >= 1
+    assert out["pairs_train"] > 0 and 0 <= out["eval/rewards/accuracy"] <= 1
+    assert (run / "dpo" / "model" / "model.safetensors").exists()
