@@ -27,7 +27,8 @@ def _run(args) -> int:
 
         info = {"job": job.name, "run_dir": job.run_dir, "stages": job.stages,
                 "model": ctx.base_model, "constitution": ctx.constitution.name,
-                "red_team": len(ctx.red_team), "helpful": len(ctx.helpful)}
+                "red_team": len(ctx.red_team), "helpful": len(ctx.helpful),
+                "inputs": {s: ctx.plan.inputs.get(s, {}) for s in job.stages}}
         if "rl" in job.stages:  # the algorithm with every knob resolved
             info["rl"] = {**asdict(job.rl.resolved()), "reward": job.rl.reward,
                           "weight_sync": job.weight_sync()}
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts", help="red-team prompt source (prompts.red_team)")
     r.add_argument("--limit", type=int, help="at most N prompts (prompts.limit)")
     r.add_argument("--run-dir", help="run directory (run_dir)")
-    r.add_argument("--stages", help="comma-separated stages: sl_cai,sft,preferences,reward,rl,"
+    r.add_argument("--stages", help="comma-separated stages: sl_cai,sft,preferences,reward,dpo,rl,"
                    "eval (ppo: the old name of rl)")
     r.add_argument("--resume", action="store_true", help="skip stages already complete")
     r.add_argument("--force", action="store_true", help="reuse a run directory of another job")

@@ -1,10 +1,13 @@
-"""`cai-ray bench train`: SFT tokens/s and reward-model pairs/s on SmolLM2-135M through our training
-core (DeepSpeed ZeRO under Ray Train): 1 vs 2 workers, ZeRO-2 vs ZeRO-3; the same jobs with TRL's
-SFTTrainer / RewardTrainer (same model, length, batch, steps) as the baseline; model FLOPs
-utilisation against this machine's fp32 matrix-multiply peak, measured in the same command.
-Throughput is the steady state: the median step time after the first step.
+"""`cai-ray bench train`: SFT tokens/s, reward-model and DPO pairs/s on SmolLM2-135M through our
+training core (DeepSpeed ZeRO under Ray Train): 1 vs 2 workers, ZeRO-2 vs ZeRO-3, LoRA vs full
+weights; the same jobs with TRL's SFTTrainer / RewardTrainer / DPOTrainer (same model, pairs,
+length, batch, steps, beta) as the baseline; peak resident memory of each trainer process; model
+FLOPs utilisation against this machine's fp32 matrix-multiply peak, measured in the same command;
+and the padding share of the default job's SFT data with and without length grouping. Throughput
+is the steady state: the median step time after the first step (DPO also end to end, with our
+one-off reference pass counted).
 
-    cai-ray bench train [--steps 6] [--length 256] [--batch 4]
+    cai-ray bench train [--steps 6] [--length 256] [--batch 4] [--sft-data RUN/sl_cai/sft]
 """
 
 from __future__ import annotations
@@ -46,24 +49,60 @@ def rm_rows(n: int) -> list[dict]:
              "chosen": FILLER * 8, "rejected": ("No. " + FILLER) * 7} for i in range(n)]
 
 
+BETA = 0.1
+
+
+def fitted(tok, prompt: str, text: str, length: int) -> list[dict]:
+    """The conversation with its answer cut so that the whole rendered conversation (system
+    prompt, template and all) is at most `length` tokens: no trainer truncates anything, so every
+    runner trains on the same tokens (TRL's RewardTrainer drops, not truncates, longer rows)."""
+    convo = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
+    room = length - len(tok.apply_chat_template(convo, tokenize=True, return_dict=False)) - 1
+    ids = tok.encode(text, add_special_tokens=False)[:room]
+    while ids and len(tok.apply_chat_template(
+            convo[:1] + [{"role": "assistant", "content": tok.decode(ids)}],
+            tokenize=True, return_dict=False)) > length:
+        ids = ids[:-4]
+    return convo[:1] + [{"role": "assistant", "content": tok.decode(ids)}]
+
+
+def pair_rows(model: str, n: int, length: int) -> list[dict]:
+    """rm_rows with answers fitted to `length` (prompt, chosen, rejected as strings)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    return [{**r, "chosen": fitted(tok, r["prompt"], r["chosen"], length)[-1]["content"],
+             "rejected": fitted(tok, r["prompt"], r["rejected"], length)[-1]["content"]}
+            for r in rm_rows(n)]
+
+
 def ours(task: str, model: str, length: int, batch: int, steps: int, workers: int,
-         zero: int) -> dict:
+         zero: int, lora: bool = False) -> dict:
     from cai_ray.cluster import init_ray
-    from cai_ray.config import RewardCfg, SftCfg
+    from cai_ray.config import DpoCfg, LoraCfg, RewardCfg, SftCfg
     from cai_ray.rundir import read_jsonl, write_jsonl_atomic
     from cai_ray.train.core import fit
 
     init_ray()
     tmp = scratch()
-    rows = sft_rows(batch * steps * 2) if task == "sft" else rm_rows(batch * steps * 2)
+    n = batch * steps * (1 if task == "dpo" else 2)  # DPO: its reference pass covers these rows
+    rows = {"sft": lambda: sft_rows(n), "reward": lambda: rm_rows(n),
+            "dpo": lambda: pair_rows(model, n, length)}[task]()
     write_jsonl_atomic(tmp / "data" / "train.jsonl", rows)
-    write_jsonl_atomic(tmp / "data" / "eval.jsonl", rows[:batch])
-    Cfg = SftCfg if task == "sft" else RewardCfg
+    write_jsonl_atomic(tmp / "data" / "eval.jsonl", rows[:batch] if task != "dpo" else [])
+    Cfg = {"sft": SftCfg, "reward": RewardCfg, "dpo": DpoCfg}[task]
+    extra = {"loss_type": "dpo", "beta": BETA} if task == "dpo" else {}
     cfg = Cfg(num_workers=workers, zero_stage=zero, micro_batch_size=batch // workers,
-              max_steps=steps, max_len=length, checkpoint_every=10 ** 6, lr=1e-5).model_dump()
-    fit(task, model, tmp / "data", cfg, tmp / "out", task_kwargs={"max_len": length})
-    steps_s = [r["perf/step_s"] for r in read_jsonl(tmp / "out" / "metrics.jsonl")]
-    return {"step_s": statistics.median(steps_s[1:]), "first_step_s": steps_s[0]}
+              max_steps=steps, max_len=length, checkpoint_every=10 ** 6, lr=1e-5,
+              lora=LoraCfg() if lora else None, **extra).model_dump()
+    fit(task, model, tmp / "data", cfg, tmp / "out", task_kwargs={"max_len": length, **extra})
+    recs = read_jsonl(tmp / "out" / "metrics.jsonl")
+    steps_s = [r["perf/step_s"] for r in recs]
+    return {"step_s": statistics.median(steps_s[1:]), "first_step_s": steps_s[0],
+            "total_s": sum(steps_s) + recs[0].get("timing/reference_s", 0.0),
+            "reference_s": recs[0].get("timing/reference_s"),
+            "peak_rss_mb": max(r["memory/peak_rss_mb"] for r in recs),
+            "pad_share": statistics.mean(r["perf/pad_share"] for r in recs)}
 
 
 def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
@@ -86,32 +125,63 @@ def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
         m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         tr = SFTTrainer(model=m, args=SFTConfig(packing=False, **common), train_dataset=ds,
                         processing_class=tok, callbacks=[stamp])
+    elif task == "dpo":  # TRL's defaults for the reference: a frozen copy of the model, run at
+        # every step (precompute_ref_log_probs=False)
+        from transformers import AutoModelForCausalLM
+        from trl import DPOConfig, DPOTrainer
+
+        ds = datasets.Dataset.from_list([
+            {"prompt": [{"role": "user", "content": r["prompt"]}],
+             "chosen": [{"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "assistant", "content": r["rejected"]}]}
+            for r in pair_rows(model, batch * steps, length)])
+        m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        tr = DPOTrainer(model=m, args=DPOConfig(beta=BETA, loss_type=["sigmoid"], **common),
+                        train_dataset=ds, processing_class=tok, callbacks=[stamp])
     else:
         from trl import RewardConfig, RewardTrainer
 
         from cai_ray.train.reward import load_value_model
 
-        def fit(prompt, text):  # RewardTrainer drops (not truncates) rows over max_length:
-            # cut the answer so that the whole rendered conversation (system prompt, template and
-            # all) is `length` tokens, as our side trains on
-            convo = [{"role": "user", "content": prompt}, {"role": "assistant", "content": ""}]
-            room = length - len(tok.apply_chat_template(convo, tokenize=True,
-                                                        return_dict=False)) - 1
-            ids = tok.encode(text, add_special_tokens=False)[:room]
-            while ids and len(tok.apply_chat_template(
-                    convo[:1] + [{"role": "assistant", "content": tok.decode(ids)}],
-                    tokenize=True, return_dict=False)) > length:
-                ids = ids[:-4]
-            return convo[:1] + [{"role": "assistant", "content": tok.decode(ids)}]
-
-        ds = datasets.Dataset.from_list([{"chosen": fit(r["prompt"], r["chosen"]),
-                                          "rejected": fit(r["prompt"], r["rejected"])}
+        ds = datasets.Dataset.from_list([{"chosen": fitted(tok, r["prompt"], r["chosen"], length),
+                                          "rejected": fitted(tok, r["prompt"], r["rejected"],
+                                                             length)}
                                          for r in rm_rows(batch * steps)])
         tr = RewardTrainer(model=load_value_model(model), args=RewardConfig(**common),
                            train_dataset=ds, processing_class=tok, callbacks=[stamp])
+    t0 = time.time()
     tr.train()
+    total = time.time() - t0
     deltas = [b - a for a, b in zip(stamps, stamps[1:])]
-    return {"step_s": statistics.median(deltas[1:]), "first_step_s": deltas[0]}
+    from cai_ray.platform import peak_rss_mb
+
+    return {"step_s": statistics.median(deltas[1:]), "first_step_s": deltas[0],
+            "total_s": total, "peak_rss_mb": peak_rss_mb()}
+
+
+def padding(sft_data: str, model: str, batch: int, max_len: int, seed: int = 0) -> dict:
+    """Padded share of the positions in SFT batches of the given data, shuffled (as before) and
+    length-grouped (train/core.py batches), with our SFT encoding."""
+    from transformers import AutoTokenizer
+
+    from cai_ray.stages.data import read_rows
+    from cai_ray.train.core import batches, pad_share
+    from cai_ray.train.sft import SftTask
+
+    tok = AutoTokenizer.from_pretrained(model)
+    task = SftTask(max_len=max_len)
+    items = task.encode(read_rows(sft_data, ("messages",), "the SFT data"), tok)
+    out = {"rows": len(items), "batch": batch, "max_len": max_len}
+    for name, lengths in (("shuffled", None), ("grouped", [len(x["input_ids"]) for x in items])):
+        pad = tot = 0
+        for epoch in range(3):
+            for b in batches(items, batch, seed, epoch, lengths=lengths):
+                p, n = pad_share(task.collate(b, 0))
+                pad, tot = pad + p, tot + n
+        out[f"pad_share_{name}"] = pad / tot
+        out[f"padded_tokens_{name}"] = pad
+    out["padded_tokens_fewer"] = 1 - out["padded_tokens_grouped"] / out["padded_tokens_shuffled"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,8 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--runs", default="sft:ours:1:2,sft:ours:2:2,sft:ours:1:3,sft:trl,"
-                                       "reward:ours:1:2,reward:ours:2:2,reward:ours:1:3,reward:trl")
+    ap.add_argument("--runs", default="sft:ours:1:2,sft:ours:2:2,sft:ours:1:3,sft:ours:1:2:lora,"
+                                       "sft:trl,reward:ours:1:2,reward:ours:2:2,reward:ours:1:3,"
+                                       "reward:trl,dpo:ours:1:2,dpo:ours:2:2,dpo:trl")
+    ap.add_argument("--sft-data", default="runs/dpo/sl_cai/sft",
+                    help="SFT data for the padding figures (the default job's sl_cai output)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -130,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     path = models.resolve(args.model)
     if args.one:
         task, who, *rest = args.one.split(":")
-        res = (ours(task, path, args.length, args.batch, args.steps, int(rest[0]), int(rest[1]))
+        res = (ours(task, path, args.length, args.batch, args.steps, int(rest[0]), int(rest[1]),
+                    lora=rest[2:] == ["lora"])
                if who == "ours" else trl(task, path, args.length, args.batch, args.steps))
         print("RESULT " + json.dumps(res))
         return 0
@@ -152,27 +226,56 @@ def main(argv: list[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             rows.append({"task": task, "runner": spec, "error": str(exc)})
             continue
-        seqs = args.batch * (2 if task == "reward" else 1)
+        pairs = task in ("reward", "dpo")
+        seqs = args.batch * (2 if pairs else 1)
         tokens = seqs * args.length
+        lora = " LoRA r16" if rest[2:] == ["lora"] else ""
         row = {"task": task, "runner": "TRL" if who == "trl" else
-               f"cai-ray {rest[0]} worker(s) ZeRO-{rest[1]}", "step_s": r["step_s"],
+               f"cai-ray {rest[0]} worker(s) ZeRO-{rest[1]}{lora}", "step_s": r["step_s"],
                "first_step_s": r["first_step_s"], "tokens_per_s": tokens / r["step_s"],
-               "pairs_per_s": args.batch / r["step_s"] if task == "reward" else None}
+               "pairs_per_s": args.batch / r["step_s"] if pairs else None,
+               "pairs_per_s_end_to_end": args.batch * args.steps / r["total_s"]
+               if pairs and r.get("total_s") else None,
+               "peak_rss_mb": r.get("peak_rss_mb"), "reference_s": r.get("reference_s")}
         row["mfu"] = 6 * n_params * row["tokens_per_s"] / (peaks[2] * 1e9)
         rows.append(row)
         print(f"{spec}: {row['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
-    for task in ("sft", "reward"):
+    for task in ("sft", "reward", "dpo"):
         base = [r for r in rows if r["task"] == task and r["runner"] == "TRL"]
         for r in rows:
             if r["task"] == task and base and "step_s" in r:
                 r["x_trl"] = base[0]["step_s"] / r["step_s"]
-    tbl = table(rows, ["task", "runner", "step_s", "tokens_per_s", "pairs_per_s", "mfu", "x_trl",
-                       "first_step_s"])
+                if r.get("pairs_per_s_end_to_end") and base[0].get("pairs_per_s_end_to_end"):
+                    r["x_trl_end_to_end"] = (r["pairs_per_s_end_to_end"] /
+                                             base[0]["pairs_per_s_end_to_end"])
+    full = [r for r in rows if r["runner"] == "cai-ray 1 worker(s) ZeRO-2" and r["task"] == "sft"]
+    for r in rows:
+        if r["task"] == "sft" and "LoRA" in r["runner"] and full and "step_s" in r:
+            r["x_full"] = full[0]["step_s"] / r["step_s"]
+            r["memory_x_full"] = r["peak_rss_mb"] / full[0]["peak_rss_mb"]
+    tbl = table(rows, ["task", "runner", "step_s", "tokens_per_s", "pairs_per_s",
+                       "pairs_per_s_end_to_end", "peak_rss_mb", "mfu", "x_trl", "x_trl_end_to_end",
+                       "x_full", "memory_x_full", "first_step_s"])
+    from pathlib import Path
+
+    pad = None
+    if Path(args.sft_data).exists() or Path(args.sft_data + ".jsonl").exists():
+        pad = padding(args.sft_data, path, args.batch, 384)
+        tbl += ("\n\n| SFT data | rows | batch | pad share shuffled | pad share grouped | "
+                "padded tokens fewer |\n|---|---|---|---|---|---|\n"
+                f"| {args.sft_data} | {pad['rows']} | {args.batch} | "
+                f"{pad['pad_share_shuffled']:.3f} | {pad['pad_share_grouped']:.3f} | "
+                f"{pad['padded_tokens_fewer']:.1%} |")
     tbl += (f"\n\nfp32 matmul peak measured here: {peaks[1]:.0f} GFLOP/s (1 thread), "
             f"{peaks[2]:.0f} GFLOP/s (2 threads); MFU = 6 x {n_params / 1e6:.0f}M params x tokens/s"
-            f" / 2-thread peak. Batch {args.batch}, length {args.length}, fp32, {args.steps} steps.")
+            f" / 2-thread peak. Batch {args.batch}, length {args.length}, fp32, {args.steps} steps."
+            f" DPO: beta {BETA}, sigmoid loss, the same {args.batch * args.steps} pairs; TRL with "
+            f"its defaults (a frozen reference copy run at every step, precompute_ref_log_probs "
+            f"off); ours computes the reference once before the first step (reference_s, counted "
+            f"in end_to_end). peak_rss_mb: the trainer process (ours: the Ray Train worker).")
     write("train", {"model": args.model, "rows": rows, "matmul_peak_gflops": peaks,
-                    "params": n_params, "length": args.length, "batch": args.batch}, tbl, args.out)
+                    "params": n_params, "length": args.length, "batch": args.batch,
+                    "padding": pad}, tbl, args.out)
     return 0
 
 

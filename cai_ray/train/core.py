@@ -126,7 +126,7 @@ def train_loop(config: dict) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from cai_ray.platform import init_deepspeed_comm
+    from cai_ray.platform import init_deepspeed_comm, peak_rss_mb
     from cai_ray.train.tasks import make_task
 
     cfg, task = config["train"], make_task(config["task"], config.get("task_kwargs", {}))
@@ -202,6 +202,7 @@ def train_loop(config: dict) -> None:
                    "train/epoch": epoch, "perf/tokens_per_s": tokens_seen / elapsed,
                    "perf/samples_per_s": step * global_batch * cfg["grad_accum"] / elapsed,
                    "perf/pad_share": _all_mean(padded / max(positions, 1)),
+                   "memory/peak_rss_mb": peak_rss_mb(),
                    **{f"train/{k}": _all_mean(v) for k, v in sorted(extra.items())}}
         if step == 1:
             metrics.update(prepared)

@@ -148,8 +148,11 @@ class DpoTask:
         from DATA_DIR/ref_logps-*.jsonl when a run before this one wrote them; else computed (rank r
         takes batches r, r + world, ...; every rank runs as many forwards, which ZeRO-3 needs),
         gathered, and written by rank 0."""
+        import time
+
         import torch.distributed as dist
 
+        t0 = time.time()
         path = ref_path(data_dir)
         if not path.exists():
             rank = dist.get_rank() if dist.is_initialized() else 0
@@ -189,4 +192,4 @@ class DpoTask:
             raise RuntimeError(f"{path}: {seen} reference rows for "
                                f"{sum(len(v) for v in splits.values())} pairs")
         return {"ref/logps_chosen": sum(x["ref"][0] for x in splits["train"]) /
-                max(1, len(splits["train"]))}
+                max(1, len(splits["train"])), "timing/reference_s": time.time() - t0}
