@@ -149,7 +149,7 @@ class Engine(ABC):
         """A LoRA policy's adapter (train/lora.py adapter_payload) merged into the base model's
         weights here, on the engine: only the adapter crossed the network. Returns the new weights
         version."""
-        from cai_ray.train.lora import merged_pairs
+        from cai_ray.adapter import merged_pairs
 
         self._load_stream(merged_pairs(base, payload))
         self.weights_version += 1

@@ -160,6 +160,11 @@ class Learner:
             real = [p for p in parts if p is not None]
             denom = sum(aggregate_denominator(p.mask, self.alg.loss_agg) for p in real)
             tokens = sum(float(p.mask.sum()) for p in real)
+            for p in real:  # padded share of each micro-batch as prompt + answer rows
+                lens = [len(x) for x in p.prompt_ids]
+                timing["learner/padded"] += len(lens) * (max(lens) + p.mask.shape[1]) - (
+                    sum(lens) + float(p.mask.sum()))
+                timing["learner/positions"] += len(lens) * (max(lens) + p.mask.shape[1])
             for j, part in enumerate(parts):
                 # a rank with no share of this micro-batch runs a zero-weight pass on a stand-in:
                 # every rank must reach the same gradient reductions, with every parameter used
@@ -183,6 +188,8 @@ class Learner:
             timing["learner/optimizer_s"] += time.time() - t
         self.version += 1
         timing["learner/train_s"] = time.time() - t_all
+        timing["learner/pad_share"] = timing.pop("learner/padded") / max(
+            timing.pop("learner/positions"), 1.0)
         return {**{k: v / max(weight, 1.0) for k, v in sums.items()}, **timing}
 
     def _policy_micro(self, mb: Experience, denom: float, boundary: bool, first_step: bool,

@@ -8,7 +8,7 @@ ObjectStoreSync   learner rank 0 streams the policy as safetensors buckets into 
                   (a streaming generator); every engine loads them bucket by bucket (works
                   everywhere: CPU, several nodes, engines in or out of process).
 AdapterSync       a LoRA policy: only the adapter travels (object store); each engine merges it
-                  into the base weights it reads from the base model's folder.
+                  into the base weights it reads from the base model's folder (cai_ray/adapter.py).
 CollectiveSync    a broadcast from learner rank 0 straight into the engines' model workers over a
                   torch.distributed group of its own (cai_ray.collective): NCCL between GPUs
                   (`nccl`), or gloo between CPU processes (`gloo`, the same code, tested here).
@@ -81,7 +81,7 @@ class ObjectStoreSync:
 class AdapterSync:
     """A LoRA policy: learner rank 0 sends only the adapter (A and B of each adapted module, a few
     percent of the model) through the object store, and every engine merges it into the base
-    model's weights itself (train/lora.py merged_pairs). Used whatever rl.weight_sync says."""
+    model's weights itself (cai_ray/adapter.py merged_pairs). Used whatever rl.weight_sync says."""
 
     name = "adapter"
 

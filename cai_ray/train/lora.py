@@ -50,61 +50,20 @@ def adapter_state(model) -> dict:
             get_peft_model_state_dict(getattr(model, "module", model)).items()}
 
 
-SCALING = "__scaling__"
-PEFT_PREFIX = "base_model.model."
-
-
 def adapter_payload(model) -> bytes:
-    """What an engine needs to rebuild the policy from its base weights: every adapted module's
-    A and B under the transformers weight's module name (`model.layers.0.self_attn.q_proj.lora_A`)
+    """The adapter as the engines receive it (cai_ray/adapter.py): every adapted module's A and B
     and the scaling alpha / r, as the bytes of one safetensors file. A few percent of the model."""
-    import torch
-    from safetensors.torch import save
+    from cai_ray.adapter import pack
 
     peft_model = getattr(model, "module", model)
     scaling = None
-    out = {}
-    for name, tensor in adapter_state(peft_model).items():
-        if ".lora_A." not in name and ".lora_B." not in name:
-            continue  # modules_to_save (a reward head) never reach a policy engine
-        module, kind = name.removeprefix(PEFT_PREFIX).rsplit(".", 2)[:2]
-        out[f"{module}.{kind}"] = tensor.float().contiguous()
     for mod in peft_model.modules():
         if hasattr(mod, "scaling") and isinstance(mod.scaling, dict) and mod.scaling:
             scaling = next(iter(mod.scaling.values()))
             break
     if scaling is None:
         raise ValueError("adapter_payload: not a LoRA model")
-    out[SCALING] = torch.tensor(float(scaling))
-    return save(out)
-
-
-def merged_pairs(base: str, payload: bytes):
-    """(name, tensor) of the base model folder's weights with the adapter folded in: W + s B A for
-    each adapted module (in float32, then the weight's dtype). Read from the folder's safetensors
-    files one tensor at a time (memory-mapped), so the engine never holds a second model."""
-    from safetensors import safe_open
-    from safetensors.torch import load
-
-    adapter = load(bytes(payload))
-    scaling = float(adapter.pop(SCALING))
-    files = sorted(Path(base).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{base}: no *.safetensors files (the adapter's base model)")
-    used = set()
-    for f in files:
-        with safe_open(str(f), "pt") as st:
-            for name in st.keys():
-                t = st.get_tensor(name)
-                module = name.removesuffix(".weight")
-                if name.endswith(".weight") and f"{module}.lora_A" in adapter:
-                    a, b = adapter[f"{module}.lora_A"], adapter[f"{module}.lora_B"]
-                    t = (t.float() + scaling * (b.float() @ a.float())).to(t.dtype)
-                    used.add(module)
-                yield name, t
-    missing = {k.rsplit(".", 1)[0] for k in adapter} - used
-    if missing:
-        raise ValueError(f"adapter modules not in {base}: {sorted(missing)[:3]}")
+    return pack(adapter_state(peft_model), float(scaling))
 
 
 def module_names(model_path: str) -> set[str]:

@@ -114,13 +114,18 @@ def marker_rows(n, seed):
     return rows
 
 
-def test_reward_model_learns_a_marker(ray_cluster, tiny_model, tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_reward_model_learns_a_marker(ray_cluster, tiny_model, tmp_path, lora):
+    """Full weights, or LoRA adapters with the fresh score head trained in full beside them; the
+    merged export loads as an ordinary reward model."""
+    from cai_ray.config import LoraCfg
     from cai_ray.train.core import fit
     from cai_ray.train.reward import RewardScorer
 
     data = write_data(tmp_path / "data", marker_rows(64, 0), marker_rows(32, 1))
     cfg = RewardCfg(num_workers=2, zero_stage=2, micro_batch_size=4, lr=2e-3, epochs=3,
-                    checkpoint_every=100, lr_schedule="constant").model_dump()
+                    checkpoint_every=100, lr_schedule="constant",
+                    lora=LoraCfg(rank=8) if lora else None).model_dump()
     m = fit("reward", tiny_model, data, cfg, tmp_path / "out")
     assert m["eval/accuracy"] > 0.9, m
     scorer = RewardScorer(str(tmp_path / "out" / "model"))

@@ -1,0 +1,74 @@
+"""LoRA pieces without Ray: the export (merged or adapter alone), the adapter payload and its
+merge into base weights, and the target-module check (cai_ray/train/lora.py)."""
+
+import pytest
+import torch
+
+from cai_ray.adapter import merged_pairs
+from cai_ray.errors import InputError
+from cai_ray.train import lora
+
+LORA = {"rank": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "down_proj"]}
+
+
+def trained_peft(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    peft = lora.apply(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                      LORA, "CAUSAL_LM")
+    torch.manual_seed(0)
+    with torch.no_grad():  # peft starts B at zero: make the adapter do something
+        for n, p in peft.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    return peft.eval()
+
+
+class Engine:  # what export_model reads from a DeepSpeed engine
+    def __init__(self, module):
+        self.module = module
+
+
+def test_export_merged_and_adapter(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from cai_ray.train.dist import export_model
+
+    peft = trained_peft(tiny_model)
+    export_model(Engine(peft), tmp_path / "merged")
+    export_model(Engine(peft), tmp_path / "adapter", "adapter")
+    assert (tmp_path / "merged" / "config.json").exists()
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").stat().st_size < \
+        (tmp_path / "merged" / "model.safetensors").stat().st_size / 10
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft(input_ids=ids).logits, atol=1e-4)
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        assert not torch.allclose(plain(ids).logits, merged(ids).logits, atol=1e-3)
+
+
+def test_payload_merged_on_the_engine_side_equals_the_merged_model(tiny_model):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    peft = trained_peft(tiny_model)
+    payload = lora.adapter_payload(peft)
+    want = lora.merged_copy(peft).state_dict()
+    got = dict(merged_pairs(tiny_model, payload))
+    assert set(got) <= set(want) and len(got) >= len(want) - 1  # a tied head is not in the file
+    for k, v in got.items():
+        assert torch.allclose(v, want[k], atol=1e-6), k
+    fresh = lora.adapter_payload(lora.apply(AutoModelForCausalLM.from_pretrained(tiny_model),
+                                            LORA, "CAUSAL_LM"))  # B = 0: the base itself
+    base = dict(merged_pairs(tiny_model, fresh))
+    stored = load_file(f"{tiny_model}/model.safetensors")
+    assert all(torch.equal(base[k], v) for k, v in stored.items())
+
+
+def test_target_modules_checked_against_the_model(tiny_model):
+    lora.check_targets(tiny_model, ["q_proj", "v_proj", "gate_proj"], "sft.lora.target_modules")
+    with pytest.raises(InputError, match=r"sft.lora.target_modules: \['qkv_proj'\] not in"):
+        lora.check_targets(tiny_model, ["q_proj", "qkv_proj"], "sft.lora.target_modules")
