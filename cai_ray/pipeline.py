@@ -55,6 +55,7 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
     run.check_usable()
     plan = graph.resolve(job, run.manifest().get("stages", {}))
     graph.check(job, plan, job.run_dir)
+    check_adapter_exports(job, plan)
     start = models.resolve(job.start_policy) if job.start_policy not in (None, "base") else base
     return Context(job, run, constitution, red, helpful, base, quiet=quiet, plan=plan,
                    start_policy=start)
@@ -72,6 +73,20 @@ def check_lora(job: JobConfig, stage: str, base: str) -> None:
         model = getattr(sec, "base_model", None)
         check_targets(models.resolve(model) if model else base, sec.lora.target_modules,
                       f"{stage}.lora.target_modules")
+
+
+def check_adapter_exports(job: JobConfig, plan) -> None:
+    """A model saved as the adapter alone (lora.save: adapter) is for the user, not for the stages
+    after it: they load ordinary model folders."""
+    from cai_ray.config import TrainCfg
+
+    for stage in job.stages:
+        for art, src in plan.inputs.get(stage, {}).items():
+            sec = getattr(job, src, None)
+            if isinstance(sec, TrainCfg) and sec.lora and sec.lora.save == "adapter":
+                raise InputError(f"{src}.lora.save: adapter, but {stage} reads {src}'s model "
+                                 f"({art}); keep save: merged (the default) when later stages "
+                                 f"use it, or run {src} on its own")
 
 
 def platform_record(job: JobConfig) -> dict:

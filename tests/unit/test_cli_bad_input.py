@@ -88,6 +88,8 @@ CASES = {
     "lora target the model lacks": (["--set", "sft.lora={{target_modules: [qkv_proj]}}"],
                                     "sft.lora.target_modules: ['qkv_proj']"),
     "lora rank zero": (["--set", "dpo.lora.rank=0"], "dpo.lora.rank"),
+    "adapter-only export read by a later stage": (["--set", "sft.lora={{save: adapter}}"],
+                                                  "sft.lora.save: adapter, but preferences"),
     "old ppo section, bad value": (["--set", "ppo.kl_coef=-1"], "rl.kl_coef"),
     "run directory is a file": (["--run-dir", "{afile}"], "afile.txt: a file, not a folder"),
     "run directory under a file": (["--run-dir", "{afile}/run"], "afile.txt is a file"),
