@@ -44,7 +44,7 @@ class Context:
 
     # -- models written by earlier stages ------------------------------------------------------
     def stage_model(self, stage: str) -> str | None:
-        folder = self.run.path / stage / "model"
+        folder = (self.run.path / stage / "model").resolve()  # actors run in other folders
         return str(folder) if (folder / "config.json").exists() else None
 
     def input_model(self, artifact: str) -> str | None:

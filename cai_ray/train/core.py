@@ -271,6 +271,8 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
 
     out_dir = Path(out_dir).resolve()
     export = out_dir / "model"
+    if Path(model_path).exists():  # Ray Train workers run in their own folders
+        model_path = str(Path(model_path).resolve())
     from cai_ray.platform import num_cores
 
     threads = None if cfg["use_gpu"] else max(1, num_cores() // cfg["num_workers"])

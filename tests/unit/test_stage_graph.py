@@ -66,3 +66,18 @@ def test_start_policy_is_used_only_when_nothing_makes_a_policy():
     assert p.inputs["preferences"] == {"policy": "sft"}
     _, p = plan("preferences", "start_policy=base")
     assert p.inputs["preferences"] == {"policy": graph.START}
+
+
+def test_a_stage_model_is_an_absolute_path_with_a_relative_run_dir(tmp_path, monkeypatch):
+    """Ray Train workers and actors run in folders of their own: a model an earlier stage wrote
+    under a relative --run-dir must reach them as an absolute path (the dpo job once failed so)."""
+    from types import SimpleNamespace
+
+    from cai_ray.rundir import RunDir
+    from cai_ray.stages.context import Context
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "x" / "sft" / "model").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "sft" / "model" / "config.json").write_text("{}")
+    got = Context.stage_model(SimpleNamespace(run=RunDir("runs/x")), "sft")
+    assert got == str(tmp_path / "runs" / "x" / "sft" / "model")
