@@ -174,13 +174,18 @@ def train_loop(config: dict) -> None:
     while step < total:
         t_step = time.time()
         epoch, within = divmod(step, steps_per_epoch)
-        micro = batches(train_items, global_batch, config["seed"], epoch, lengths=lengths)
-        start = within * cfg["grad_accum"]
+        # one optimizer step's rows (length-grouped at the step: the same rows whatever the
+        # split into micro-batches), cut into grad_accum micro-batches of similar lengths
+        rows = batches(train_items, global_batch * cfg["grad_accum"], config["seed"], epoch,
+                       lengths=lengths)[within]
+        if lengths is not None:
+            rows = sorted(rows, key=size_of, reverse=True)
+        micro = [rows[k:k + global_batch] for k in range(0, len(rows), global_batch)]
         losses, extra, padded, positions = [], {}, 0, 0
         lr = cfg["lr"] * lr_at(step)
         for group in optimizer.param_groups:  # the schedule, set before this optimizer step
             group["lr"] = lr
-        for mb in micro[start:start + cfg["grad_accum"]]:
+        for mb in micro:
             batch = task.collate(mb[rank::world], pad_id)
             p, n = pad_share(batch)
             padded, positions = padded + p, positions + n
