@@ -41,7 +41,8 @@ def kill_driver_when(run_args: list[str], ready, log_path, timeout: float = 900)
 def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
     """The tiny job through all six stages, with its driver killed mid-SFT (after sl_cai finished)
     and the run finished by `--resume`: sl_cai's output is kept byte for byte, nothing is lost or
-    duplicated, every stage completes once."""
+    duplicated, every stage completes once. Then DPO on the same run directory, killed mid-DPO and
+    resumed."""
     run = tmp_path / "run"
     kill_driver_when(["run", "tiny", "--run-dir", str(run), "--quiet"],
                      lambda: (run / "sft" / "workers.jsonl").exists(), tmp_path / "killed.log")
@@ -77,34 +78,32 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
     assert 0 <= ev["harmless_win_rate_vs_sft"] <= 1 and ev["harmless_vs_base"]["n"] > 0
     assert (run / "eval" / "win_rates.png").exists()
 
+    before_sft_seconds = manifest["stages"]["sft"]["seconds"]
     # --resume: every stage is complete under the same config, so nothing runs again
     again = cai("run", "tiny", "--run-dir", str(run), "--quiet", "--resume")
     assert again.returncode == 0 and again.stdout.count("skipped (complete)") == len(STAGES)
 
-
-def test_dpo_on_sl_cai_pairs_killed_mid_dpo_then_resumed(tmp_path):
-    """`--stages sl_cai,sft,dpo` with the SL-CAI pairs (the HF recipe's data): the driver is killed
-    once DPO has stored its reference log-probs; `--resume` skips sl_cai and sft, reuses the
-    stored reference (byte for byte: a restart never recomputes it from moved weights), and DPO
-    completes on SFT's model."""
-    run = tmp_path / "run"
-    args = ["run", "tiny", "--run-dir", str(run), "--quiet", "--stages", "sl_cai,sft,dpo",
-            "--set", "dpo.data=sl_cai_pairs", "--set", "dpo.num_workers=2",
-            "--set", "dpo.micro_batch_size=2", "--set", "dpo.max_steps=6",
-            "--set", "dpo.checkpoint_every=2", "--set", "dpo.lr=1e-4"]
+    # then `--stages dpo` on the SL-CAI pairs (the HF recipe's data) in the same run directory:
+    # its inputs come from complete stages (sft's policy, sl_cai's pairs), which do not run again.
+    # Killed once DPO has stored its reference log-probs; --resume reuses them byte for byte (a
+    # restart never recomputes them from moved weights) and DPO completes on SFT's model.
+    dpo = ["run", "tiny", "--run-dir", str(run), "--quiet", "--stages", "dpo",
+           "--set", "dpo.data=sl_cai_pairs", "--set", "dpo.num_workers=2",
+           "--set", "dpo.micro_batch_size=2", "--set", "dpo.lr=1e-4"]
 
     def refs():
         return list((run / "dpo" / "data").glob("ref_logps-*.jsonl"))
 
-    kill_driver_when(args, lambda: bool(refs()), tmp_path / "killed.log")
+    kill_driver_when(dpo, lambda: bool(refs()), tmp_path / "killed-dpo.log")
     stored = refs()[0].read_bytes()
-    res = cai(*args, "--resume")
+    res = cai(*dpo, "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count("skipped (complete)") == 2  # sl_cai and sft
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["dpo"]["status"] == "complete"
+    assert manifest["stages"]["sft"]["seconds"] == before_sft_seconds  # not run again
     assert [p.read_bytes() for p in refs()] == [stored]
     out = json.loads((run / "dpo" / "result.json").read_text())
     assert out["start_model"] == str(run / "sft" / "model") and out["steps"] >= 1
     assert out["pairs_train"] > 0 and 0 <= out["eval/rewards/accuracy"] <= 1
     assert (run / "dpo" / "model" / "model.safetensors").exists()
+
