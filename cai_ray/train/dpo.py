@@ -84,10 +84,9 @@ class DpoTask:
         self.label_smoothing, self.soft_labels = label_smoothing, soft_labels
 
     def build_model(self, model_path: str):
-        from transformers import AutoModelForCausalLM
+        from cai_ray.train.sft import load_policy
 
-        return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                    use_safetensors=True)
+        return load_policy(model_path)
 
     def encode(self, rows: list[dict], tokenizer) -> list[dict]:
         out = []

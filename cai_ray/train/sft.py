@@ -31,6 +31,14 @@ def assistant_labels(messages: list[dict], tokenizer, max_len: int) -> tuple[lis
     return ids[:max_len], labels[:max_len]
 
 
+def load_policy(model_path: str):
+    """A causal LM in fp32 master weights, safetensors only (SFT and DPO start from one)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
+                                                use_safetensors=True)
+
+
 class SftTask:
     name = "sft"
     lora_task_type = "CAUSAL_LM"
@@ -39,10 +47,7 @@ class SftTask:
         self.max_len = max_len
 
     def build_model(self, model_path: str):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                    use_safetensors=True)
+        return load_policy(model_path)
 
     def encode(self, rows: list[dict], tokenizer) -> list[dict]:
         out = []
