@@ -19,7 +19,7 @@ from cai_ray.algos.dpo import preference_loss
 from cai_ray.algos.losses import IGNORE, label_positions
 from cai_ray.train.logprobs import head_logprobs
 from cai_ray.train.lora import unwrap
-from cai_ray.train.reward import conversation
+from cai_ray.train.reward import conversation, pad_right
 
 
 
@@ -54,6 +54,7 @@ def encode_answer(row: dict, answer: str, tokenizer, max_len: int) -> tuple[list
 
 
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    """Right-padded (B, T) of label rows (token rows and their mask: reward.pad_right)."""
     width = max(len(s) for s in seqs)
     out = torch.full((len(seqs), width), value, dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -103,9 +104,9 @@ class DpoTask:
     def collate(self, items: list[dict], pad_id: int) -> dict:
         seqs = [x["chosen"] for x in items] + [x["rejected"] for x in items]  # (2B,)
         labels = [x["chosen_labels"] for x in items] + [x["rejected_labels"] for x in items]
-        mask = pad([[1] * len(s) for s in seqs], 0)
+        ids, mask = pad_right(seqs, pad_id)
         ref = [x["ref"] or [0.0, 0.0] for x in items]
-        return {"input_ids": pad(seqs, pad_id), "attention_mask": mask,
+        return {"input_ids": ids, "attention_mask": mask,
                 "labels": pad(labels, IGNORE), "p": torch.tensor([x["p"] for x in items]),
                 "ref": torch.tensor(ref, dtype=torch.float32)}  # (B, 2): chosen, rejected
 
