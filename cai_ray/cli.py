@@ -114,6 +114,12 @@ def _jobs(args) -> int:
     return jobs_command(args.action, args.address, args.id, args.token, args.token_file)
 
 
+def _serve(args) -> int:
+    from cai_ray.serve.command import main
+
+    return main(args)
+
+
 def _auth_args(p) -> None:
     p.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard / Jobs API")
     p.add_argument("--token", help="Ray auth token (else RAY_AUTH_TOKEN or ~/.ray/auth_token)")
@@ -153,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=_models)
 
     b = sub.add_parser("bench", help="benchmarks (JSON + table)")
-    b.add_argument("what", choices=["generation", "sl_cai", "train", "judge", "rl", "ppo"],
+    b.add_argument("what", choices=["generation", "sl_cai", "train", "judge", "rl", "ppo",
+                                      "serve"],
                    help="ppo: the old name of rl")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=_bench)
@@ -172,6 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("id", nargs="?")
     _auth_args(j)
     j.set_defaults(fn=_jobs)
+
+    v = sub.add_parser("serve", help="serve a run's policy (OpenAI API), reward model and judge "
+                       "on Ray Serve")
+    v.add_argument("target", nargs="?", help="run directory, model folder or registry name")
+    v.add_argument("--stage", help="which policy of the run: sft, dpo, rl or base (default: the "
+                   "newest complete one)")
+    v.add_argument("--name", help="the model id clients use (default: JOB-STAGE)")
+    v.add_argument("--host", help="listen address (serve.host, default 127.0.0.1)")
+    v.add_argument("--port", type=int, help="listen port (serve.port, default 8000)")
+    v.add_argument("--replicas", type=int, help="policy replicas (serve.min_replicas)")
+    v.add_argument("--max-replicas", type=int, help="autoscaling bound (serve.max_replicas)")
+    v.add_argument("--gpus-per-replica", type=float, help="serve.num_gpus_per_replica")
+    v.add_argument("--tensor-parallel-size", type=int, help="serve.tensor_parallel_size")
+    v.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask")
+    v.add_argument("--request-timeout", type=float, help="seconds before a request gets 408 "
+                   "(serve.request_timeout_s, default 300)")
+    v.add_argument("--score", action="store_true", help="also serve the reward model at /v1/score")
+    v.add_argument("--judge", action="store_true", help="also serve the judge at /v1/judge")
+    v.add_argument("--api-key-file", help="file holding the API key (else $CAI_RAY_API_KEY)")
+    v.add_argument("--api-key", help="the API key (shows in `ps`: prefer --api-key-file)")
+    v.add_argument("--address", help="deploy to / ask this Ray cluster (default: a local one)")
+    v.add_argument("--detach", action="store_true", help="return once ready (needs --address)")
+    v.add_argument("--status", action="store_true", help="what is being served")
+    v.add_argument("--stop", action="store_true", help="stop what `cai-ray serve` deployed")
+    v.set_defaults(fn=_serve)
 
     e = sub.add_parser("eval", help="measure the judge or a reward model against HH-RLHF labels")
     e.add_argument("target", help="judge | reward")

@@ -22,7 +22,8 @@ from cai_ray.errors import ConfigError
 from cai_ray.stages.registry import ALIASES as STAGE_ALIASES, DEFAULT_STAGES, STAGES  # noqa: F401
 from cai_ray.sections import (CRITIC_FIELDS, DPO_DATA, ConstitutionCfg, DpoCfg,  # noqa: F401
                               EngineCfg, EvalCfg, LoraCfg, ModelCfg, PreferencesCfg, PromptsCfg,
-                              RayCfg, RewardCfg, RlCfg, SftCfg, SlCaiCfg, TrainCfg, _Section)
+                              RayCfg, RewardCfg, RlCfg, ServeCfg, SftCfg, SlCaiCfg, TrainCfg,
+                              _Section)
 
 PACKAGED_JOBS = Path(__file__).parent / "jobs"
 
@@ -48,6 +49,7 @@ class JobConfig(_Section):
     dpo: DpoCfg = DpoCfg()
     rl: RlCfg = RlCfg()
     eval: EvalCfg = EvalCfg()
+    serve: ServeCfg = ServeCfg()
 
     @field_validator("run_dir")
     @classmethod

@@ -269,7 +269,8 @@ class RlCfg(TrainCfg):
     tis_cap: float = Field(2.0, gt=1)
     reward: str = "model"
     """model (the reward stage's), judge (the constitutional judge on each rollout), short,
-    contains:WORD, or module:function (a Python callable: (prompts, completions, **kw) ->
+    contains:WORD, http(s)://HOST:PORT/v1/score (a served reward model, `cai-ray serve --score`),
+    or module:function (a Python callable: (prompts, completions, **kw) ->
     list[float])."""
     reward_model: str | None = None
     """A reward model folder instead of RUN_DIR/reward/model."""
@@ -352,3 +353,41 @@ class EvalCfg(_Section):
     max_prompts: int = Field(32, ge=1)
     max_new_tokens: int = Field(96, ge=1)
     principles_per_pair: int = Field(2, ge=1)
+
+
+class ServeCfg(_Section):
+    """`cai-ray serve`: the OpenAI-compatible endpoint of a run's policy on Ray Serve (flags of the
+    same names override these)."""
+
+    host: str = "127.0.0.1"
+    """Where Serve's HTTP proxy listens. Anything but a loopback address needs an API key."""
+    port: int = Field(8000, ge=1, le=65535)
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(1, ge=1)
+    """Autoscaling bounds of the policy deployment (equal: a fixed number of replicas)."""
+    target_ongoing_requests: int = Field(16, ge=1)
+    """Autoscaling target: requests in flight per replica before Serve adds one."""
+    max_ongoing_requests: int = Field(64, ge=1)
+    num_cpus_per_replica: float = Field(1.0, gt=0)
+    num_gpus_per_replica: float = Field(0.0, ge=0)
+    tensor_parallel_size: int = Field(1, ge=1)
+    kv_cache_gib: float = Field(1.0, gt=0)
+    """vLLM CPU KV cache per replica; on GPU, gpu_memory_utilization applies."""
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    max_num_seqs: int = Field(64, ge=1)
+    max_tokens: int = Field(1024, ge=1)
+    """The largest max_tokens a request may ask for (400 above it)."""
+    request_timeout_s: float = Field(300.0, gt=0)
+    """End to end, at Serve's proxy: a request still unanswered after this gets 408 (a replica
+    that died or hung holds no client longer than this)."""
+    max_request_bytes: int = Field(1_000_000, ge=1024)
+    """Largest request body (413 above it)."""
+    api_key_env: str = "CAI_RAY_API_KEY"
+    """Environment variable holding the API key (or --api-key-file). Required off loopback."""
+    score: bool = False
+    """Also serve the run's reward model at /v1/score."""
+    judge: bool = False
+    """Also serve the constitutional judge at /v1/judge."""
+    scorer_cpus: float = Field(1.0, gt=0)
+    scorer_gpus: float = Field(0.0, ge=0)
+    """Resources of the /v1/score and /v1/judge deployments, one replica each."""

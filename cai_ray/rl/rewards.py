@@ -10,6 +10,8 @@ rl.reward picks one:
                    prompt); or pointwise, P("yes") to "does this answer follow the principle?"
     short          1 - answer tokens / max tokens (tests, ablations)
     contains:WORD  1 if the answer contains WORD, else 0 (tests)
+    http(s)://HOST:PORT/v1/score   a reward model served by `cai-ray serve --score` (or any
+                   server speaking that route); the key from $CAI_RAY_API_KEY
     module:func    a Python callable func(prompts, completions, **kw) -> list[float] (the TRL
                    reward-function convention); kw: completion_lengths, prompt_ids, max_tokens
 """
@@ -54,7 +56,7 @@ def reward_kind(spec: str) -> tuple[str, str]:
     if sep and head and arg:
         return "callable", spec
     raise InputError(f"rl.reward {spec!r}: not a reward source; use model, judge, short, "
-                     f"contains:WORD or module:function")
+                     f"contains:WORD, http://HOST:PORT/v1/score or module:function")
 
 
 def build_reward(spec: str, **params) -> RewardSource:
@@ -157,6 +159,8 @@ def check_reward(spec: str, max_tokens: int) -> None:
         CallableReward(spec, max_tokens=max_tokens).score(probe)
     elif kind == "contains":
         ContainsWord(arg)
+    elif kind in ("http", "https"):
+        HttpReward(f"{kind}:{arg}").check()
 
 
 @register_reward("judge")
@@ -206,3 +210,55 @@ class JudgeReward:
                 items.append(JudgeItem(key, [{"role": "user", "content": s.prompt}], s.response,
                                        self.refs.get(s.prompt_id, "")))
         return [j.p_first for j in self.judge.label(items)]
+
+
+class HttpReward:
+    """A reward model behind HTTP: POST {"pairs": [{prompt, response}]} to .../v1/score, read
+    "scores". Batches of at most 64; a server error or timeout fails the iteration (the stage's
+    retry and resume apply) rather than training on made-up rewards."""
+
+    BATCH = 64
+
+    def __init__(self, url: str, *, timeout_s: float = 120.0, api_key_env: str = "CAI_RAY_API_KEY",
+                 **_):
+        import os
+        from urllib.parse import urlparse
+
+        u = urlparse(url)
+        if not u.hostname or not u.path.rstrip("/").endswith("/v1/score"):
+            raise InputError(f"rl.reward {url!r}: give the served reward model's URL, "
+                             f"http(s)://HOST:PORT/v1/score (`cai-ray serve RUN --score`)")
+        self.url, self.timeout = url, timeout_s
+        key = os.environ.get(api_key_env)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _post(self, pairs: list[dict]) -> list[float]:
+        import httpx
+
+        r = httpx.post(self.url, json={"pairs": pairs}, headers=self.headers,
+                       timeout=self.timeout)
+        if r.status_code != 200:
+            raise RuntimeError(f"rl.reward {self.url}: HTTP {r.status_code}: {r.text[:300]}")
+        return check_scores(self.url, r.json().get("scores"), len(pairs))
+
+    def check(self) -> None:
+        """Load time: the server answers a probe pair with a number."""
+        import httpx
+
+        try:
+            self._post([{"prompt": "Hello?", "response": "Hi there."}])
+        except (httpx.HTTPError, RuntimeError, ValueError) as exc:
+            raise InputError(f"rl.reward {self.url}: the reward server did not answer a probe "
+                             f"({str(exc).splitlines()[0][:200]}); is `cai-ray serve --score` "
+                             f"running there?") from None
+
+    def score(self, batch: list[Scored]) -> list[float]:
+        pairs = [{"prompt": s.prompt, "response": s.response} for s in batch]
+        out: list[float] = []
+        for k in range(0, len(pairs), self.BATCH):
+            out += self._post(pairs[k:k + self.BATCH])
+        return out
+
+
+REWARDS["http"] = lambda arg, **kw: HttpReward(f"http:{arg}", **kw)
+REWARDS["https"] = lambda arg, **kw: HttpReward(f"https:{arg}", **kw)

@@ -1,0 +1,337 @@
+"""`cai-ray serve`: deploy, report, stop.
+
+    cai-ray serve runs/default                  # the run's newest policy, foreground, Ctrl-C stops
+    cai-ray serve runs/default --stage sft --score --judge --port 8001
+    cai-ray serve smollm2-135m-instruct         # any registry name or model folder
+    cai-ray serve --status | --stop             # from another shell (or --address for a cluster)
+
+Everything the command line can check (target, stage, port, key, resources) is checked before Ray
+starts; a bad value is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from cai_ray.errors import InputError
+
+APPS = {"policy": ("cai-policy", "/"), "score": ("cai-score", "/v1/score"),
+        "judge": ("cai-judge", "/v1/judge")}
+KV_KEY = b"cai-ray/serve"
+
+
+@dataclass
+class Plan:
+    target: object
+    cfg: object
+    key: str | None
+    on_gpu: bool
+    dtype: str
+    max_model_len: int
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_cfg(target, args):
+    """The job's `serve:` section (the run's, else defaults), with the flags over it."""
+    from pydantic import ValidationError
+
+    from cai_ray.config import ServeCfg
+
+    base = target.job.serve.model_dump() if target.job is not None else {}
+    flags = {"host": args.host, "port": args.port, "min_replicas": args.replicas,
+             "max_replicas": args.max_replicas or args.replicas,
+             "num_gpus_per_replica": args.gpus_per_replica,
+             "tensor_parallel_size": args.tensor_parallel_size, "max_tokens": args.max_tokens,
+             "request_timeout_s": args.request_timeout,
+             "score": args.score or None, "judge": args.judge or None}
+    data = {**base, **{k: v for k, v in flags.items() if v is not None}}
+    if args.replicas and not args.max_replicas:
+        data["max_replicas"] = max(data.get("max_replicas", 1), args.replicas)
+    try:
+        cfg = ServeCfg.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"serve.{field}: {first['msg']}") from None
+    if cfg.max_replicas < cfg.min_replicas:
+        raise InputError(f"serve: max_replicas {cfg.max_replicas} is below min_replicas "
+                         f"{cfg.min_replicas}")
+    return cfg
+
+
+def api_key(args, cfg) -> str | None:
+    if args.api_key_file:
+        try:
+            key = open(args.api_key_file, encoding="utf-8").read().strip()
+        except OSError as exc:
+            raise InputError(f"--api-key-file {args.api_key_file}: cannot read it "
+                             f"({exc.strerror})") from None
+        if not key:
+            raise InputError(f"--api-key-file {args.api_key_file}: the file is empty")
+        return key
+    if args.api_key:
+        print("cai-ray serve: --api-key shows in `ps`; prefer --api-key-file or "
+              f"${cfg.api_key_env}", file=sys.stderr)
+        return args.api_key
+    return os.environ.get(cfg.api_key_env) or None
+
+
+def check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise InputError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}); "
+                             f"choose another port, or stop what serves there "
+                             f"(`cai-ray serve --stop`)") from None
+
+
+def plan(args) -> Plan:
+    from cai_ray.platform import engine_dtype, has_cuda
+    from cai_ray.serve.target import resolve_target
+
+    if not args.target:
+        raise InputError("serve: give a run directory, a model folder or a registry name "
+                         "(or --status / --stop)")
+    target = resolve_target(args.target, args.stage, args.name, score=bool(args.score),
+                            judge=bool(args.judge))
+    cfg = serve_cfg(target, args)
+    key = api_key(args, cfg)
+    if not is_loopback(cfg.host) and not key:
+        raise InputError(f"--host {cfg.host}: not a loopback address, so every route needs an API "
+                         f"key; set ${cfg.api_key_env} or give --api-key-file")
+    if args.detach and not args.address:
+        raise InputError("--detach: needs --address (a cluster that outlives this command); "
+                         "without it the server runs in the foreground")
+    if not args.address:
+        check_port(cfg.host, cfg.port)
+    on_gpu = cfg.num_gpus_per_replica > 0 or (not args.address and has_cuda())
+    job = target.job
+    dtype, _ = engine_dtype(job.model.dtype if job else "auto")
+    max_len = job.model.max_model_len if job else 2048
+    return Plan(target, cfg, key, on_gpu, dtype, max_len)
+
+
+def needed_cpus(cfg) -> float:
+    return (cfg.max_replicas * cfg.tensor_parallel_size * cfg.num_cpus_per_replica
+            + cfg.scorer_cpus * (cfg.score + cfg.judge))
+
+
+def connect(address: str | None, cfg=None) -> None:
+    """Join the cluster at `address`, or start a local one on 127.0.0.1 big enough (logically)
+    for the deployments."""
+    from cai_ray.cluster import init_ray
+    from cai_ray.platform import num_cores
+
+    if address:
+        init_ray(address=address)
+        return
+    init_ray(num_cpus=max(num_cores(), int(needed_cpus(cfg) + 0.999)) if cfg else None)
+
+
+def check_resources(cfg, on_gpu: bool) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    need_cpu = cfg.min_replicas * cfg.tensor_parallel_size * cfg.num_cpus_per_replica
+    need_gpu = (cfg.min_replicas * cfg.tensor_parallel_size * max(cfg.num_gpus_per_replica, 1)
+                if on_gpu else 0)
+    if have.get("CPU", 0) < need_cpu or have.get("GPU", 0) < need_gpu:
+        raise InputError(f"serve: {cfg.min_replicas} replica(s) need {need_cpu:g} CPUs and "
+                         f"{need_gpu:g} GPUs; the cluster has {have.get('CPU', 0):g} and "
+                         f"{have.get('GPU', 0):g} (lower --replicas or serve.* resources)")
+
+
+def deploy(p: Plan) -> dict:
+    """Start Serve's proxy where the config says and run the applications; returns what was
+    deployed (also kept in the cluster's KV store for --status)."""
+    import ray
+    from ray import serve
+
+    from cai_ray.serve import guard
+    from cai_ray.serve.llm import build_policy_app
+
+    cfg, t = p.cfg, p.target
+    limits = guard.Limits(guard.key_digest(p.key) if p.key else None, cfg.max_request_bytes,
+                          cfg.max_tokens)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port,
+                              "request_timeout_s": cfg.request_timeout_s})
+    apps = {"policy": build_policy_app(t, cfg, limits, on_gpu=p.on_gpu,
+                                       max_model_len=p.max_model_len, dtype=p.dtype)}
+    if cfg.score and t.reward_model:
+        from cai_ray.serve.scoring import build_score_app
+
+        apps["score"] = build_score_app(t.reward_model, f"{t.model_id}-reward", limits,
+                                        cfg.scorer_cpus, cfg.scorer_gpus)
+    if cfg.judge and t.judge:
+        from cai_ray.serve.scoring import build_judge_app
+
+        engine_kwargs = {"max_model_len": p.max_model_len, "dtype": p.dtype,
+                         "kv_cache_gib": cfg.kv_cache_gib, "seed": t.judge.settings["seed"]}
+        apps["judge"] = build_judge_app(t.judge, f"{t.model_id}-judge", limits, cfg.scorer_cpus,
+                                        cfg.scorer_gpus if p.on_gpu else 0, engine_kwargs)
+    t0 = time.time()
+    from ray.serve.api import RunTarget
+
+    # all at once (serve.run waits for each in turn), then wait for every one to be RUNNING
+    quiet = {"log_level": "INFO" if os.environ.get("CAI_RAY_VERBOSE") else "WARNING"}
+    serve.run_many([RunTarget(app, name=APPS[k][0], route_prefix=APPS[k][1],
+                              logging_config=quiet)
+                    for k, app in apps.items()], wait_for_applications_running=False)
+    _wait_running([APPS[k][0] for k in apps])
+    info = {"url": f"http://{_url_host(cfg.host)}:{cfg.port}/v1", "model": t.model_id,
+            "source": t.source, "stage": t.stage, "path": t.model,
+            "routes": ["/v1/models", "/v1/chat/completions", "/v1/completions"]
+            + [APPS[k][1] for k in apps if k != "policy"],
+            "api_key": bool(p.key), "replicas": [cfg.min_replicas, cfg.max_replicas],
+            "ready_s": round(time.time() - t0, 1), "apps": [APPS[k][0] for k in apps],
+            "ray_address": ray.get_runtime_context().gcs_address}
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(KV_KEY, json.dumps(info).encode(), overwrite=True)
+    return info
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _wait_running(names: list[str], timeout_s: float = 900) -> None:
+    """serve.run(blocking=False) returns once deployed; readiness is every app RUNNING (the model
+    loaded and its health check passed)."""
+    from ray import serve
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        apps = serve.status().applications
+        states = {n: apps[n].status if n in apps else "MISSING" for n in names}
+        bad = {n: s for n, s in states.items() if s in ("DEPLOY_FAILED", "UNHEALTHY")}
+        if bad:
+            msg = "; ".join(f"{n}: {apps[n].message[:400]}" for n in bad if n in apps)
+            raise RuntimeError(f"serve: deployment failed: {msg}")
+        if all(s == "RUNNING" for s in states.values()):
+            return
+        time.sleep(1.0)
+    raise TimeoutError(f"serve: not ready after {timeout_s:.0f} s: {states}")
+
+
+def foreground(info: dict) -> int:
+    """Serve until Ctrl-C, SIGTERM, or `cai-ray serve --stop` deletes the applications."""
+    from ray import serve
+
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(1))
+    while not stop:
+        time.sleep(1.0)
+        try:
+            apps = serve.status().applications
+        except Exception:  # the cluster went away
+            break
+        if not any(n in apps for n in info["apps"]):
+            print("cai-ray serve: stopped (--stop)", file=sys.stderr)
+            return 0
+    print("cai-ray serve: shutting down", file=sys.stderr)
+    serve.shutdown()
+    return 0
+
+
+def status(address: str | None) -> int:
+    from ray import serve
+    from ray.experimental import internal_kv
+
+    _attach(address)
+    raw = internal_kv._internal_kv_get(KV_KEY)
+    info = json.loads(raw) if raw else {}
+    apps = serve.status().applications
+    out = {"serving": info, "applications": {}}
+    for kind, (name, prefix) in APPS.items():
+        if name not in apps:
+            continue
+        a = apps[name]
+        out["applications"][name] = {
+            "status": _name(a.status), "route_prefix": prefix,
+            "deployments": {d: {"status": _name(s.status),
+                                "replicas": {str(k): v for k, v in s.replica_states.items()}}
+                            for d, s in a.deployments.items()}}
+    if not out["applications"]:
+        print("cai-ray serve: nothing is being served", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def stop(address: str | None) -> int:
+    from ray import serve
+    from ray.experimental import internal_kv
+
+    _attach(address)
+    apps = serve.status().applications
+    ours = [name for name, _ in APPS.values() if name in apps]
+    for name in ours:
+        serve.delete(name)
+    internal_kv._internal_kv_del(KV_KEY)
+    print(f"cai-ray serve: stopped {', '.join(ours) or 'nothing (none running)'}")
+    return 0
+
+
+def _attach(address: str | None) -> None:
+    """--status / --stop: the cluster at --address, else the local one `cai-ray serve` started."""
+    import ray
+
+    from cai_ray.cluster import default_env
+
+    default_env()
+    kw = {}
+    if not address or "127.0.0.1" in address or "localhost" in address:
+        from cai_ray.cluster import loopback_only
+
+        loopback_only()  # the local cluster's node is 127.0.0.1; so is this driver
+        kw["_node_ip_address"] = "127.0.0.1"
+    try:
+        ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False, **kw)
+    except (ConnectionError, RuntimeError) as exc:
+        raise InputError(f"serve: no Ray cluster to ask at {address or 'this machine'} "
+                         f"({str(exc).splitlines()[0][:120]}); is `cai-ray serve` running?"
+                         ) from None
+
+
+def main(args) -> int:
+    if args.status:
+        return status(args.address)
+    if args.stop:
+        return stop(args.address)
+    p = plan(args)
+    connect(args.address, p.cfg)
+    check_resources(p.cfg, p.on_gpu)
+    print(f"cai-ray serve: deploying {p.target.model_id} ({p.target.source}) ...", file=sys.stderr)
+    info = deploy(p)
+    key_note = "API key required" if p.key else "no API key (loopback only)"
+    print(f"cai-ray serve: {info['model']} ({info['source']}, {p.target.model}) ready in "
+          f"{info['ready_s']} s at {info['url']}; routes {', '.join(info['routes'])}; "
+          f"{key_note}", file=sys.stderr)
+    print(json.dumps(info), flush=True)
+    if args.detach:
+        return 0
+    return foreground(info)
+
+
+def _name(status) -> str:
+    return str(getattr(status, "value", status))

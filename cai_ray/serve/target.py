@@ -1,0 +1,166 @@
+"""What `cai-ray serve` serves: a run directory's policy (its newest policy stage, or the one named)
+and, on request, the run's reward model and judge; or any registry name or model folder. Resolved
+and checked before Ray starts: a bad target is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cai_ray.errors import InputError
+
+
+@dataclass
+class JudgeSpec:
+    model: str
+    constitution: str
+    """A constitution spec load_constitution accepts (the run's constitution.path)."""
+    settings: dict = field(default_factory=dict)
+    """Judge(...) keyword arguments: the run's preferences settings (seed, principles, orders)."""
+
+
+@dataclass
+class ServeTarget:
+    model: str
+    """The policy's folder."""
+    model_id: str
+    """The name clients put in `model`."""
+    source: str
+    """Where it came from, for logs and /v1/models: 'runs/x: stage dpo', 'registry: NAME'."""
+    job: object | None = None
+    """The run's JobConfig (None for a bare model)."""
+    stage: str | None = None
+    reward_model: str | None = None
+    judge: JudgeSpec | None = None
+
+
+def policy_stages() -> list[str]:
+    from cai_ray.stages.graph import producers_of
+
+    return producers_of("policy")
+
+
+def _model_folder(folder: Path, what: str) -> str:
+    if (folder / "config.json").exists():
+        return str(folder.resolve())
+    if (folder / "adapter_config.json").exists():
+        raise InputError(f"{what}: {folder} holds a LoRA adapter only (lora.save: adapter); "
+                         f"rerun that stage with lora.save: merged to serve it")
+    raise InputError(f"{what}: no model in {folder} (the stage is not complete)")
+
+
+def _complete(manifest: dict, stage: str) -> bool:
+    return manifest.get("stages", {}).get(stage, {}).get("status") == "complete"
+
+
+def from_run_dir(run_dir: Path, stage: str | None, name: str | None,
+                 want_score: bool, want_judge: bool) -> ServeTarget:
+    from cai_ray.config import JobConfig
+
+    try:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        job = JobConfig.model_validate({**manifest["config"], "run_dir": str(run_dir)})
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{run_dir}/manifest.json: unreadable ({type(exc).__name__}); "
+                         f"is this a cai-ray run directory?") from None
+    policies = policy_stages()
+    done = [s for s in policies if _complete(manifest, s)]
+    if stage is None:
+        if not done:
+            raise InputError(f"{run_dir}: no complete policy stage ({', '.join(policies)}); "
+                             f"run one, or serve a model with `cai-ray serve MODEL`")
+        stage = done[-1]
+    elif stage == "base":
+        return from_model(job.model.name, name or f"{job.name}-base", want_score, want_judge,
+                          job=job, run_dir=run_dir)
+    elif stage not in policies:
+        raise InputError(f"--stage {stage}: not a policy stage; choose from "
+                         f"{', '.join(policies)} or base")
+    elif stage not in done:
+        raise InputError(f"--stage {stage}: not complete in {run_dir} (complete: "
+                         f"{', '.join(done) or 'none'})")
+    model = _model_folder(run_dir / stage / "model", f"{run_dir} stage {stage}")
+    target = ServeTarget(model, name or f"{job.name}-{stage}", f"{run_dir}: stage {stage}", job,
+                         stage)
+    _attach_scorers(target, run_dir, manifest, want_score, want_judge)
+    return target
+
+
+def from_model(spec: str, name: str | None, want_score: bool, want_judge: bool, *,
+               job=None, run_dir: Path | None = None) -> ServeTarget:
+    from cai_ray import models
+
+    path = models.resolve(spec)
+    if not Path(path).is_dir():
+        raise InputError(f"{spec}: not a run directory, a model folder or a registry name "
+                         f"(`cai-ray models list`); serving needs the model on this machine")
+    target = ServeTarget(path, name or Path(spec).name, f"model: {spec}", job,
+                         "base" if job else None)
+    if want_score:
+        raise InputError("--score: serves a run's reward model; give a run directory whose "
+                         "reward stage is complete")
+    if want_judge:
+        from cai_ray.config import JobConfig
+
+        job = job or JobConfig()
+        target.judge = _judge_spec(job, path)
+    return target
+
+
+def _attach_scorers(target: ServeTarget, run_dir: Path, manifest: dict, want_score: bool,
+                    want_judge: bool) -> None:
+    job = target.job
+    if want_score:
+        rm = job.rl.reward_model
+        if rm:
+            from cai_ray import models
+
+            target.reward_model = models.resolve(rm)
+        elif _complete(manifest, "reward"):
+            target.reward_model = _model_folder(run_dir / "reward" / "model",
+                                                f"{run_dir} stage reward")
+        else:
+            raise InputError(f"--score: {run_dir} has no complete reward stage (and no "
+                             f"rl.reward_model); run `--stages reward` first")
+    if want_judge:
+        target.judge = _judge_spec(job, _judge_model(job, run_dir, manifest))
+
+
+def _judge_model(job, run_dir: Path, manifest: dict) -> str:
+    """The model the preferences stage judged with: preferences.judge_model, else the policy it
+    read (the newest policy stage before it), else the base model."""
+    from cai_ray import models
+
+    if job.preferences.judge_model:
+        return models.resolve(job.preferences.judge_model)
+    from cai_ray.stages.registry import STAGES
+
+    order = list(STAGES)
+    before = [s for s in policy_stages() if order.index(s) < order.index("preferences")
+              and _complete(manifest, s)]
+    if before:
+        return _model_folder(run_dir / before[-1] / "model", f"{run_dir} stage {before[-1]}")
+    return models.resolve(job.model.name)
+
+
+def _judge_spec(job, model: str) -> JudgeSpec:
+    from cai_ray.constitution import load_constitution
+
+    load_constitution(job.constitution.path).require("judge", job.constitution.path)
+    p = job.preferences
+    return JudgeSpec(model, job.constitution.path, {
+        "seed": job.seed, "principles_per_pair": p.principles_per_pair,
+        "num_fewshot": p.num_fewshot, "both_orders": p.both_orders,
+        "chain_of_thought": p.chain_of_thought, "cot_max_new_tokens": p.cot_max_new_tokens})
+
+
+def resolve_target(spec: str, stage: str | None = None, name: str | None = None, *,
+                   score: bool = False, judge: bool = False) -> ServeTarget:
+    path = Path(spec).expanduser()
+    if (path / "manifest.json").exists():
+        return from_run_dir(path, stage, name, score, judge)
+    if stage:
+        raise InputError(f"--stage {stage}: {spec} is not a run directory (no manifest.json)")
+    return from_model(spec, name, score, judge)
