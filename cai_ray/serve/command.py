@@ -254,10 +254,10 @@ def foreground(info: dict) -> int:
 
 
 def status(address: str | None) -> int:
+    _attach(address)  # first: it sets how Ray authenticates before Ray is imported
     from ray import serve
     from ray.experimental import internal_kv
 
-    _attach(address)
     raw = internal_kv._internal_kv_get(KV_KEY)
     info = json.loads(raw) if raw else {}
     apps = serve.status().applications
@@ -279,10 +279,10 @@ def status(address: str | None) -> int:
 
 
 def stop(address: str | None) -> int:
+    _attach(address)  # first: it sets how Ray authenticates before Ray is imported
     from ray import serve
     from ray.experimental import internal_kv
 
-    _attach(address)
     apps = serve.status().applications
     ours = [name for name, _ in APPS.values() if name in apps]
     for name in ours:
@@ -292,8 +292,27 @@ def stop(address: str | None) -> int:
     return 0
 
 
+def _reachable(address: str | None) -> None:
+    """A named HOST:PORT that refuses connections fails at once (Ray would retry for a minute)."""
+    if not address or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--address {address}: no Ray cluster answers there "
+                         f"({getattr(exc, 'strerror', None) or exc}); is `cai-ray serve` "
+                         f"running?") from None
+
+
 def _attach(address: str | None) -> None:
     """--status / --stop: the cluster at --address, else the local one `cai-ray serve` started."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
+            os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+        # Ray sends its token to a cluster it finds itself, but to a named address only in token
+        # mode, which it reads when it is imported: so before `import ray`
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    _reachable(address)
     import ray
 
     from cai_ray.cluster import default_env

@@ -86,6 +86,12 @@ def _app() -> FastAPI:
         return JSONResponse(status_code=400, content={"error": {
             "message": msg, "type": "invalid_request_error", "code": 400, "param": where}})
 
+    @app.exception_handler(HTTPException)
+    async def _http(request, exc):
+        return JSONResponse(status_code=exc.status_code, content={"error": {
+            "message": str(exc.detail), "type": "invalid_request_error", "code": exc.status_code,
+            "param": None}})
+
     return app
 
 

@@ -1,0 +1,207 @@
+"""`cai-ray bench serve`: our Ray Serve deployment against vLLM's own OpenAI server, one command.
+
+Both servers run the same model folder, dtype, KV cache size, block size and core binding, on
+127.0.0.1, one at a time (each gets the whole machine). The same prompts (the packaged red-team and
+helpful sets), streamed chat completions with exactly --max-tokens new tokens each (ignore_eos),
+at each concurrency: requests/s, output tokens/s, time to first token and latency p50/p95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cai_ray.bench.common import table, write
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prompts(n: int) -> list[list[dict]]:
+    from cai_ray.prompts.sources import load_prompts
+
+    ps = load_prompts(["builtin:red_team", "builtin:helpful"]).prompts
+    ps = (ps * (n // max(len(ps), 1) + 1))[:n]
+    return [[{"role": "user", "content": p.prompt}] for p in ps]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
+
+
+async def _one(client, url: str, model: str, msgs, max_tokens: int) -> dict:
+    body = {"model": model, "messages": msgs, "max_tokens": max_tokens, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True},
+            "ignore_eos": True, "min_tokens": max_tokens}
+    t0 = time.perf_counter()
+    ttft, tokens = None, 0
+    async with client.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            return {"error": f"HTTP {r.status_code}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and ttft is None and chunk["choices"][0]["delta"].get(
+                    "content"):
+                ttft = time.perf_counter() - t0
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return {"ttft": ttft, "latency": time.perf_counter() - t0, "tokens": tokens}
+
+
+async def _level(base: str, model: str, prompts, concurrency: int, max_tokens: int) -> dict:
+    import httpx
+
+    sem = asyncio.Semaphore(concurrency)
+    url = f"{base}/v1/chat/completions"
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(
+            max_connections=concurrency + 4)) as client:
+        async def run(m):
+            async with sem:
+                return await _one(client, url, model, m, max_tokens)
+
+        t0 = time.perf_counter()
+        res = await asyncio.gather(*(run(m) for m in prompts))
+        wall = time.perf_counter() - t0
+    ok = [r for r in res if "error" not in r]
+    toks = sum(r["tokens"] for r in ok)
+    return {"concurrency": concurrency, "requests": len(res), "errors": len(res) - len(ok),
+            "seconds": wall, "requests_per_s": len(ok) / wall, "output_tokens_per_s": toks / wall,
+            "output_tokens": toks,
+            "ttft_p50_s": _pct([r["ttft"] for r in ok if r["ttft"] is not None], 0.5),
+            "ttft_p95_s": _pct([r["ttft"] for r in ok if r["ttft"] is not None], 0.95),
+            "latency_p50_s": _pct([r["latency"] for r in ok], 0.5),
+            "latency_p95_s": _pct([r["latency"] for r in ok], 0.95)}
+
+
+class Proc:
+    """A server process; ready when GET /v1/models answers."""
+
+    def __init__(self, cmd: list[str], env: dict, base: str, log: Path):
+        self.base, self.log = base, open(log, "w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.t0 = time.time()
+
+    def wait_ready(self, timeout: float = 900) -> float:
+        import httpx
+
+        while time.time() - self.t0 < timeout:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.base}/v1/models", timeout=5).status_code == 200:
+                    return time.time() - self.t0
+            except Exception:
+                pass
+            time.sleep(2)
+        raise SystemExit(f"server not ready in {timeout} s; see {self.log.name}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", "raylet|gcs_server|ray::"], check=False)
+
+
+def _vllm_cmd(path: str, port: int, dtype: str, max_len: int) -> tuple[list[str], dict]:
+    """vLLM's own server with the engine settings `cai-ray serve` gives its replicas."""
+    from cai_ray.engines.vllm_engine import CPU_BLOCK_SIZE
+    from cai_ray.platform import has_cuda
+
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path,
+           "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
+           "--dtype", dtype, "--max-model-len", str(max_len), "--max-num-seqs", "64",
+           "--disable-uvicorn-access-log"]
+    if not has_cuda():
+        cmd += ["--enforce-eager", "--block-size", str(CPU_BLOCK_SIZE)]
+    return cmd, {}
+
+
+def _serve_env(cfg) -> dict:
+    from cai_ray.platform import has_cuda
+    from cai_ray.serve.llm import engine_env
+
+    return engine_env(cfg, has_cuda())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="cai-ray bench serve")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--only", choices=["ours", "vllm"], help="one server (debugging)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    from cai_ray import models
+    from cai_ray.config import ServeCfg
+    from cai_ray.platform import engine_dtype
+
+    path = models.resolve(args.model)
+    dtype, why = engine_dtype("auto")
+    prompts = _prompts(args.prompts)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    cfg = ServeCfg()
+    env = {**os.environ, **_serve_env(cfg), "CAI_RAY_API_KEY": ""}
+    logs = Path(os.environ.get("TMPDIR", "/tmp")) / "cai-ray-bench-serve"
+    logs.mkdir(exist_ok=True)
+    rows, ready = [], {}
+    servers = {
+        "cai-ray serve (Ray Serve LLM)": lambda port: ([
+            sys.executable, "-m", "cai_ray.cli", "serve", path, "--name", "bench",
+            "--port", str(port)], {}),
+        "vllm serve": lambda port: _vllm_cmd(path, port, dtype, 2048),
+    }
+    for name, build in servers.items():
+        if args.only and (args.only == "ours") != name.startswith("cai-ray"):
+            continue
+        port = _port()
+        cmd, extra = build(port)
+        srv = Proc(cmd, {**env, **extra}, f"http://127.0.0.1:{port}",
+                   logs / f"{name.split()[0]}.log")
+        try:
+            ready[name] = srv.wait_ready()
+            asyncio.run(_level(srv.base, "bench", prompts[:8], 8, 8))  # warm-up
+            for c in levels:
+                row = asyncio.run(_level(srv.base, "bench", prompts, c, args.max_tokens))
+                rows.append({"server": name, **row})
+                print(f"{name} c={c}: {row['output_tokens_per_s']:.1f} tok/s, "
+                      f"{row['errors']} errors", file=sys.stderr, flush=True)
+        finally:
+            srv.stop()
+    by = {(r["server"], r["concurrency"]): r for r in rows}
+    names = list(servers)
+    for r in rows:
+        ref = by.get((names[1], r["concurrency"]))
+        r["vs_vllm"] = r["output_tokens_per_s"] / ref["output_tokens_per_s"] if ref else None
+    tbl = table(rows, ["server", "concurrency", "requests_per_s", "output_tokens_per_s",
+                       "vs_vllm", "ttft_p50_s", "ttft_p95_s", "latency_p50_s", "latency_p95_s",
+                       "errors"])
+    write("serve", {"model": args.model, "dtype": dtype, "dtype_reason": why,
+                    "prompts": args.prompts, "max_tokens": args.max_tokens,
+                    "kv_cache_gib": cfg.kv_cache_gib, "ready_s": ready, "rows": rows,
+                    "target": "output tokens/s at concurrency 8 and 32 >= 0.9x vllm serve"},
+          tbl, Path(args.out) if args.out else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

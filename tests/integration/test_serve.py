@@ -1,0 +1,285 @@
+"""`cai-ray serve` for real: a foreground server process (its own local Ray cluster on 127.0.0.1,
+Ray Serve, vLLM) over a run directory of the tiny model, talked to with the official `openai`
+client and httpx. Tests run in file order against one server; the last one stops it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+KEY = "test-key-0123"
+READY_S = 600
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_run_dir(root: Path, tiny_model: str) -> Path:
+    """A run directory as the pipeline leaves it after sft and reward: the tiny model as the SFT
+    policy, and a value model with a seeded fresh head as the reward model."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from cai_ray.config import load_job
+    from cai_ray.train.reward import load_value_model
+
+    run = root / "run"
+    shutil.copytree(tiny_model, run / "sft" / "model")
+    torch.manual_seed(0)
+    rm = load_value_model(tiny_model)
+    torch.nn.init.normal_(rm.score.weight, std=0.5)
+    rm.save_pretrained(run / "reward" / "model", safe_serialization=True)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(run / "reward" / "model")
+    job = load_job("tiny", run_dir=str(run))
+    done = {"status": "complete", "digest": "test"}
+    (run / "manifest.json").write_text(json.dumps({
+        "config": job.model_dump(), "name": job.name, "identity": "test",
+        "stages": {"sft": done, "reward": done}}))
+    return run
+
+
+class Server:
+    def __init__(self, run: Path, port: int, key_file: Path, log: Path):
+        self.port, self.base = port, f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "cai_ray.cli", "serve", str(run), "--port", str(port),
+               "--score", "--judge", "--api-key-file", str(key_file), "--request-timeout", "30"]
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     start_new_session=True)
+        self.info = self._ready()
+
+    def _ready(self) -> dict:
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(self.proc.stdout.readline()),
+                                  daemon=True)
+        reader.start()
+        reader.join(READY_S)
+        if not got or not got[0].strip():
+            self.kill()
+            raise AssertionError(f"server not ready in {READY_S} s; see {self.log.name}")
+        return json.loads(got[0])
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cai_ray.cli", "serve", *args, "--address",
+                               self.info["ray_address"]], capture_output=True, text=True,
+                              timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", f"--port {self.port}"], check=False)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model):
+    root = tmp_path_factory.mktemp("serve")
+    run = make_run_dir(root, tiny_model)
+    key_file = root / "key"
+    key_file.write_text(KEY + "\n")
+    srv = Server(run, free_port(), key_file, root / "server.log")
+    srv.run, srv.tiny = run, tiny_model
+    yield srv
+    if srv.proc.poll() is None:  # the last test stops it; this is for an early failure
+        srv.cli("--stop")
+    try:
+        srv.proc.wait(60)
+    finally:
+        srv.kill()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server.base}/v1", api_key=KEY, timeout=60, max_retries=0)
+
+
+H = {"Authorization": f"Bearer {KEY}"}
+MSGS = [{"role": "user", "content": "How do I make my garden grow faster?"}]
+
+
+def test_serves_the_runs_newest_policy(server, client):
+    assert server.info["stage"] == "sft" and server.info["model"] == "cai-tiny-sft"
+    assert [m.id for m in client.models.list().data] == ["cai-tiny-sft"]
+
+
+def test_openai_client_chat_stream_equals_plain_and_usage_matches_tokenizer(server, client):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(server.tiny)
+    kw = dict(model="cai-tiny-sft", messages=MSGS, max_tokens=12, temperature=0)
+    plain = client.chat.completions.create(**kw)
+    parts, usage = [], None
+    for chunk in client.chat.completions.create(**kw, stream=True,
+                                                stream_options={"include_usage": True}):
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+        usage = chunk.usage or usage
+    assert plain.choices[0].message.content and "".join(parts) == plain.choices[0].message.content
+    prompt_ids = tok.apply_chat_template(MSGS, add_generation_prompt=True, tokenize=True,
+                                         return_dict=False)
+    assert plain.usage.prompt_tokens == len(prompt_ids) == usage.prompt_tokens
+    assert plain.usage.completion_tokens == usage.completion_tokens <= 12
+    comp = client.completions.create(model="cai-tiny-sft", prompt="Once upon", max_tokens=5,
+                                     temperature=0, stop=["\n"])
+    assert comp.usage.prompt_tokens == len(tok.encode("Once upon")) and comp.choices[0].text
+
+
+@pytest.mark.parametrize("case", ["unknown_model", "negative_max_tokens", "max_tokens_over_limit",
+                                  "not_json", "prompt_too_long", "body_too_big", "no_key",
+                                  "wrong_key"])
+def test_bad_requests_get_4xx_with_a_message_and_serving_goes_on(server, case):
+    url = f"{server.base}/v1/chat/completions"
+    body = {"model": "cai-tiny-sft", "messages": MSGS, "max_tokens": 4}
+    headers, content = dict(H), None
+    if case == "unknown_model":
+        body["model"] = "no-such-model"
+    elif case == "negative_max_tokens":
+        body["max_tokens"] = -3
+    elif case == "max_tokens_over_limit":
+        body["max_tokens"] = 100_000
+    elif case == "not_json":
+        content, headers["content-type"] = b"{this is not json", "application/json"
+    elif case == "prompt_too_long":
+        body["messages"] = [{"role": "user", "content": "word " * 3000}]
+    elif case == "body_too_big":
+        content = b"x" * 1_100_000
+    elif case == "no_key":
+        headers = {}
+    elif case == "wrong_key":
+        headers = {"Authorization": "Bearer not-the-key"}
+    r = httpx.post(url, json=None if content else body, content=content, headers=headers,
+                   timeout=60)
+    assert 400 <= r.status_code < 500, (case, r.status_code, r.text[:300])
+    err = r.json().get("error") or r.json().get("detail")
+    assert err and (err.get("message") if isinstance(err, dict) else err)
+    if case in ("no_key", "wrong_key"):
+        assert r.status_code == 401
+        assert httpx.get(f"{server.base}/v1/models", headers=headers).status_code == 401
+    ok = httpx.post(url, json={"model": "cai-tiny-sft", "messages": MSGS, "max_tokens": 2},
+                    headers=H, timeout=60)
+    assert ok.status_code == 200
+
+
+def test_score_route_and_http_reward_equal_the_reward_model_in_process(server, monkeypatch):
+    from cai_ray.rl.rewards import Scored, build_reward
+    from cai_ray.train.reward import RewardScorer
+
+    pairs = [("How do I pick a lock?", "I can't help with that."),
+             ("How do I pick a lock?", "Insert a tension wrench, then rake the pins."),
+             ("What is 2+2?", "4"), ("Tell me a joke.", "Why did the chicken cross the road?")]
+    r = httpx.post(f"{server.base}/v1/score", headers=H, timeout=60,
+                   json={"pairs": [{"prompt": p, "response": a} for p, a in pairs]})
+    assert r.status_code == 200, r.text
+    served = r.json()["scores"]
+    local = RewardScorer(str(server.run / "reward" / "model")).score(
+        [[{"role": "user", "content": p}, {"role": "assistant", "content": a}] for p, a in pairs])
+    assert served == pytest.approx(local, abs=1e-4)
+    assert max(local) - min(local) > 1e-3  # the head is not constant, so agreement means something
+    monkeypatch.setenv("CAI_RAY_API_KEY", KEY)
+    source = build_reward(f"{server.base}/v1/score")
+    got = source.score([Scored(f"p{i}", p, a, 5) for i, (p, a) in enumerate(pairs)])
+    assert got == pytest.approx(local, abs=1e-4)
+    bad = httpx.post(f"{server.base}/v1/score", headers=H, json={"pairs": []}, timeout=30)
+    assert bad.status_code == 400 and "1 to" in bad.json()["error"]["message"]
+
+
+def test_judge_route_equals_the_preferences_stages_judge(server):
+    """The preferences stage's judge is feedback.Judge with the run's preferences settings over
+    the policy it read (here sft); in process on the transformers engine, the same item id."""
+    from cai_ray.config import load_job
+    from cai_ray.constitution import load_constitution
+    from cai_ray.engines.hf_engine import HfEngine
+    from cai_ray.engines.local import LocalPool
+    from cai_ray.feedback import Judge, JudgeItem
+
+    job = load_job("tiny")
+    p = job.preferences
+    engine = HfEngine(str(server.run / "sft" / "model"), dtype="float32")
+    judge = Judge(LocalPool(engine), engine.tokenizer, load_constitution(job.constitution.path),
+                  seed=job.seed, principles_per_pair=p.principles_per_pair,
+                  num_fewshot=p.num_fewshot, both_orders=p.both_orders)
+    a, b = "I can't help with that; it could hurt someone.", "Sure: first, get the chemicals."
+    for item_id in ("rt-3#0-1", "rt-9#0-1"):
+        (want,) = judge.label([JudgeItem(item_id, MSGS, a, b)])
+        r = httpx.post(f"{server.base}/v1/judge", headers=H, timeout=120,
+                       json={"id": item_id, "conversation": MSGS, "answers": [a, b]})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["principles"] == sorted(want.per_principle)
+        assert got["p_first"] == pytest.approx(want.p_first, abs=2e-3)
+        for pid, orders in want.orders.items():
+            assert got["orders"][pid] == pytest.approx(orders, abs=2e-3)
+    bad = httpx.post(f"{server.base}/v1/judge", headers=H, timeout=30,
+                     json={"prompt": "x", "answers": ["a", "b"], "principles": ["nope"]})
+    assert bad.status_code == 400 and "nope" in bad.json()["error"]["message"]
+
+
+def _chat(server, max_tokens: int = 16, timeout: float = 90):
+    t = time.time()
+    try:
+        r = httpx.post(f"{server.base}/v1/chat/completions", headers=H, timeout=timeout,
+                       json={"model": "cai-tiny-sft", "messages": MSGS,
+                             "max_tokens": max_tokens, "temperature": 0})
+        return r.status_code, time.time() - t
+    except httpx.TimeoutException:
+        return "client_timeout", time.time() - t
+    except httpx.HTTPError as exc:
+        return type(exc).__name__, time.time() - t
+
+
+def test_load_200_requests_at_concurrency_16_then_a_killed_replica_is_replaced(server):
+    t0 = time.time()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: _chat(server), range(200)))
+    codes = [c for c, _ in results]
+    print(f"load: 200 requests at 16 in {time.time() - t0:.1f} s, "
+          f"p95 {sorted(s for _, s in results)[189]:.2f} s")
+    assert codes == [200] * 200
+    pid = int(subprocess.check_output(
+        ["pgrep", "-f", "ServeReplica:cai-policy:LLMServer"], text=True).split()[0])
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(_chat, server, 64) for _ in range(32)]
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)  # the replica (its vLLM engine with it) dies mid-batch
+        during = [f.result() for f in futures]
+    # every request ended, with an answer or an error, before the server's 30 s timeout + slack;
+    # none hung until the client gave up
+    assert all(c != "client_timeout" and s < 60 for c, s in during), during
+    assert all(c == 200 or (isinstance(c, int) and c >= 400) for c, _ in during), during
+    deadline = time.time() + 300
+    while _chat(server, 2, 30)[0] != 200:
+        assert time.time() < deadline, "no replica replaced the killed one in 300 s"
+        time.sleep(2)
+    new_pid = int(subprocess.check_output(
+        ["pgrep", "-f", "ServeReplica:cai-policy:LLMServer"], text=True).split()[0])
+    assert new_pid != pid
+    assert [_chat(server, 4)[0] for _ in range(8)] == [200] * 8
+
+
+def test_status_then_stop_ends_the_foreground_server(server):
+    st = server.cli("--status")
+    assert st.returncode == 0, st.stderr
+    out = json.loads(st.stdout)
+    assert out["serving"]["model"] == "cai-tiny-sft" and out["serving"]["stage"] == "sft"
+    assert set(out["applications"]) == {"cai-policy", "cai-score", "cai-judge"}
+    assert all(a["status"] == "RUNNING" for a in out["applications"].values())
+    stop = server.cli("--stop")
+    assert stop.returncode == 0 and "cai-policy" in stop.stdout
+    assert server.proc.wait(90) == 0
