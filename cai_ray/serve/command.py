@@ -247,6 +247,7 @@ def foreground(info: dict) -> int:
             break
         if not any(n in apps for n in info["apps"]):
             print("cai-ray serve: stopped (--stop)", file=sys.stderr)
+            time.sleep(3)  # let the stopping command leave before this cluster goes
             return 0
     print("cai-ray serve: shutting down", file=sys.stderr)
     serve.shutdown()
@@ -285,11 +286,14 @@ def stop(address: str | None) -> int:
 
     apps = serve.status().applications
     ours = [name for name, _ in APPS.values() if name in apps]
+    internal_kv._internal_kv_del(KV_KEY)
     for name in ours:
         serve.delete(name)
-    internal_kv._internal_kv_del(KV_KEY)
-    print(f"cai-ray serve: stopped {', '.join(ours) or 'nothing (none running)'}")
-    return 0
+    print(f"cai-ray serve: stopped {', '.join(ours) or 'nothing (none running)'}", flush=True)
+    sys.stderr.flush()
+    # A foreground server ends its local cluster once its applications are gone; leave without
+    # Ray's disconnect, which would wait a minute for a cluster that is shutting down.
+    os._exit(0)
 
 
 def _reachable(address: str | None) -> None:
