@@ -44,6 +44,7 @@ def engine_env(cfg, on_gpu: bool) -> dict[str, str]:
 
     env = {"VLLM_HOST_IP": os.environ.get("VLLM_HOST_IP", "127.0.0.1"),
            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           "RAYLLM_ENABLE_REQUEST_PROMPT_LOGS": "0",  # users' prompts stay out of the logs
            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     if not on_gpu:
         from cai_ray.platform import num_cores
