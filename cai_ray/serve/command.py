@@ -54,13 +54,13 @@ def serve_cfg(target, args):
 
     base = target.job.serve.model_dump() if target.job is not None else {}
     flags = {"host": args.host, "port": args.port, "min_replicas": args.replicas,
-             "max_replicas": args.max_replicas or args.replicas,
+             "max_replicas": args.max_replicas,
              "num_gpus_per_replica": args.gpus_per_replica,
              "tensor_parallel_size": args.tensor_parallel_size, "max_tokens": args.max_tokens,
              "request_timeout_s": args.request_timeout,
              "score": args.score or None, "judge": args.judge or None}
     data = {**base, **{k: v for k, v in flags.items() if v is not None}}
-    if args.replicas and not args.max_replicas:
+    if args.replicas and not args.max_replicas:  # --replicas N alone: at least N, job max kept
         data["max_replicas"] = max(data.get("max_replicas", 1), args.replicas)
     try:
         cfg = ServeCfg.model_validate(data)
