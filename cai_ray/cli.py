@@ -104,14 +104,16 @@ def _submit(args) -> int:
     env = dict(kv.split("=", 1) for kv in args.env or [])
     rest = args.run_args
     status = submit(args.job, args.address, rest, follow=args.follow, token=args.token,
-                    token_file=args.token_file, env=env, submission_id=args.submission_id)
+                    token_file=args.token_file, env=env, submission_id=args.submission_id,
+                    insecure=args.insecure)
     return 0 if not args.follow or status == "SUCCEEDED" else 1
 
 
 def _jobs(args) -> int:
     from cai_ray.jobs_api import jobs_command
 
-    return jobs_command(args.action, args.address, args.id, args.token, args.token_file)
+    return jobs_command(args.action, args.address, args.id, args.token, args.token_file,
+                        args.insecure)
 
 
 def _serve(args) -> int:
@@ -124,6 +126,8 @@ def _auth_args(p) -> None:
     p.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard / Jobs API")
     p.add_argument("--token", help="Ray auth token (else RAY_AUTH_TOKEN or ~/.ray/auth_token)")
     p.add_argument("--token-file", help="file holding the Ray auth token")
+    p.add_argument("--insecure", action="store_true", help="allow the token over plain http to "
+                   "another machine")
 
 
 def build_parser() -> argparse.ArgumentParser:

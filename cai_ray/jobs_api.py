@@ -36,10 +36,37 @@ def _auth_headers(token: str | None, token_file: str | None) -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def client(address: str, token: str | None = None, token_file: str | None = None):
+def sends_token(headers: dict) -> bool:
+    """An explicit header, or Ray's own token settings in token mode."""
+    if headers:
+        return True
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and bool(
+        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or Path("~/.ray/auth_token").expanduser().exists())
+
+
+def check_transport(address: str, headers: dict, insecure: bool = False) -> None:
+    """Refuse to send the cluster's token in clear text off this machine."""
+    from urllib.parse import urlparse
+
+    u = urlparse(address if "://" in address else f"http://{address}")
+    host = u.hostname or ""
+    loopback = host == "localhost" or host.startswith("127.") or host == "::1"
+    if u.scheme == "http" and not loopback and not insecure and sends_token(headers):
+        raise InputError(f"--address {address}: plain http to another machine would send the Ray "
+                         f"token in clear text; use https:// (a TLS proxy in front of the "
+                         f"dashboard), or pass --insecure on a network you trust")
+
+
+def client(address: str, token: str | None = None, token_file: str | None = None,
+           insecure: bool = False):
     from ray.job_submission import JobSubmissionClient
 
     headers = _auth_headers(token, token_file)
+    check_transport(address, headers, insecure)
+    if token:
+        print("cai-ray: --token shows in `ps`; prefer --token-file or RAY_AUTH_TOKEN",
+              file=sys.stderr)
     try:
         return JobSubmissionClient(address, headers=headers or None)
     except Exception as exc:  # connection refused, DNS, 401: all mean "cannot use this cluster"
@@ -52,13 +79,14 @@ def client(address: str, token: str | None = None, token_file: str | None = None
 
 def submit(job_file: str | None, address: str, run_args: list[str], *, follow: bool = False,
            token: str | None = None, token_file: str | None = None,
-           env: dict | None = None, submission_id: str | None = None) -> str:
+           env: dict | None = None, submission_id: str | None = None,
+           insecure: bool = False) -> str:
     from cai_ray.config import load_job, read_job_file
 
     load_job(job_file, _sets(run_args))  # validate before anything is sent
     _, source = read_job_file(job_file)
     rel = _job_path(Path(source))
-    c = client(address, token, token_file)
+    c = client(address, token, token_file, insecure)
     env_vars = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
     env_vars.update(env or {})
     entry = " ".join(shlex.quote(x) for x in ["python", "-m", "cai_ray.cli", "run", rel,
@@ -117,8 +145,9 @@ def follow_job(c, sid: str, poll_s: float = 1.0) -> str:
         time.sleep(poll_s)
 
 
-def jobs_command(action: str, address: str, sid: str | None, token=None, token_file=None) -> int:
-    c = client(address, token, token_file)
+def jobs_command(action: str, address: str, sid: str | None, token=None, token_file=None,
+                 insecure: bool = False) -> int:
+    c = client(address, token, token_file, insecure)
     if action == "list":
         for j in c.list_jobs():
             print(f"{j.submission_id or j.job_id:32s} {j.status.value:10s} {j.entrypoint}")
