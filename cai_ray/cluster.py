@@ -54,6 +54,25 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
              _node_ip_address="127.0.0.1", _temp_dir=temp_dir, **kwargs)
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def ray_token_available() -> bool:
+    """Whether Ray's own token settings give a token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token)."""
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or os.path.exists(os.path.expanduser("~/.ray/auth_token")))
+
+
 def loopback_only() -> None:
     """Keep a local single-node cluster on 127.0.0.1. Ray turns 127.0.0.1 into the machine's
     routable address unless its single-node switch is off; the switch is read from the environment

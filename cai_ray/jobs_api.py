@@ -40,9 +40,9 @@ def sends_token(headers: dict) -> bool:
     """An explicit header, or Ray's own token settings in token mode."""
     if headers:
         return True
-    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and bool(
-        os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
-        or Path("~/.ray/auth_token").expanduser().exists())
+    from cai_ray.cluster import ray_token_available
+
+    return os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and ray_token_available()
 
 
 def check_transport(address: str, headers: dict, insecure: bool = False) -> None:
@@ -50,9 +50,10 @@ def check_transport(address: str, headers: dict, insecure: bool = False) -> None
     from urllib.parse import urlparse
 
     u = urlparse(address if "://" in address else f"http://{address}")
-    host = u.hostname or ""
-    loopback = host == "localhost" or host.startswith("127.") or host == "::1"
-    if u.scheme == "http" and not loopback and not insecure and sends_token(headers):
+    from cai_ray.cluster import is_loopback
+
+    if u.scheme == "http" and not is_loopback(u.hostname or "") and not insecure \
+            and sends_token(headers):
         raise InputError(f"--address {address}: plain http to another machine would send the Ray "
                          f"token in clear text; use https:// (a TLS proxy in front of the "
                          f"dashboard), or pass --insecure on a network you trust")

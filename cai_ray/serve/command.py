@@ -11,7 +11,6 @@ starts; a bad value is one line and exit 2.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from cai_ray.cluster import is_loopback, ray_token_available
 from cai_ray.errors import InputError
 
 APPS = {"policy": ("cai-policy", "/"), "score": ("cai-score", "/v1/score"),
@@ -35,15 +35,6 @@ class Plan:
     on_gpu: bool
     dtype: str
     max_model_len: int
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def serve_cfg(target, args):
@@ -311,8 +302,7 @@ def _reachable(address: str | None) -> None:
 
 def _attach(address: str | None) -> None:
     """--status / --stop: the cluster at --address, else the local one `cai-ray serve` started."""
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or \
-            os.path.exists(os.path.expanduser("~/.ray/auth_token")):
+    if ray_token_available():
         # Ray sends its token to a cluster it finds itself, but to a named address only in token
         # mode, which it reads when it is imported: so before `import ray`
         os.environ.setdefault("RAY_AUTH_MODE", "token")

@@ -38,20 +38,19 @@ CaiIngress = make_fastapi_ingress(PolicyIngress, app=_app(),
 
 
 def engine_env(cfg, on_gpu: bool) -> dict[str, str]:
-    """Environment of each replica's vLLM: the CPU settings our engine actors use (KV cache size,
-    loopback, no usage stats); a single CPU replica may use every core."""
-    from cai_ray.engines.vllm_engine import cpu_env
+    """Environment of each replica's vLLM: what our engine actors get (loopback, no usage stats,
+    quiet; on CPU the KV cache size and core binding: a single replica may use every core), but
+    with vLLM's own engine-core process, which Ray's LLMServer expects."""
+    from cai_ray.engines.vllm_engine import cpu_kv_env, quiet_env
 
-    env = {"VLLM_HOST_IP": os.environ.get("VLLM_HOST_IP", "127.0.0.1"),
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-           "RAYLLM_ENABLE_REQUEST_PROMPT_LOGS": "0",  # users' prompts stay out of the logs
-           "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    env = {**quiet_env(), "RAYLLM_ENABLE_REQUEST_PROMPT_LOGS": "0"}  # prompts stay out of logs
+    if os.environ.get("VLLM_HOST_IP"):
+        env["VLLM_HOST_IP"] = os.environ["VLLM_HOST_IP"]  # a multi-node cluster sets its own
     if not on_gpu:
         from cai_ray.platform import num_cores
 
         cores = f"0-{num_cores() - 1}" if cfg.max_replicas == 1 and num_cores() > 1 else None
-        env.update(cpu_env(cores, cfg.kv_cache_gib))
-        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # Ray's LLMServer runs its own engine core
+        env.update(cpu_kv_env(cores, cfg.kv_cache_gib))
     return env
 
 
