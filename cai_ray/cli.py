@@ -77,13 +77,13 @@ def _bench(args) -> int:
 def _eval(args) -> int:
     from cai_ray import evaluate
 
-    if args.target in ("judge", "reward"):
+    if args.target in ("judge", "reward", "refusals"):
         return evaluate.main(args.target, args.rest)
     from pathlib import Path
 
     manifest = Path(args.target) / "manifest.json"
     if not manifest.exists():
-        raise InputError(f"eval {args.target}: give `judge`, `reward` or a run directory "
+        raise InputError(f"eval {args.target}: give `judge`, `reward`, `refusals` or a run directory "
                          f"(no {manifest})")
     from cai_ray import pipeline
     from cai_ray.config import JobConfig
@@ -209,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--stop", action="store_true", help="stop what `cai-ray serve` deployed")
     v.set_defaults(fn=_serve)
 
-    e = sub.add_parser("eval", help="measure the judge or a reward model against HH-RLHF labels")
-    e.add_argument("target", help="judge | reward")
+    e = sub.add_parser("eval", help="evaluate a run, the judge, a reward model or refusals")
+    e.add_argument("target", help="RUN_DIR | judge | reward | refusals | compare")
     e.add_argument("rest", nargs=argparse.REMAINDER)
     e.set_defaults(fn=_eval)
     return p

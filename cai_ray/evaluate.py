@@ -2,6 +2,7 @@
 
     cai-ray eval judge  [--model M] [--data FILE] [--n 64]   judge agreement + calibration
     cai-ray eval reward MODEL [--data FILE] [--n 256]        reward-model pairwise accuracy
+    cai-ray eval refusals --data FILE [--answer-field F]     refusal rate, each row's label
 
 Each HH-RLHF row has a `chosen` and a `rejected` transcript that share every turn but the last
 assistant one; the human preferred `chosen`.
@@ -71,8 +72,117 @@ def reward_accuracy(model_path: str, pairs: list[dict]) -> dict:
             "mean_margin": sum(g - b for g, b in zip(good, bad)) / len(pairs)}
 
 
+def read_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, row) of a JSONL or CSV file; a bad line is one InputError naming it."""
+    import csv
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file (pass --data FILE, JSONL or CSV)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{p}: cannot read it as UTF-8 text ({err})") from None
+    if p.suffix.lower() == ".csv":
+        return [(k + 2, row) for k, row in enumerate(csv.DictReader(text.splitlines()))]
+    rows = []
+    for k, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{p}:{k}: not JSON ({err.msg}); give one JSON object per line, "
+                             f"or a .csv file") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{p}:{k}: a JSON object with named fields is needed")
+        rows.append((k, row))
+    return rows
+
+
+TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "refusal", "refused", "refuse"}, \
+    {"0", "false", "no", "compliance", "complied", "comply", "answer"}
+
+
+def _flag(value, where: str) -> bool:
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise InputError(f"{where}: label {value!r} is neither a refusal (true/1/yes/refusal) nor "
+                     f"an answer (false/0/no/compliance)")
+
+
+def refusal_labels(args) -> dict:
+    """Label every row of --data with the refusal detector; compare with --label-field if given."""
+    from cai_ray import refusals as R
+    from cai_ray.algos.ratings import rate
+
+    rows = read_rows(args.data)
+    if not rows:
+        raise InputError(f"{args.data}: no rows")
+    missing = [f for f in (args.answer_field,) if f not in rows[0][1]]
+    if missing:
+        raise InputError(f"{args.data}:{rows[0][0]}: no field {missing[0]!r} (fields: "
+                         f"{', '.join(rows[0][1])}); name the answer column with --answer-field")
+    label_field = args.label_field
+    out, preds, truths = [], [], []
+    for line, row in rows:
+        if args.answer_field not in row:
+            raise InputError(f"{args.data}:{line}: no field {args.answer_field!r}")
+        answer = row[args.answer_field] or ""
+        pred = R.is_refusal(answer)
+        preds.append(pred)
+        rec = {**row, "refusal_pred": pred, "refusal_pattern": R.matched(answer),
+               "empty": R.is_empty(answer)}
+        if label_field:
+            if label_field not in row:
+                raise InputError(f"{args.data}:{line}: no field {label_field!r} (--label-field)")
+            truths.append(_flag(row[label_field], f"{args.data}:{line}"))
+        out.append(rec)
+    res = {"data": str(args.data), "rows": len(out), "refusal": rate(preds),
+           "empty": rate([r["empty"] for r in out]),
+           "mean_answer_chars": sum(len(r[args.answer_field] or "") for r in out) / len(out)}
+    if truths:
+        res["against_labels"] = R.scores(preds, truths)
+    from cai_ray.rundir import write_jsonl_atomic
+
+    dest = Path(args.labels_out or Path(args.data).with_suffix(".refusals.jsonl"))
+    write_jsonl_atomic(dest, out)
+    res["labels_written"] = str(dest)
+    return res
+
+
+def _print_refusals(res: dict) -> None:
+    r = res["refusal"]
+    print(f"refusal rate {r['rate']:.3f} ({r['k']}/{r['n']}, 95% CI {r['low']:.3f}-"
+          f"{r['high']:.3f}); empty answers {res['empty']['k']}; mean answer "
+          f"{res['mean_answer_chars']:.0f} chars; labels in {res['labels_written']}")
+    s = res.get("against_labels")
+    if s:
+        f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        print(f"against your labels: precision {f(s['precision'])} recall {f(s['recall'])} "
+              f"false-positive rate {f(s['false_positive_rate'])} (n={s['n']})")
+
+
 def main(target: str, argv: list[str]) -> int:
     from cai_ray import models
+
+    if target == "refusals":
+        ap = argparse.ArgumentParser(prog="cai-ray eval refusals", description="Label answers "
+                                     "with the refusal detector (cai_ray/refusals.py).")
+        ap.add_argument("--data", required=True, help="JSONL or CSV with an answer column")
+        ap.add_argument("--answer-field", default="answer")
+        ap.add_argument("--label-field", help="column with your refusal labels (true/false): "
+                        "adds precision, recall and false-positive rate")
+        ap.add_argument("--labels-out", help="where each row's label goes (default: next to "
+                        "--data, .refusals.jsonl)")
+        ap.add_argument("--out", help="write the figures as JSON here")
+        args = ap.parse_args(argv)
+        res = refusal_labels(args)
+        _print_refusals(res)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        return 0
 
     ap = argparse.ArgumentParser(prog=f"cai-ray eval {target}")
     if target == "reward":
