@@ -20,8 +20,9 @@ from pydantic import BaseModel, ValidationError, field_validator, model_validato
 
 from cai_ray.errors import ConfigError
 from cai_ray.stages.registry import ALIASES as STAGE_ALIASES, DEFAULT_STAGES, STAGES  # noqa: F401
-from cai_ray.sections import (CRITIC_FIELDS, DPO_DATA, ConstitutionCfg, DpoCfg,  # noqa: F401
-                              EngineCfg, EvalCfg, LoraCfg, ModelCfg, PreferencesCfg, PromptsCfg,
+from cai_ray.sections import (CRITIC_FIELDS, DPO_DATA, JUDGE_LEGACY,  # noqa: F401
+                              ConstitutionCfg, DpoCfg, EngineCfg, EvalCfg, JudgeCfg, LoraCfg,
+                              ModelCfg, PreferencesCfg, PromptsCfg,
                               RayCfg, RewardCfg, RlCfg, ServeCfg, SftCfg, SlCaiCfg, TrainCfg,
                               _Section)
 
@@ -45,11 +46,31 @@ class JobConfig(_Section):
     sl_cai: SlCaiCfg = SlCaiCfg()
     sft: SftCfg = SftCfg()
     preferences: PreferencesCfg = PreferencesCfg()
+    judge: JudgeCfg = JudgeCfg()
     reward: RewardCfg = RewardCfg()
     dpo: DpoCfg = DpoCfg()
     rl: RlCfg = RlCfg()
     eval: EvalCfg = EvalCfg()
     serve: ServeCfg = ServeCfg()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_judge_fields(cls, data: Any) -> Any:
+        """Old job files and manifests: preferences.judge_model, judge_engine, principles_per_pair,
+        num_fewshot, both_orders, chain_of_thought and cot_max_new_tokens are the judge's."""
+        if not isinstance(data, dict) or not isinstance(data.get("preferences"), dict):
+            return data
+        pref = dict(data["preferences"])
+        moved = {JUDGE_LEGACY[k]: pref.pop(k) for k in list(pref) if k in JUDGE_LEGACY}
+        if not moved:
+            return data
+        judge = dict(data.get("judge") or {})
+        both = sorted(k for k in moved if k in judge and judge[k] != moved[k])
+        if both:
+            raise ValueError(f"judge.{both[0]} and its old name under preferences: are both set; "
+                             f"keep judge.{both[0]}")
+        moved = {k: v for k, v in moved.items() if v is not None or k in judge}
+        return {**data, "preferences": pref, "judge": {**moved, **judge}}
 
     @field_validator("run_dir")
     @classmethod
@@ -92,11 +113,7 @@ class JobConfig(_Section):
         if rl.async_mode and rl.max_staleness < 1:
             raise ValueError("rl.async_mode needs rl.max_staleness >= 1 (its rollouts are one "
                              "version behind the learner)")
-        if self.preferences.judge_engine:
-            if not self.preferences.judge_model:
-                raise ValueError("preferences.judge_engine sets the resources of a separate judge; "
-                                 "set preferences.judge_model too (without it the policy judges "
-                                 "itself on its own engine actors)")
+        if self.judge.engine:
             self.judge_engine()
         for sec in ("sft", "reward", "dpo", "rl"):
             t: TrainCfg = getattr(self, sec)
@@ -115,18 +132,18 @@ class JobConfig(_Section):
         return "nccl" if gpu_engines else "gloo"
 
     def judge_engine(self) -> EngineCfg:
-        """The engine section for the separate judge's actors: `engine` with
-        preferences.judge_engine's fields over it."""
-        over = self.preferences.judge_engine
+        """The engine section for the separate judge's actors: `engine` with judge.engine's
+        fields over it."""
+        over = self.judge.engine
         try:
             return EngineCfg.model_validate({**self.engine.model_dump(), **over})
         except ValidationError as err:
             first = err.errors()[0]
             key = ".".join(str(p) for p in first["loc"])
-            msg = ("not an engine field (judge_engine takes the fields of `engine`: "
+            msg = ("not an engine field (judge.engine takes the fields of `engine`: "
                    f"{', '.join(EngineCfg.model_fields)})" if first["type"] == "extra_forbidden"
                    else first["msg"].removeprefix("Value error, "))
-            where = f"preferences.judge_engine.{key}: " if key else "preferences.judge_engine."
+            where = f"judge.engine.{key}: " if key else "judge.engine."
             raise ValueError(where + msg) from None  # a cross-field message names its field
 
     def digest(self, *sections: str) -> str:
@@ -263,7 +280,9 @@ def legacy_rl_section(data: dict, source: str) -> None:
 
 
 def legacy_override(path: list[str]) -> list[str]:
-    """--set ppo.reward_fn=short -> rl.reward."""
+    """--set ppo.reward_fn=short -> rl.reward; --set preferences.judge_model=M -> judge.model."""
+    if len(path) > 1 and path[0] == "preferences" and path[1] in JUDGE_LEGACY:
+        return ["judge", JUDGE_LEGACY[path[1]]] + path[2:]
     if path and path[0] == "ppo":
         return ["rl"] + [LEGACY_RL_FIELDS.get(path[1], path[1])] + path[2:] if len(path) > 1 \
             else ["rl"]

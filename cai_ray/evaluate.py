@@ -1,75 +1,147 @@
-"""Instruments that measure the AI-feedback parts against human labels (HH-RLHF harmless-base).
+"""Instruments that measure the parts of the method against labels.
 
-    cai-ray eval judge  [--model M] [--data FILE] [--n 64]   judge agreement + calibration
-    cai-ray eval reward MODEL [--data FILE] [--n 256]        reward-model pairwise accuracy
-    cai-ray eval refusals --data FILE [--answer-field F]     refusal rate, each row's label
+    cai-ray eval judge    [--job FILE] [--data FILE] [--n 64]   judge accuracy, calibration, bias
+    cai-ray eval reward   MODEL [--data FILE] [--n 256]         reward-model pairwise accuracy
+    cai-ray eval refusals --data FILE [--answer-field F]        refusal rate, each row's label
 
-Each HH-RLHF row has a `chosen` and a `rejected` transcript that share every turn but the last
-assistant one; the human preferred `chosen`.
+--data takes HH-RLHF (`chosen` and `rejected` transcripts that share every turn but the last
+assistant one; the human preferred `chosen`), a JSONL of `prompt` (or `conversation`, a list of
+messages), `chosen`, `rejected`, or a JSONL of `prompt`/`conversation`, two answers (`answer_a`
+and `answer_b`, or `answers: [a, b]`) and a `label` naming the better (a/b, 0/1, first/second).
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
 from cai_ray.errors import InputError
-from cai_ray.prompts.sources import hh_messages
+from cai_ray.prompts.sources import SHARED_DATA, hh_messages
 
-DEFAULT_HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / \
-    "harmless-base-test.jsonl.gz"
+DEFAULT_HH = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+FIRST, SECOND = {"a", "0", "first", "1st", "answer_a"}, {"b", "1", "second", "2nd", "answer_b"}
 
 
-def hh_pairs(path: str | Path, n: int) -> list[dict]:
-    """Up to n rows of {id, conversation, chosen, rejected} with a shared conversation prefix."""
+def _conversation(row: dict, where: str) -> list[dict]:
+    if isinstance(row.get("conversation"), list):
+        conv = row["conversation"]
+        if not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in conv):
+            raise InputError(f"{where}: conversation must be a list of {{role, content}} messages")
+        return conv
+    if isinstance(row.get("prompt"), str) and row["prompt"].strip():
+        return [{"role": "user", "content": row["prompt"]}]
+    raise InputError(f"{where}: no `prompt` (text) or `conversation` (messages)")
+
+
+def _pair_from_row(row: dict, where: str, rid: str) -> dict | None:
+    """{id, conversation, first, second, first_better} from one row of any supported format."""
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if isinstance(chosen, str) and isinstance(rejected, str) and "\n\nAssistant:" in chosen \
+            and "prompt" not in row and "conversation" not in row:
+        c, r = hh_messages(chosen), hh_messages(rejected)  # HH-RLHF transcripts
+        if not c or not r or c[:-1] != r[:-1] or c[-1]["role"] != "assistant":
+            return None
+        conv, good, bad = c[:-1], c[-1]["content"], r[-1]["content"]
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        conv, good, bad = _conversation(row, where), chosen, rejected
+    else:
+        answers = row.get("answers") or [row.get("answer_a"), row.get("answer_b")]
+        if not (isinstance(answers, list) and len(answers) == 2
+                and all(isinstance(a, str) for a in answers)):
+            raise InputError(f"{where}: give `chosen` and `rejected`, or two answers (`answer_a`, "
+                             f"`answer_b` or `answers`) and a `label`")
+        label = str(row.get("label", "")).strip().lower()
+        if label not in FIRST | SECOND:
+            raise InputError(f"{where}: label {row.get('label')!r} names neither answer (a/b, "
+                             f"0/1, first/second)")
+        return {"id": rid, "conversation": _conversation(row, where), "first": answers[0],
+                "second": answers[1], "first_better": label in FIRST}
+    if good.strip() == bad.strip():
+        return None
+    # chosen first on half of the pairs (by id), so one order's bias cannot pass for accuracy
+    flip = hashlib.sha256(rid.encode()).digest()[0] % 2 == 1
+    return {"id": rid, "conversation": conv, "first": bad if flip else good,
+            "second": good if flip else bad, "first_better": not flip}
+
+
+def labelled_pairs(path: str | Path, n: int) -> list[dict]:
+    """Up to n labelled pairs from HH-RLHF or a pairs JSONL (rows that cannot be compared, such
+    as identical answers or transcripts that differ before the last turn, are skipped)."""
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: HH-RLHF file not found (pass --data)")
-    raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    if not p.is_file():
+        raise InputError(f"{p}: no such file (pass --data: HH-RLHF or a pairs JSONL)")
+    try:
+        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError, gzip.BadGzipFile) as err:
+        raise InputError(f"{p}: cannot read it ({err})") from None
     out = []
-    for i, line in enumerate(raw.decode("utf-8").splitlines()):
+    for k, line in enumerate(text.splitlines(), 1):
         if len(out) >= n:
             break
-        row = json.loads(line)
-        c, r = hh_messages(row["chosen"]), hh_messages(row["rejected"])
-        if not c or not r or c[:-1] != r[:-1] or c[-1]["role"] != "assistant":
+        if not line.strip():
             continue
-        if c[-1]["content"].strip() == r[-1]["content"].strip():
-            continue
-        out.append({"id": f"hh-{i}", "conversation": c[:-1], "chosen": c[-1]["content"],
-                    "rejected": r[-1]["content"]})
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{p}:{k}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{p}:{k}: a JSON object is needed")
+        pair = _pair_from_row(row, f"{p}:{k}", str(row.get("id", f"pair-{k}")))
+        if pair:
+            out.append(pair)
     return out
 
 
-def judge_agreement(judge, pairs: list[dict]) -> dict:
+def hh_pairs(path: str | Path, n: int) -> list[dict]:
+    """Up to n HH-RLHF rows as {id, conversation, chosen, rejected} (benchmarks use this)."""
+    out = []
+    for p in labelled_pairs(path, n):
+        good, bad = (p["first"], p["second"]) if p["first_better"] else (p["second"], p["first"])
+        out.append({"id": p["id"], "conversation": p["conversation"], "chosen": good,
+                    "rejected": bad})
+    return out
+
+
+def judge_quality(judge, pairs: list[dict]) -> dict:
+    """Accuracy (with a Wilson interval), calibration (ECE, accuracy by confidence bucket) and
+    position bias (principle-level pairs whose two orders pick different answers)."""
     from cai_ray.algos.labels import calibration
+    from cai_ray.algos.ratings import expected_calibration_error, rate
     from cai_ray.feedback import JudgeItem
 
-    items = [JudgeItem(p["id"], p["conversation"], p["chosen"], p["rejected"]) for p in pairs]
-    jds = judge.label(items)
-    preds = [j.p_first for j in jds]
-    agree = sum(p > 0.5 for p in preds) / len(preds)
+    jds = judge.label([JudgeItem(p["id"], p["conversation"], p["first"], p["second"])
+                       for p in pairs])
+    preds, truths = [j.p_first for j in jds], [p["first_better"] for p in pairs]
+    right = [(q > 0.5) == t and q != 0.5 for q, t in zip(preds, truths)]
+    n_orders = sum(len(j.orders.get(k, [])) == 2 for j in jds for k in j.orders)
     disagreements = sum(j.disagreements for j in jds)
-    n_orders = sum(len(j.per_principle) for j in jds)
-    return {"pairs": len(pairs), "agreement": agree,
-            "order_disagreement": disagreements / n_orders if n_orders else None,
-            "mean_p_human_choice": sum(preds) / len(preds),
-            "calibration": calibration(preds, [True] * len(preds))}
+    p_truth = [q if t else 1 - q for q, t in zip(preds, truths)]
+    return {"pairs": len(pairs), "accuracy": rate(right),
+            "ties": sum(q == 0.5 for q in preds),
+            "position_bias": disagreements / n_orders if n_orders else None,
+            "unparsed_verdicts": sum(getattr(j, "unparsed", 0) for j in jds),
+            "mean_p_label": sum(p_truth) / len(p_truth),
+            "ece": expected_calibration_error(preds, truths),
+            "calibration": calibration(preds, truths)}
 
 
 def reward_accuracy(model_path: str, pairs: list[dict]) -> dict:
+    from cai_ray.algos.ratings import rate
     from cai_ray.train.reward import RewardScorer
 
     scorer = RewardScorer(model_path)
-    good = scorer.score([p["conversation"] + [{"role": "assistant", "content": p["chosen"]}]
-                         for p in pairs])
-    bad = scorer.score([p["conversation"] + [{"role": "assistant", "content": p["rejected"]}]
-                        for p in pairs])
-    acc = sum(g > b for g, b in zip(good, bad)) / len(pairs)
-    return {"pairs": len(pairs), "accuracy": acc,
-            "mean_margin": sum(g - b for g, b in zip(good, bad)) / len(pairs)}
+    first = scorer.score([p["conversation"] + [{"role": "assistant", "content": p["first"]}]
+                          for p in pairs])
+    second = scorer.score([p["conversation"] + [{"role": "assistant", "content": p["second"]}]
+                           for p in pairs])
+    right = [(a > b) == p["first_better"] and a != b for a, b, p in zip(first, second, pairs)]
+    margin = [(a - b) if p["first_better"] else (b - a) for a, b, p in zip(first, second, pairs)]
+    return {"pairs": len(pairs), "accuracy": rate(right),
+            "mean_margin": sum(margin) / len(pairs)}
 
 
 def read_rows(path: str | Path) -> list[tuple[int, dict]]:
@@ -165,81 +237,101 @@ def _print_refusals(res: dict) -> None:
 
 
 def main(target: str, argv: list[str]) -> int:
-    from cai_ray import models
-
     if target == "refusals":
-        ap = argparse.ArgumentParser(prog="cai-ray eval refusals", description="Label answers "
-                                     "with the refusal detector (cai_ray/refusals.py).")
-        ap.add_argument("--data", required=True, help="JSONL or CSV with an answer column")
-        ap.add_argument("--answer-field", default="answer")
-        ap.add_argument("--label-field", help="column with your refusal labels (true/false): "
-                        "adds precision, recall and false-positive rate")
-        ap.add_argument("--labels-out", help="where each row's label goes (default: next to "
-                        "--data, .refusals.jsonl)")
-        ap.add_argument("--out", help="write the figures as JSON here")
-        args = ap.parse_args(argv)
-        res = refusal_labels(args)
-        _print_refusals(res)
-        if args.out:
-            Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-        return 0
-
+        return _refusals_main(argv)
     ap = argparse.ArgumentParser(prog=f"cai-ray eval {target}")
     if target == "reward":
         ap.add_argument("model")
     else:
-        ap.add_argument("--model", default="smollm2-135m-instruct")
-        ap.add_argument("--constitution", default="default")
-        ap.add_argument("--principles", type=int, default=2)
-        ap.add_argument("--actors", type=int, default=1)
-        ap.add_argument("--backend", default="vllm", choices=["vllm", "hf"])
+        ap.add_argument("--job", help="take the judge from this job file's `judge:` section")
+        ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a job field, e.g. judge.kind=generative")
+        ap.add_argument("--model", help="judge model (judge.model; default: the job's judge, "
+                        "else its base model)")
+        ap.add_argument("--actors", type=int, help="judge engine actors")
+        ap.add_argument("--backend", choices=["vllm", "hf"], help="engine backend")
     ap.add_argument("--data", default=str(DEFAULT_HH))
     ap.add_argument("--n", type=int, default=64 if target == "judge" else 256)
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
-    pairs = hh_pairs(args.data, args.n)
+    job = _judge_job(args) if target == "judge" else None
+    pairs = labelled_pairs(args.data, args.n)
     if not pairs:
-        raise InputError(f"{args.data}: no usable chosen/rejected pairs")
+        raise InputError(f"{args.data}: no usable labelled pairs")
     if target == "reward":
+        from cai_ray import models
+
         res = reward_accuracy(models.resolve(args.model), pairs)
-        print(f"reward model {args.model}: HH-RLHF harmless-base pairwise accuracy "
-              f"{res['accuracy']:.3f} on {res['pairs']} pairs")
+        a = res["accuracy"]
+        print(f"reward model {args.model}: pairwise accuracy {a['rate']:.3f} (95% CI "
+              f"{a['low']:.3f}-{a['high']:.3f}) on {res['pairs']} pairs of {args.data}")
     else:
-        res = _judge(args, pairs)
-        print(f"judge {args.model}: agrees with the human label on {res['agreement']:.3f} of "
-              f"{res['pairs']} HH-RLHF harmless-base pairs (order disagreement "
-              f"{res['order_disagreement']:.3f})")
+        res = _judge(job, pairs)
+        a = res["accuracy"]
+        bias = "-" if res["position_bias"] is None else f"{res['position_bias']:.3f}"
+        print(f"judge {res['judge']}: accuracy {a['rate']:.3f} (95% CI {a['low']:.3f}-"
+              f"{a['high']:.3f}) on {res['pairs']} pairs of {args.data}; ECE {res['ece']:.3f}; "
+              f"position bias {bias}; ties {res['ties']}; unparsed {res['unparsed_verdicts']}")
         for row in res["calibration"]:
             acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
             print(f"  confidence {row['bucket']}: n={row['n']:4d} accuracy={acc}")
+    res["data"] = str(args.data)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     return 0
 
 
-def _judge(args, pairs: list[dict]) -> dict:
-    from transformers import AutoTokenizer
+def _judge_job(args):
+    """The job whose `judge:` section is measured (the packaged default job without --job)."""
+    from cai_ray.config import load_job
 
-    from cai_ray import models
+    sets = list(args.set)
+    if args.model:
+        sets.append(f"judge.model={args.model}")
+    if args.actors:
+        sets.append(f"engine.num_actors={args.actors}")
+    if args.backend:
+        sets.append(f"engine.backend={args.backend}")
+    return load_job(args.job, sets)
+
+
+def _judge(job, pairs: list[dict]) -> dict:
+    from cai_ray import judges, models
     from cai_ray.constitution import load_constitution
-    from cai_ray.feedback import Judge
+    from cai_ray.stages.context import engine_pool_for, model_label
 
-    path = models.resolve(args.model)
-    const = load_constitution(args.constitution)
-    if args.backend == "hf":
-        from cai_ray.engines.hf_engine import HfEngine
-        from cai_ray.engines.local import LocalPool
-
-        pool = LocalPool(HfEngine(path))
-    else:
+    base = models.resolve(job.model.name)
+    const = load_constitution(job.constitution.path)
+    actors = None
+    if job.judge.kind != "http":
         from cai_ray.cluster import init_ray
-        from cai_ray.engines.pool import EnginePool
 
         init_ray()
-        pool = EnginePool(args.actors, "vllm", path, engine_kwargs={"dtype": "auto"})
+        actors = lambda path: engine_pool_for(job, path, name="judge",  # noqa: E731
+                                              engine=job.judge_engine() if job.judge.model
+                                              else job.engine)
+    setup = judges.open_judge(job.judge, const, default_model=base, seed=job.seed,
+                              engine=job.engine, judge_engine=job.judge_engine(), actors=actors)
     try:
-        judge = Judge(pool, AutoTokenizer.from_pretrained(path), const,
-                      principles_per_pair=args.principles)
-        return {"model": args.model, **judge_agreement(judge, pairs)}
+        return {"judge": judges.describe(job.judge, model_label(base)),
+                "kind": job.judge.kind, **judge_quality(setup.judge, pairs)}
     finally:
-        pool.shutdown()
+        setup.close()
+
+
+def _refusals_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="cai-ray eval refusals", description="Label answers "
+                                 "with the refusal detector (cai_ray/refusals.py).")
+    ap.add_argument("--data", required=True, help="JSONL or CSV with an answer column")
+    ap.add_argument("--answer-field", default="answer")
+    ap.add_argument("--label-field", help="column with your refusal labels (true/false): adds "
+                    "precision, recall and false-positive rate")
+    ap.add_argument("--labels-out", help="where each row's label goes (default: next to --data, "
+                    ".refusals.jsonl)")
+    ap.add_argument("--out", help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+    res = refusal_labels(args)
+    _print_refusals(res)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    return 0

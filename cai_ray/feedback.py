@@ -3,7 +3,7 @@
 For a conversation and two answers, the judge is shown a principle from the constitution and the
 options (A) and (B); we read the log-probabilities of the two option tokens at the next position.
 P principles per pair and both presentation orders are scored; algos/labels.py turns the numbers
-into one soft label. Used by the preferences stage, the eval stage and `cai-ray eval judge`.
+into one soft label. Built by cai_ray/judges (the `judge:` section), for every caller.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class Judgement:
     """principle id -> [P(first | first shown as A), P(first | first shown as B)]."""
     disagreements: int = 0
     reasoning: dict[str, str] = field(default_factory=dict)
+    unparsed: int = 0
+    """Generative judge: verdicts that named neither answer (counted as ties)."""
 
 
 class Judge:

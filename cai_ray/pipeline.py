@@ -130,8 +130,8 @@ def local_cpus(job: JobConfig) -> int | None:
     e = job.engine
     engines = math.ceil(e.num_actors * e.num_cpus_per_actor)
     rl = engines + (0 if job.rl.colocate else job.rl.num_workers)
-    if job.rl.reward == "judge":  # the judge's own engine actors run beside the rollout engines
-        je = job.judge_engine() if job.preferences.judge_model else e
+    if job.rl.reward == "judge" and job.judge.kind != "http":  # its own actors beside the engines
+        je = job.judge_engine() if job.judge.model else e
         rl += math.ceil(je.num_actors * je.num_cpus_per_actor)
     return max(num_cores(), rl, engines, job.sft.num_workers, job.reward.num_workers,
                job.dpo.num_workers)

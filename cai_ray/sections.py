@@ -182,17 +182,60 @@ class PreferencesCfg(_Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=1)
+
+
+JUDGE_LEGACY = {"judge_model": "model", "judge_engine": "engine",
+                "principles_per_pair": "principles_per_pair", "num_fewshot": "num_fewshot",
+                "both_orders": "both_orders", "chain_of_thought": "chain_of_thought",
+                "cot_max_new_tokens": "cot_max_new_tokens"}
+"""Old `preferences.` fields that are now the `judge:` section's (old job files keep working)."""
+
+
+class JudgeCfg(_Section):
+    """The constitutional judge (Bai et al. 2022 sec. 4.1): one component, built by
+    cai_ray/judges for the preferences stage, the rl stage's judge reward, the eval stage,
+    `cai-ray eval judge`, `cai-ray bench judge` and `cai-ray serve --judge`."""
+
+    kind: Literal["logprob", "generative", "http"] = "logprob"
+    """logprob: the probabilities of the option tokens (A)/(B); generative: the judge writes its
+    verdict, which is parsed (unparseable ones count as a tie and are reported); http: logprob
+    through any OpenAI-compatible server with log-probabilities at `url`."""
+    model: str | None = None
+    """A model name or folder on its own engine actors (http: its tokenizer). None: the policy
+    judges itself in preferences and rl, the base model judges in eval."""
+    url: str | None = None
+    """http: the server's base URL (http://127.0.0.1:8000/v1); its key from api_key_env."""
+    api_key_env: str = "CAI_RAY_API_KEY"
+    engine: dict[str, Any] = Field(default_factory=dict)
+    """The separate judge's own resources: `engine` fields that differ for its actors (e.g.
+    num_actors, num_gpus_per_actor, tensor_parallel_size, kv_cache_gib). Needs model."""
     principles_per_pair: int = Field(2, ge=1)
     num_fewshot: int = Field(1, ge=0)
     both_orders: bool = True
     chain_of_thought: bool = False
     cot_max_new_tokens: int = Field(96, ge=1)
-    judge_model: str | None = None
-    """None: the policy judges itself; else a model name or folder on its own engine actors."""
-    judge_engine: dict[str, Any] = Field(default_factory=dict)
-    """The separate judge's own resources: `engine` fields that differ for its actors (e.g.
-    num_actors, num_gpus_per_actor, tensor_parallel_size, kv_cache_gib). Needs judge_model. Used
-    by the preferences and eval stages."""
+    verdict_max_new_tokens: int = Field(24, ge=1)
+    """generative: tokens the judge may write before its verdict is read."""
+
+    @model_validator(mode="after")
+    def _needs(self) -> "JudgeCfg":
+        if self.kind == "http":
+            if not self.url:
+                raise ValueError("kind http needs url: the server's base URL, for example "
+                                 "http://127.0.0.1:8000/v1")
+            if not self.url.startswith(("http://", "https://")):
+                raise ValueError(f"url {self.url!r}: give an http:// or https:// base URL")
+            if not self.model:
+                raise ValueError("kind http needs model: the served model's name or folder, "
+                                 "whose tokenizer builds the prompts")
+            if self.engine:
+                raise ValueError("engine: a judge behind a url has no engine actors of ours")
+        elif self.url:
+            raise ValueError(f"url is for kind http (kind is {self.kind})")
+        if self.engine and not self.model:
+            raise ValueError("engine sets the resources of a separate judge; set judge.model too "
+                             "(without it the policy judges itself on its own engine actors)")
+        return self
 
 
 CRITIC_FIELDS = ("critic_lr", "value_clip", "lam", "whiten_advantages")
@@ -349,10 +392,34 @@ class RlCfg(TrainCfg):
         return self
 
 
+EVAL_HARMFUL = ("harmbench:{shared}/harmbench/harmbench_prompts.txt",
+                "advbench:{shared}/advbench/adv_bench.prompt",
+                "donotanswer:{shared}/donotanswer",
+                "xstest-unsafe:{shared}/xstest/xstest_prompts.csv")
+EVAL_BENIGN = ("xstest-safe:{shared}/xstest/xstest_prompts.csv",)
+"""The public sets of ../shared/data ({shared}: $CAI_RAY_SHARED_DATA, default the `shared/data`
+folder beside the repository); a default set that is absent is skipped with a warning, one you
+name must exist."""
+
+
 class EvalCfg(_Section):
     max_prompts: int = Field(32, ge=1)
+    """Held-out red-team and helpful prompts of the run, each (judge comparisons, refusals)."""
     max_new_tokens: int = Field(96, ge=1)
-    principles_per_pair: int = Field(2, ge=1)
+    principles_per_pair: int | None = Field(None, ge=1)
+    """None: judge.principles_per_pair."""
+    harmful: list[str] = Field(default_factory=lambda: list(EVAL_HARMFUL))
+    """Held-out harmful prompt sets for the refusal rate (prompt sources, as in `prompts:`)."""
+    benign: list[str] = Field(default_factory=lambda: list(EVAL_BENIGN))
+    """Benign prompts that look harmful, for the over-refusal rate."""
+    max_per_set: int = Field(50, ge=1)
+    """At most this many prompts from each harmful / benign set (a fixed, seeded sample)."""
+    checkpoints: bool = True
+    """Also evaluate the RL / DPO checkpoints the run kept (Elo against training step)."""
+    bootstrap: int = Field(1000, ge=100)
+    """Bootstrap resamples behind every interval."""
+    examples: int = Field(4, ge=0)
+    """Held-out prompts shown side by side in the report."""
 
 
 class ServeCfg(_Section):

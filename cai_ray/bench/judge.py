@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from cai_ray.bench.common import Timer, table, write
-from cai_ray.config import PreferencesCfg
+from cai_ray.config import JudgeCfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,8 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--loop-pairs", type=int, default=8)
-    ap.add_argument("--principles", type=int, default=PreferencesCfg().principles_per_pair,
-                    help="principles per pair (default: the preferences stage's default)")
+    ap.add_argument("--principles", type=int, default=JudgeCfg().principles_per_pair,
+                    help="principles per pair (default: the judge section's default)")
+    ap.add_argument("--kind", default="logprob", choices=["logprob", "generative"],
+                    help="judge kind (cai_ray/judges)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -31,20 +33,22 @@ def main(argv: list[str] | None = None) -> int:
     from cai_ray.engines.local import LocalPool
     from cai_ray.engines.pool import EnginePool
     from cai_ray.evaluate import DEFAULT_HH, hh_pairs
-    from cai_ray.feedback import Judge, JudgeItem
+    from cai_ray.feedback import JudgeItem
+    from cai_ray.judges import build
 
     path = models.resolve(args.model)
     const, tok = load_constitution("default"), AutoTokenizer.from_pretrained(path)
     pairs = hh_pairs(DEFAULT_HH, args.pairs)
     items = [JudgeItem(p["id"], p["conversation"], p["chosen"], p["rejected"]) for p in pairs]
     rows, labels = [], {}
-    tokens = _prompt_tokens(Judge(None, tok, const, principles_per_pair=args.principles), items, tok)
+    cfg = JudgeCfg(kind=args.kind, principles_per_pair=args.principles)
+    tokens = _prompt_tokens(build(cfg, const, pool=None, tokenizer=tok, seed=0), items, tok)
 
     init_ray()
     for actors in (1, 2):
         with Timer() as start:
             pool = EnginePool(actors, "vllm", path, engine_kwargs={"dtype": "auto"})
-        judge = Judge(pool, tok, const, principles_per_pair=args.principles, batch_size=64)
+        judge = build(cfg, const, pool=pool, tokenizer=tok, seed=0, batch_size=64)
         with Timer() as t:
             out = judge.label(items)
         labels[actors] = [j.p_first for j in out]
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.shutdown()
 
     loop_pool = LocalPool(HfEngine(path, dtype="float32", batch_size=2))
-    judge = Judge(loop_pool, tok, const, principles_per_pair=args.principles, batch_size=1)
+    judge = build(cfg, const, pool=loop_pool, tokenizer=tok, seed=0, batch_size=1)
     loop = items[:args.loop_pairs]
     with Timer() as t:
         hf = [judge.label([it])[0].p_first for it in loop]  # one pair at a time

@@ -13,6 +13,7 @@ import csv
 import gzip
 import hashlib
 import json
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -219,11 +220,42 @@ def read_hub(spec: str) -> Iterator[tuple[str, str, list]]:
         yield (row[col] if col else _field(row, Path(name), f"row {i}")), name, []
 
 
+def read_xstest(label: str):
+    """XSTest (Roettger et al. 2024): 250 safe prompts that look unsafe, 200 unsafe contrasts."""
+    def read(path: Path) -> Iterator[tuple[str, str, list]]:
+        rows = list(csv.DictReader(_read_text(path).splitlines()))
+        if rows and not {"prompt", "label"} <= set(rows[0]):
+            raise InputError(f"{path}: line 1: XSTest needs prompt and label columns")
+        for row in rows:
+            if row["label"] == label:
+                yield row["prompt"], row.get("type", "") or "", []
+    return read
+
+
 READERS = {"hh-rlhf": read_hh_rlhf, "harmbench": read_lines, "advbench": read_advbench,
-           "donotanswer": read_donotanswer}
+           "donotanswer": read_donotanswer, "xstest-safe": read_xstest("safe"),
+           "xstest-unsafe": read_xstest("unsafe")}
+
+SHARED_DATA = Path(os.environ.get("CAI_RAY_SHARED_DATA") or
+                   Path(__file__).resolve().parents[3] / "shared" / "data")
+
+
+def expand(spec: str) -> str:
+    """{shared} in a source spec: the public data sets' folder (SHARED_DATA)."""
+    return spec.replace("{shared}", str(SHARED_DATA))
+
+
+def source_path(spec: str) -> Path | None:
+    """The file or folder a typed or plain source reads (None: builtin:, hf:)."""
+    spec = expand(spec)
+    if spec.startswith(("builtin:", "hf:")):
+        return None
+    kind, _, rest = spec.partition(":")
+    return Path(rest) if kind in READERS and rest else Path(spec)
 
 
 def read_source(spec: str) -> Iterator[tuple[str, str, list]]:
+    spec = expand(spec)
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         path = BUILTIN_DIR / f"{name}.jsonl"

@@ -131,11 +131,12 @@ def _judge_block(conversation: list[dict], principle_text: str, a: str, b: str) 
 def judge_request(rid: str, conversation: list[dict], principle: JudgePrinciple, a: str, b: str,
                   fewshot: list[JudgeExample], fewshot_principles: list[str],
                   cot: str | None = None, chain_of_thought: bool = False,
-                  answer_prefix: str = "The answer is: (") -> Request:
+                  answer_prefix: str = "The answer is: (", open_answer: bool = True) -> Request:
     """A multiple-choice request whose next token is the option letter: the assistant's turn is
     left open after `answer_prefix` (feedback.option_format picks one that tokenizes cleanly).
     With chain_of_thought, the first call (cot None) asks for reasoning; the second appends it
-    and asks for the letter.
+    and asks for the letter. open_answer False (the generative judge): the assistant's turn is
+    left for the judge to write (after "Let's think step by step:" with chain_of_thought).
 
     Laid out so that the engines' prefix cache shares what it can: the few-shot block is the same
     for every judgement (example i asks `fewshot_principles[i]`, not this request's), then the
@@ -151,7 +152,9 @@ def judge_request(rid: str, conversation: list[dict], principle: JudgePrinciple,
                   (f"Let's think step by step: {ex.reasoning}\n" if chain_of_thought and
                    ex.reasoning else "") + _answer(answer_prefix, ex.answer)}]
     msgs.append({"role": "user", "content": _judge_block(conversation, principle.text, a, b)})
-    if chain_of_thought and cot is None:
+    if not open_answer and not chain_of_thought:
+        return Request(rid, messages=msgs)
+    if chain_of_thought and (cot is None or not open_answer):
         msgs.append({"role": "assistant", "content": "Let's think step by step:"})
         return Request(rid, messages=msgs, continue_final=True)
     prefix = f"Let's think step by step: {cot.strip()}\n" if chain_of_thought else ""

@@ -177,23 +177,31 @@ class JudgeReward:
 
     def __init__(self, arg: str = "", *, pool=None, tokenizer_path: str = "", constitution=None,
                  mode: str = "pairwise", references: dict[str, str] | None = None,
-                 judge_kwargs: dict | None = None, **_):
+                 judge_cfg=None, seed: int = 0, batch_size: int = 16, max_in_flight: int = 2,
+                 **_):
         from transformers import AutoTokenizer
 
+        from cai_ray import judges
         from cai_ray.constitution import JudgePrinciple
-        from cai_ray.feedback import Judge
+        from cai_ray.sections import JudgeCfg
 
-        kw = dict(judge_kwargs or {})
+        cfg = judge_cfg or JudgeCfg()
         if mode == "pointwise":
             constitution = constitution.model_copy(update={"judge": [
                 JudgePrinciple(id=p.id, text=self.POINTWISE.format(text=p.text))
                 for p in constitution.judge], "judge_fewshot": []})
-            kw["num_fewshot"] = 0
+            cfg = cfg.model_copy(update={"num_fewshot": 0})
         elif references is None:
             raise ValueError("judge reward, pairwise: needs the SFT model's answers")
+        if pool is None and cfg.kind == "http":
+            from cai_ray.engines.http_engine import HttpEngine
+            from cai_ray.engines.local import LocalPool
+
+            pool = LocalPool(HttpEngine(cfg.url, tokenizer_path, api_key_env=cfg.api_key_env))
         self.mode, self.refs, self.n = mode, references or {}, 0
-        self.judge = Judge(pool, AutoTokenizer.from_pretrained(tokenizer_path), constitution,
-                           **kw)
+        self.judge = judges.build(cfg, constitution, pool=pool,
+                                  tokenizer=AutoTokenizer.from_pretrained(tokenizer_path),
+                                  seed=seed, batch_size=batch_size, max_in_flight=max_in_flight)
 
     def score(self, batch: list[Scored]) -> list[float]:
         from cai_ray.feedback import JudgeItem

@@ -8,7 +8,7 @@
                      "order_disagreements": n, "principles": [...]}
 
 The reward model is scored exactly as the RL stage scores it (train/reward.py RewardScorer); the
-judge is feedback.Judge with the run's preferences settings over one in-process engine, so an item
+judge is the run's `judge:` section (cai_ray/judges) over one in-process engine, so an item
 id gives the principles the preferences stage drew for it.
 """
 
@@ -142,7 +142,7 @@ class JudgeServer:
         self.lock = asyncio.Lock()
 
     def _judge(self, principles: list[str] | None):
-        from cai_ray.feedback import Judge
+        from cai_ray.judges import KINDS
 
         const = self.const
         if principles:
@@ -153,9 +153,10 @@ class JudgeServer:
                                          f"judge principles are {sorted(known)}")
             const = const.with_judges([p for p in const.judge if p.id in principles])
         settings = dict(self.settings)
+        kind = settings.pop("kind", "logprob")
         if principles:  # every named principle, each pair
             settings["principles_per_pair"] = len(principles)
-        return Judge(self.pool, self.engine.tokenizer, const, **settings)
+        return KINDS[kind](self.pool, self.engine.tokenizer, const, **settings)
 
     async def judge(self, body: JudgeRequest) -> dict:
         from cai_ray.feedback import JudgeItem

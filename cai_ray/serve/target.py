@@ -18,7 +18,7 @@ class JudgeSpec:
     constitution: str
     """A constitution spec load_constitution accepts (the run's constitution.path)."""
     settings: dict = field(default_factory=dict)
-    """Judge(...) keyword arguments: the run's preferences settings (seed, principles, orders)."""
+    """The judge's kind and keyword arguments: the run's `judge:` section (judges.settings)."""
 
 
 @dataclass
@@ -129,12 +129,12 @@ def _attach_scorers(target: ServeTarget, run_dir: Path, manifest: dict, want_sco
 
 
 def _judge_model(job, run_dir: Path, manifest: dict) -> str:
-    """The model the preferences stage judged with: preferences.judge_model, else the policy it
+    """The model the preferences stage judged with: judge.model, else the policy it
     read (the newest policy stage before it), else the base model."""
     from cai_ray import models
 
-    if job.preferences.judge_model:
-        return models.resolve(job.preferences.judge_model)
+    if job.judge.model:
+        return models.resolve(job.judge.model)
     from cai_ray.stages.registry import STAGES
 
     order = list(STAGES)
@@ -148,12 +148,14 @@ def _judge_model(job, run_dir: Path, manifest: dict) -> str:
 def _judge_spec(job, model: str) -> JudgeSpec:
     from cai_ray.constitution import load_constitution
 
+    from cai_ray import judges
+
     load_constitution(job.constitution.path).require("judge", job.constitution.path)
-    p = job.preferences
-    return JudgeSpec(model, job.constitution.path, {
-        "seed": job.seed, "principles_per_pair": p.principles_per_pair,
-        "num_fewshot": p.num_fewshot, "both_orders": p.both_orders,
-        "chain_of_thought": p.chain_of_thought, "cot_max_new_tokens": p.cot_max_new_tokens})
+    if job.judge.kind == "http":
+        raise InputError(f"--judge: this run's judge is a server already ({job.judge.url}); "
+                         f"clients can ask it directly")
+    return JudgeSpec(model, job.constitution.path,
+                     {"kind": job.judge.kind, **judges.settings(job.judge, seed=job.seed)})
 
 
 def resolve_target(spec: str, stage: str | None = None, name: str | None = None, *,

@@ -74,30 +74,17 @@ class Context:
 
     # -- engines -------------------------------------------------------------------------------
     def engine_kwargs(self, engine: EngineCfg | None = None) -> dict:
-        m, e = self.job.model, engine or self.job.engine
-        return {"max_model_len": m.max_model_len, "dtype": m.dtype, "seed": self.job.seed,
-                "trust_remote_code": m.trust_remote_code, "enforce_eager": e.enforce_eager,
-                "max_num_seqs": e.max_num_seqs, "tensor_parallel_size": e.tensor_parallel_size,
-                "gpu_memory_utilization": e.gpu_memory_utilization,
-                "kv_cache_gib": e.kv_cache_gib, "batch_size": e.batch_size,
-                "block_size": e.block_size}
+        return engine_kwargs(self.job, engine)
 
     def engine_pool(self, model_path: str, name: str = "engine", num_actors: int | None = None,
                     shared: dict | None = None, engine: EngineCfg | None = None,
                     wait: bool = True):
         """Engine actors for a model; `engine` overrides job.engine (the separate judge's own);
         wait=False: see EnginePool."""
-        from cai_ray.engines.pool import EnginePool
-
-        e = engine or self.job.engine
-        return EnginePool(num_actors or e.num_actors, e.backend, model_path,
-                          num_cpus=e.num_cpus_per_actor, num_gpus=e.num_gpus_per_actor,
-                          strategy=e.placement_strategy, max_restarts=e.max_restarts,
-                          engine_kwargs=self.engine_kwargs(e), name=name, shared=shared,
-                          wait=wait)
+        return engine_pool_for(self.job, model_path, name, num_actors, shared, engine, wait)
 
     def judge_pool(self, judge_path: str):
-        """Engine actors for the separate judge model, on preferences.judge_engine's resources."""
+        """Engine actors for the separate judge model, on judge.engine's resources."""
         return self.engine_pool(judge_path, name="judge", engine=self.job.judge_engine())
 
     def progress(self, total: int, desc: str, initial: int = 0, unit: str = "prompt"):
@@ -105,6 +92,30 @@ class Context:
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
                     disable=self.quiet, dynamic_ncols=True, mininterval=1.0)
+
+
+def engine_kwargs(job, engine: EngineCfg | None = None) -> dict:
+    m, e = job.model, engine or job.engine
+    return {"max_model_len": m.max_model_len, "dtype": m.dtype, "seed": job.seed,
+            "trust_remote_code": m.trust_remote_code, "enforce_eager": e.enforce_eager,
+            "max_num_seqs": e.max_num_seqs, "tensor_parallel_size": e.tensor_parallel_size,
+            "gpu_memory_utilization": e.gpu_memory_utilization,
+            "kv_cache_gib": e.kv_cache_gib, "batch_size": e.batch_size,
+            "block_size": e.block_size}
+
+
+def engine_pool_for(job, model_path: str, name: str = "engine", num_actors: int | None = None,
+                    shared: dict | None = None, engine: EngineCfg | None = None,
+                    wait: bool = True):
+    """Engine actors for a model on `engine`'s resources (default job.engine), outside a run too
+    (`cai-ray eval judge`)."""
+    from cai_ray.engines.pool import EnginePool
+
+    e = engine or job.engine
+    return EnginePool(num_actors or e.num_actors, e.backend, model_path,
+                      num_cpus=e.num_cpus_per_actor, num_gpus=e.num_gpus_per_actor,
+                      strategy=e.placement_strategy, max_restarts=e.max_restarts,
+                      engine_kwargs=engine_kwargs(job, e), name=name, shared=shared, wait=wait)
 
 
 def model_label(path: str) -> str:

@@ -1,7 +1,8 @@
 """Stage preferences: AI feedback (Bai et al. 2022 sec. 4.1).
 
-The SL-CAI model samples k answers per red-team prompt; the constitutional judge (the policy itself,
-or a separate feedback model on its own actors) labels each pair with a soft probability. Output in
+The SL-CAI model samples k answers per red-team prompt; the constitutional judge (the `judge:`
+section: the policy itself, a separate feedback model on its own actors, or a server) labels each
+pair with a soft probability. Output in
 RUN_DIR/preferences/: data/ + data.jsonl with prompt, chosen, rejected, p_chosen, per-principle and
 per-order probabilities, judge model and mode; the reward stage trains on it.
 """
@@ -12,11 +13,12 @@ import itertools
 import time
 
 from cai_ray.engines.base import TOO_LONG, Request, Sampling
-from cai_ray.feedback import Judge, JudgeItem
+from cai_ray.feedback import JudgeItem
+from cai_ray.judges import open_judge
 from cai_ray.rundir import ProgressLog, save_dataset
 from cai_ray.stages.context import Context, model_label
 
-SECTIONS = ("model", "constitution", "prompts", "preferences", "seed")
+SECTIONS = ("model", "constitution", "prompts", "preferences", "judge", "seed")
 PRODUCES = ("preferences",)
 KEY_FIGURES = ("pairs", "p_chosen_mean", "order_disagreement")
 
@@ -52,9 +54,7 @@ def pairs_of(answers: list[str]) -> list[tuple[int, int]]:
 
 
 def run(ctx: Context) -> dict:
-    from transformers import AutoTokenizer
-
-    cfg, e = ctx.job.preferences, ctx.job.engine
+    cfg, jc, e = ctx.job.preferences, ctx.job.judge, ctx.job.engine
     ctx.constitution.require("judge", ctx.job.constitution.path)
     out = ctx.run.stage_dir("preferences")
     log = ProgressLog(out / "progress.jsonl")
@@ -62,26 +62,21 @@ def run(ctx: Context) -> dict:
     todo = [p for p in prompts if not any(k.startswith(p.id + "#") for k in log.rows)
             and p.id + "#none" not in log.rows]
     policy = ctx.policy_model()
-    judge_path = cfg.judge_model and _resolve(cfg.judge_model)
     t0 = time.time()
-    stats, judge_s, n_judged, judge_actors = {}, 0.0, 0, 0
-    pool = judge_pool = None
+    stats, judge_s, n_judged, judge_actors, judge_model = {}, 0.0, 0, 0, None
+    pool = setup = None
     try:
         if todo:
             pool = ctx.engine_pool(policy, name="policy")
             answers, stats = sample_answers(pool, todo, cfg, ctx.job.seed, e.batch_size,
                                             e.max_in_flight)
-            if judge_path:
+            if jc.model:  # the judge has its own actors or a server: free the policy's
                 pool.shutdown()
                 pool = None
-                judge_pool = ctx.judge_pool(judge_path)
-            jp, je = (judge_pool, ctx.job.judge_engine()) if judge_pool else (pool, e)
-            judge = Judge(jp, AutoTokenizer.from_pretrained(judge_path or policy), ctx.constitution,
-                          seed=ctx.job.seed, principles_per_pair=cfg.principles_per_pair,
-                          num_fewshot=cfg.num_fewshot, both_orders=cfg.both_orders,
-                          chain_of_thought=cfg.chain_of_thought,
-                          cot_max_new_tokens=cfg.cot_max_new_tokens, batch_size=je.batch_size,
-                          max_in_flight=je.max_in_flight)
+            setup = open_judge(jc, ctx.constitution, default_model=policy, seed=ctx.job.seed,
+                               engine=e, judge_engine=ctx.job.judge_engine(), shared_pool=pool,
+                               actors=ctx.judge_pool)
+            judge, judge_model = setup.judge, setup.model
             by_id = {p.id: p for p in todo}
             items = []
             for pid, ans in answers.items():
@@ -94,25 +89,29 @@ def run(ctx: Context) -> dict:
             bar = ctx.progress(len(items), "judge", unit="pair")
             for chunk in _chunks(items, 16):  # progress and the log advance per chunk
                 for it, jd in zip(chunk, judge.label(chunk)):
-                    log.add(_row(it, jd, by_id[it.id.split("#")[0]], judge_path or policy, cfg))
+                    log.add(_row(it, jd, by_id[it.id.split("#")[0]], judge_model, jc))
                 bar.update(len(chunk))
             bar.close()
-            judge_s, n_judged, judge_actors = time.time() - tj, len(items), len(jp)
+            judge_s, n_judged, judge_actors = time.time() - tj, len(items), len(setup.pool)
     finally:
-        for p in (pool, judge_pool):
-            if p is not None:
-                p.shutdown()
+        if setup is not None:
+            setup.close()
+        if pool is not None:
+            pool.shutdown()
         log.close()
     rows = [r for r in log.rows.values() if "chosen" in r]
     save_dataset(out / "data", rows)
     ps = [r["p_chosen"] for r in rows]
     orders = sum(r["order_disagreements"] for r in rows)
-    n_orders = sum(len(r["per_principle"]) for r in rows) if cfg.both_orders else 0
+    n_orders = sum(len(r["per_principle"]) for r in rows) if jc.both_orders else 0
     return {"pairs": len(rows), "prompts": len({r["prompt_id"] for r in rows}),
             "p_chosen_mean": sum(ps) / len(ps) if ps else None,
             "order_disagreement": orders / n_orders if n_orders else None,
-            "judge_model": model_label(judge_path or policy), "policy_model": model_label(policy),
-            "mode": "cot" if cfg.chain_of_thought else "direct", "judge_actors": judge_actors,
+            "unparsed_verdicts": sum(r.get("unparsed", 0) for r in rows),
+            "judge_kind": jc.kind,
+            "judge_model": model_label(judge_model or jc.model or policy),
+            "policy_model": model_label(policy),
+            "mode": "cot" if jc.chain_of_thought else "direct", "judge_actors": judge_actors,
             "judgements_per_s": n_judged / judge_s if judge_s else None,
             "timing/generate_s": stats.get("seconds"), "timing/judge_s": judge_s,
             "timing/total_s": time.time() - t0,
@@ -127,16 +126,10 @@ def _row(it: JudgeItem, jd, prompt, judge_model: str, cfg) -> dict:
             "p_chosen": jd.p_first if first_better else 1.0 - jd.p_first,
             "per_principle": jd.per_principle, "orders": jd.orders,
             "order_disagreements": jd.disagreements, "reasoning": jd.reasoning,
-            "judge_model": model_label(judge_model),
-            "mode": "cot" if cfg.chain_of_thought else "direct"}
+            "judge_model": model_label(judge_model), "judge_kind": cfg.kind,
+            "unparsed": jd.unparsed, "mode": "cot" if cfg.chain_of_thought else "direct"}
 
 
 def _chunks(xs: list, n: int):
     for k in range(0, len(xs), n):
         yield xs[k:k + n]
-
-
-def _resolve(name: str) -> str:
-    from cai_ray import models
-
-    return models.resolve(name)

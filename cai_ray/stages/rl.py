@@ -33,8 +33,8 @@ def check(job, constitution, base: str) -> None:
     kind, _ = reward_kind(rl.reward)
     if kind == "judge":
         constitution.require("judge", job.constitution.path)
-        if job.preferences.judge_model:
-            models.resolve(job.preferences.judge_model)
+        if job.judge.model:
+            models.resolve(job.judge.model)
     if kind == "model" and rl.reward_model:
         models.resolve(rl.reward_model)
 
@@ -107,7 +107,6 @@ def judge_setup(ctx: Context, cfg, sft: str, pool, out: Path, start: int) -> tup
     rollout engines, which hold the SFT weights then; kept in RUN_DIR/rl/sft_answers.jsonl)."""
     from cai_ray.engines.base import Request, Sampling
 
-    pref = ctx.job.preferences
     refs_file = out / "sft_answers.jsonl"
     refs = {r["prompt_id"]: r["answer"] for r in read_jsonl(refs_file)}
     prompts = ctx.train_prompts(ctx.red_team.prompts) + ctx.train_prompts(ctx.helpful.prompts)
@@ -123,18 +122,18 @@ def judge_setup(ctx: Context, cfg, sft: str, pool, out: Path, start: int) -> tup
             sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
         refs.update({pid: outs[0].text.strip() for pid, outs in sched.results()})
         write_jsonl_atomic(refs_file, [{"prompt_id": k, "answer": v} for k, v in refs.items()])
-    judge_path = pref.judge_model and _resolve(pref.judge_model)
-    judge_pool = ctx.judge_pool(judge_path) if judge_path else \
-        ctx.engine_pool(sft, name="judge")
+    jc = ctx.job.judge
+    judge_path = jc.model and _resolve(jc.model)
+    if jc.kind == "http":
+        judge_pool = None  # the reward opens the server's engine itself
+    else:
+        judge_pool = ctx.judge_pool(judge_path) if judge_path else \
+            ctx.engine_pool(sft, name="judge")
     je = ctx.job.judge_engine() if judge_path else ctx.job.engine
     params = {"pool": judge_pool, "tokenizer_path": judge_path or sft,
               "constitution": ctx.constitution, "mode": cfg.judge_mode, "references": refs,
-              "judge_kwargs": {"seed": ctx.job.seed, "principles_per_pair":
-                               pref.principles_per_pair, "num_fewshot": pref.num_fewshot,
-                               "both_orders": pref.both_orders, "chain_of_thought":
-                               pref.chain_of_thought, "cot_max_new_tokens":
-                               pref.cot_max_new_tokens, "batch_size": je.batch_size,
-                               "max_in_flight": je.max_in_flight}}
+              "judge_cfg": jc, "seed": ctx.job.seed, "batch_size": je.batch_size,
+              "max_in_flight": je.max_in_flight}
     return params, judge_pool
 
 

@@ -89,8 +89,8 @@ def test_colocate_needs_one_learner_rank_per_engine():
 
 
 def test_separate_judge_gets_its_own_engine_fields():
-    job = load_job("tiny", ["preferences.judge_model=tiny-random-llama",
-                            "preferences.judge_engine={num_actors: 2, kv_cache_gib: 2}",
+    job = load_job("tiny", ["judge.model=tiny-random-llama",
+                            "judge.engine={num_actors: 2, kv_cache_gib: 2}",
                             "engine.batch_size=4"])
     je = job.judge_engine()
     assert (je.num_actors, je.kv_cache_gib, je.batch_size) == (2, 2, 4)  # batch from `engine`
@@ -98,14 +98,41 @@ def test_separate_judge_gets_its_own_engine_fields():
     assert load_job("tiny").judge_engine() == load_job("tiny").engine
 
 
+def test_old_preferences_judge_fields_still_work(tmp_path):
+    """Job files and manifests from before the `judge:` section keep their meaning."""
+    old = tmp_path / "old.yaml"
+    old.write_text("preferences:\n  judge_model: tiny-random-llama\n  judge_engine: "
+                   "{num_actors: 2}\n  principles_per_pair: 3\n  both_orders: false\n"
+                   "  num_samples: 3\n")
+    job = load_job(old)
+    assert (job.judge.model, job.judge.principles_per_pair, job.judge.both_orders) == \
+        ("tiny-random-llama", 3, False)
+    assert job.judge_engine().num_actors == 2 and job.preferences.num_samples == 3
+    job = load_job("tiny", ["preferences.judge_model=m", "preferences.num_fewshot=0"])
+    assert (job.judge.model, job.judge.num_fewshot) == ("m", 0)
+    manifest_cfg = JobConfig().model_dump()
+    manifest_cfg["preferences"].update(judge_model=None, principles_per_pair=1)
+    del manifest_cfg["judge"]
+    assert JobConfig.model_validate(manifest_cfg).judge.principles_per_pair == 1
+    both = tmp_path / "both.yaml"
+    both.write_text("preferences: {principles_per_pair: 3}\njudge: {principles_per_pair: 2}\n")
+    with pytest.raises(ConfigError, match="keep judge.principles_per_pair"):
+        load_job(both)
+
+
 @pytest.mark.parametrize("overrides, says", [
-    (["preferences.judge_engine={num_actors: 2}"], "set preferences.judge_model"),
-    (["preferences.judge_model=m", "preferences.judge_engine={num_actorz: 2}"],
-     "preferences.judge_engine.num_actorz: not an engine field"),
-    (["preferences.judge_model=m", "preferences.judge_engine={num_actors: 0}"],
-     "preferences.judge_engine.num_actors: Input should be greater than or equal to 1"),
-    (["preferences.judge_model=m", "preferences.judge_engine={tensor_parallel_size: 2}"],
-     "preferences.judge_engine.tensor_parallel_size > 1 needs num_gpus_per_actor"),
+    (["judge.engine={num_actors: 2}"], "set judge.model"),
+    (["judge.model=m", "judge.engine={num_actorz: 2}"],
+     "judge.engine.num_actorz: not an engine field"),
+    (["judge.model=m", "judge.engine={num_actors: 0}"],
+     "judge.engine.num_actors: Input should be greater than or equal to 1"),
+    (["judge.model=m", "judge.engine={tensor_parallel_size: 2}"],
+     "judge.engine.tensor_parallel_size > 1 needs num_gpus_per_actor"),
+    (["judge.kind=http"], "judge: kind http needs url"),
+    (["judge.kind=http", "judge.url=127.0.0.1:8000"], "give an http:// or https:// base URL"),
+    (["judge.kind=http", "judge.url=http://127.0.0.1:8000/v1"], "kind http needs model"),
+    (["judge.url=http://127.0.0.1:8000/v1"], "url is for kind http"),
+    (["judge.kind=pairwise"], "judge.kind: Input should be 'logprob', 'generative' or 'http'"),
 ])
 def test_bad_judge_engine_names_the_field(overrides, says):
     with pytest.raises(ConfigError, match=says):

@@ -1,0 +1,95 @@
+"""An engine behind an OpenAI-compatible HTTP server (`vllm serve`, `cai-ray serve`, any server
+with /v1/completions and log-probabilities): the judge of kind `http`.
+
+Prompts are tokenized here with the served model's tokenizer (the same chat template and option
+tokens as the in-process judge) and sent as token ids to /v1/completions, answers and top
+log-probabilities come back keyed by token id (vLLM's `return_tokens_as_token_ids`). An option
+token outside the server's top `TOP_LOGPROBS` gets the smallest listed log-probability (an upper
+bound on its own): with two options that only matters when the judge puts almost nothing on one.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from cai_ray.engines.base import Completion, Engine, Sampling
+from cai_ray.errors import InputError
+
+TOP_LOGPROBS = 20
+"""vLLM's default max_logprobs."""
+
+
+class HttpEngine(Engine):
+    backend = "http"
+
+    def __init__(self, url: str, model_path: str, *, api_key_env: str = "CAI_RAY_API_KEY",
+                 timeout_s: float = 300.0, concurrency: int = 8, max_model_len: int = 2048):
+        super().__init__(model_path, max_model_len=max_model_len)
+        self.base, self.timeout = url.rstrip("/"), timeout_s
+        key = os.environ.get(api_key_env)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="http-engine")
+        self.served = self._model_id()
+
+    def _model_id(self) -> str:
+        import httpx
+
+        try:
+            r = httpx.get(f"{self.base}/models", headers=self.headers, timeout=30)
+        except httpx.HTTPError as err:
+            raise InputError(f"judge.url {self.base}: no answer from the server ({err}); start "
+                             f"it or fix the url") from None
+        if r.status_code == 401:
+            raise InputError(f"judge.url {self.base}: 401 unauthorized; put the server's key in "
+                             f"the judge's api_key_env variable")
+        if r.status_code != 200 or not r.json().get("data"):
+            raise InputError(f"judge.url {self.base}/models: HTTP {r.status_code}, no model "
+                             f"listed; give the server's OpenAI base URL (ending in /v1)")
+        return r.json()["data"][0]["id"]
+
+    def _complete(self, body: dict) -> dict:
+        import httpx
+
+        r = httpx.post(f"{self.base}/completions", headers=self.headers, timeout=self.timeout,
+                       json={"model": self.served, "return_tokens_as_token_ids": True, **body})
+        if r.status_code != 200:
+            raise RuntimeError(f"{self.base}/completions: HTTP {r.status_code}: {r.text[:300]}")
+        return r.json()
+
+    def _generate_ids(self, prompts: list[list[int]], sampling: Sampling) -> list[list[Completion]]:
+        body = {"max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
+                "top_p": sampling.top_p, "n": sampling.n, "logprobs": 1,
+                **({"seed": sampling.seed} if sampling.seed is not None else {}),
+                **({"stop": sampling.stop} if sampling.stop else {})}
+
+        def one(ids: list[int]) -> list[Completion]:
+            out = self._complete({**body, "prompt": ids})
+            comps = []
+            for ch in sorted(out["choices"], key=lambda c: c["index"]):
+                lp = ch.get("logprobs") or {}
+                toks = [int(t.split(":", 1)[1]) for t in lp.get("tokens") or []]
+                comps.append(Completion("", ch["text"], toks, ids,
+                                        lp.get("token_logprobs") if sampling.logprobs else None,
+                                        ch.get("finish_reason") or "stop", ch["index"]))
+            return comps
+
+        return list(self.pool.map(one, prompts))
+
+    def next_token_logprobs(self, requests, token_ids: list[int]) -> list[list[float]]:
+        def one(req) -> list[float]:
+            out = self._complete({"prompt": self.encode(req), "max_tokens": 1, "temperature": 0.0,
+                                  "logprobs": TOP_LOGPROBS})
+            top = out["choices"][0]["logprobs"]["top_logprobs"][0]
+            by_id = {int(k.split(":", 1)[1]): v for k, v in top.items()}
+            floor = min(by_id.values())
+            return [by_id.get(t, floor) for t in token_ids]
+
+        return list(self.pool.map(one, requests))
+
+    def _score_ids(self, pairs):
+        raise NotImplementedError("http engine: scores the next token only (the judge); "
+                                  "teacher-forced scoring needs an in-process engine")
+
+    def _load_folder(self, folder: str) -> None:
+        raise NotImplementedError("http engine: the server owns its weights")
