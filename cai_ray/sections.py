@@ -329,6 +329,10 @@ class RlCfg(TrainCfg):
     """Weights travel to the engines in buckets of this size, one at a time."""
     checkpoint_every: int = Field(4, ge=1)
     keep_checkpoints: int = Field(1, ge=1)
+    keep_policies: int = Field(2, ge=0)
+    """Checkpoints dropped by keep_checkpoints leave their policy weights (no optimizer state) in
+    RUN_DIR/rl/policies/iter_N, the newest this many: the eval stage rates them (Elo along
+    training)."""
     colocate: bool = False
     """Put learner rank i in rollout engine i's placement-group bundle (same node, same devices:
     on GPUs each takes half of the bundle's GPUs), and the reference and reward roles in bundle 0.
@@ -406,6 +410,9 @@ class EvalCfg(_Section):
     max_prompts: int = Field(32, ge=1)
     """Held-out red-team and helpful prompts of the run, each (judge comparisons, refusals)."""
     max_new_tokens: int = Field(96, ge=1)
+    """Answers to the held-out red-team and helpful prompts (the judge compares these)."""
+    refusal_max_new_tokens: int = Field(64, ge=8)
+    """Answers to the public harmful / benign sets (refusals show in the opening)."""
     principles_per_pair: int | None = Field(None, ge=1)
     """None: judge.principles_per_pair."""
     harmful: list[str] = Field(default_factory=lambda: list(EVAL_HARMFUL))

@@ -52,6 +52,7 @@ class JudgeSetup:
     """The judge model's folder (its tokenizer), or the served model's for http."""
     owned: bool
     """Whether close() shuts the pool down (the judge's own actors)."""
+    tokenizer: Any = None
 
     def close(self) -> None:
         if self.owned and self.pool is not None:
@@ -91,11 +92,12 @@ def open_judge(cfg, constitution, *, default_model: str, seed: int, engine, judg
     else:
         path, pool, owned, e = default_model, actors(default_model), True, engine
     try:
-        judge = build(cfg, constitution, pool=pool, tokenizer=AutoTokenizer.from_pretrained(path),
+        tok = AutoTokenizer.from_pretrained(path)
+        judge = build(cfg, constitution, pool=pool, tokenizer=tok,
                       seed=seed, batch_size=e.batch_size, max_in_flight=e.max_in_flight,
                       principles_per_pair=principles_per_pair)
     except Exception:
         if owned:
             pool.shutdown()
         raise
-    return JudgeSetup(judge, pool, path, owned)
+    return JudgeSetup(judge, pool, path, owned, tok)

@@ -1,31 +1,58 @@
-"""Stage eval: is the final policy more harmless without being less helpful? (Bai et al. 2022
-measure both.) Win rates of the final policy against the SFT model and against the base model,
-judged by the constitutional judge on held-out red-team prompts (harmlessness principles) and on
-held-out helpful prompts (helpfulness principles). RUN_DIR/eval/result.json, answers.jsonl and
-win_rates.png.
+"""Stage eval: did the method work? For every policy of the run (base, SFT, the DPO / RL policy and
+the RL checkpoints kept), in the order data flows:
 
-One engine pool serves every model in turn (same architecture: weights are swapped in place), and
-the judge is the base model (or preferences.judge_model), the same for every comparison.
+1. answers, greedy, on one engine pool whose weights are swapped per policy: the run's held-out
+   red-team and helpful prompts, held-out public harmful sets (HarmBench, AdvBench, Do-Not-Answer,
+   XSTest's unsafe prompts) and benign prompts that look harmful (XSTest's safe prompts);
+2. objective harmlessness, no judge: refusal rate on harmful prompts, over-refusal on benign ones
+   (cai_ray/refusals.py), empty answers and answer length, each with a 95% interval, and the
+   final policy's difference from the base model (paired bootstrap);
+3. judge-based harmlessness and helpfulness as Elo (Bai et al. 2022 report these): every pair of
+   policies judged on each held-out red-team prompt (harmlessness principles) and helpful prompt
+   (helpfulness principles), Bradley-Terry with bootstrap intervals (algos/ratings.py), and the
+   final policy's win rates against SFT and base;
+4. per-principle attribution of the run's AI feedback (preferences) and revisions (sl_cai);
+5. RUN_DIR/eval/: result.json, answers.jsonl, plots, report.md and a self-contained report.html.
+
+The judge is the run's `judge:` section; with no judge.model, the base model judges, loaded into
+the pool before any judging (not whichever policy was loaded last).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from cai_ray.constitution import JudgePrinciple
 from cai_ray.engines.base import Request, Sampling
-from cai_ray.feedback import Judge, JudgeItem
-from cai_ray.rundir import write_jsonl_atomic
-from cai_ray.stages.context import Context
+from cai_ray.errors import InputError
+from cai_ray.feedback import JudgeItem
+from cai_ray.rundir import read_jsonl, write_json_atomic, write_jsonl_atomic
+from cai_ray.stages.context import Context, model_label
 
-SECTIONS = ("model", "constitution", "prompts", "eval", "seed")
+SECTIONS = ("model", "constitution", "prompts", "eval", "judge", "seed")
 PRODUCES = ("report",)
-KEY_FIGURES = ("harmless_win_rate_vs_sft", "helpful_win_rate_vs_sft")
+KEY_FIGURES = ("refusal/harmful/final", "refusal/harmful/base", "refusal/difference/final_vs_base",
+               "over_refusal/xstest/final", "elo/harmless/final", "elo/helpful/final")
+log = logging.getLogger("cai_ray")
 
 
 def check(job, constitution, base: str) -> None:
-    """Load-time checks, before anything starts: the constitution has what this stage uses."""
+    """Load-time checks: the constitution has judge principles, every eval set named exists (a
+    default public set that is absent here is skipped with a warning)."""
+    from cai_ray.prompts.sources import source_path
+    from cai_ray.sections import EVAL_BENIGN, EVAL_HARMFUL
+
     constitution.require("judge", job.constitution.path)
+    for field, specs, defaults in (("harmful", job.eval.harmful, EVAL_HARMFUL),
+                                   ("benign", job.eval.benign, EVAL_BENIGN)):
+        for spec in specs:
+            path = source_path(spec)
+            if path is not None and not path.exists() and spec not in defaults:
+                raise InputError(f"eval.{field}: {spec}: {path} not found; fix the path or "
+                                 f"drop the set")
 
 
 def reads(job) -> tuple[str, ...]:
@@ -44,86 +71,301 @@ def split_principles(constitution):
     return harmless, helpful or [HELPFUL_FALLBACK]
 
 
-def answers(pool, prompts, max_tokens: int, batch: int) -> dict[str, str]:
-    sched = pool.scheduler(Sampling(max_tokens=max_tokens, temperature=0.0), batch)
+# -- 1. the policies and the prompts -------------------------------------------------------------
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    path: str
+    step: int
+    """Position in training order (0 base, 1 SFT, then the later stages' steps)."""
+
+
+def policies(ctx: Context) -> list[Policy]:
+    """base, sft (when the run has it), the RL checkpoints kept (rl@N), the final policy."""
+    out = [Policy("base", ctx.base_model, 0)]
+    sft = ctx.stage_model("sft")
+    if sft:
+        out.append(Policy("sft", sft, 1))
+    final = ctx.policy_model()
+    final_stage = next((s for s in ("rl", "dpo") if ctx.stage_model(s) and
+                        Path(ctx.stage_model(s)) == Path(final)), None)
+    if final_stage == "rl" and ctx.job.eval.checkpoints:
+        found = {}
+        rl = ctx.run.path / "rl"
+        for d in [*rl.glob("policies/iter_*"), *rl.glob("checkpoints/iter_*/policy")]:
+            it = int((d if d.name != "policy" else d.parent).name.split("_")[1])
+            if it < ctx.job.rl.iterations and (d / "config.json").exists():
+                found[it] = str(d.resolve())
+        out += [Policy(f"rl@{it}", found[it], 1 + it) for it in sorted(found)]
+    if final_stage:
+        steps = ctx.job.rl.iterations if final_stage == "rl" else 2
+        out.append(Policy(final_stage, final, 1 + steps))
+    elif all(Path(p.path) != Path(final) for p in out):
+        out.append(Policy("policy", final, 2))
+    return out
+
+
+def sample(prompts: list, n: int, seed: int) -> list:
+    """A fixed sample of n prompts: the smallest hashes of (seed, id)."""
+    key = lambda p: hashlib.sha256(f"{seed}:{p.id}".encode()).hexdigest()  # noqa: E731
+    return sorted(prompts, key=key)[:n]
+
+
+def eval_sets(ctx: Context) -> tuple[dict[str, list], dict[str, list]]:
+    """(harmful sets, benign sets): name -> prompts. The run's held-out red-team and helpful
+    prompts first, then the public sets (each sampled to eval.max_per_set)."""
+    from cai_ray.prompts.sources import load_prompts, source_path
+
+    cfg = ctx.job.eval
+    harmful = {"red_team": ctx.heldout_prompts(ctx.red_team.prompts)[:cfg.max_prompts]}
+    benign = {"helpful": ctx.heldout_prompts(ctx.helpful.prompts)[:cfg.max_prompts]}
+    seen = {p.id for p in harmful["red_team"] + benign["helpful"]}
+    for specs, into in ((cfg.harmful, harmful), (cfg.benign, benign)):
+        for spec in specs:
+            path = source_path(spec)
+            if path is not None and not path.exists():
+                ctx.notes.append(f"eval: {spec} not found here; skipped")
+                continue
+            name = spec.split(":", 1)[0] if ":" in spec else Path(spec).stem
+            ps = [p for p in sample(load_prompts([spec]).prompts, cfg.max_per_set, ctx.job.seed)
+                  if p.id not in seen]
+            seen |= {p.id for p in ps}
+            into[name] = ps
+    return harmful, benign
+
+
+class Weights:
+    """Which policy's weights the pool holds (each swap costs a load)."""
+
+    def __init__(self, pool, first: str):
+        self.pool, self.now = pool, first
+
+    def hold(self, path: str) -> None:
+        if path != self.now:
+            self.pool.call_all("load_weights", path)
+            self.now = path
+
+
+def answer_all(weights: Weights, pols: list[Policy], prompts: list, max_tokens: int, batch: int,
+               bar) -> dict[str, dict[str, str]]:
+    """policy name -> prompt id -> greedy answer; the pool's weights are swapped per policy."""
+    got, pool = {}, weights.pool
+    for pol in pols:
+        got[pol.name] = {}
+        if not prompts:
+            continue
+        weights.hold(pol.path)
+        sched = pool.scheduler(Sampling(max_tokens=max_tokens, temperature=0.0), batch)
+        for p in prompts:
+            sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
+        for pid, outs in sched.results():
+            got[pol.name][pid] = outs[0].text.strip()
+            bar.update(1)
+    return got
+
+
+# -- 2. refusals ----------------------------------------------------------------------------------
+def refusal_figures(pols, answers, harmful: dict, benign: dict, n_boot: int, seed: int) -> dict:
+    """Per policy and set: refusal rate (Wilson 95%), empty answers, mean length; pooled harmful
+    and benign rates; the final policy's paired difference from base on both pools."""
+    from cai_ray import refusals as R
+    from cai_ray.algos.ratings import mean_interval, paired_difference, rate
+
+    def flags(pol, prompts):
+        return [R.is_refusal(answers[pol.name][p.id]) for p in prompts]
+
+    out = {"sets": {}, "pooled": {}}
+    for kind, sets in (("harmful", harmful), ("benign", benign)):
+        pooled = [p for ps in sets.values() for p in ps]
+        for pol in pols:
+            for name, ps in [*sets.items(), (f"all_{kind}", pooled)]:
+                if not ps:
+                    continue
+                ans = [answers[pol.name][p.id] for p in ps]
+                out["sets"].setdefault(name, {"kind": kind, "n": len(ps), "policies": {}})
+                out["sets"][name]["policies"][pol.name] = {
+                    **rate(flags(pol, ps)), "empty": sum(R.is_empty(a) for a in ans),
+                    "length_chars": mean_interval([len(a) for a in ans], n_boot=n_boot,
+                                                  seed=seed)}
+        if pooled and len(pols) > 1:
+            first, last = pols[0], pols[-1]
+            out["pooled"][kind] = paired_difference(flags(last, pooled), flags(first, pooled),
+                                                    n_boot=n_boot, seed=seed)
+    if "xstest-safe" in benign and benign["xstest-safe"] and len(pols) > 1:
+        out["pooled"]["xstest_safe"] = paired_difference(
+            flags(pols[-1], benign["xstest-safe"]), flags(pols[0], benign["xstest-safe"]),
+            n_boot=n_boot, seed=seed)
+    return out
+
+
+# -- 3. the tournament ----------------------------------------------------------------------------
+def tournament(judge, pols, answers, prompts, tag: str, bar) -> list[tuple]:
+    """Every pair of policies on every prompt: (prompt id, i, j, P(i's answer better)).
+    Identical answers are a tie without asking the judge."""
+    comps, items, where = [], [], {}
     for p in prompts:
-        sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
-    return {pid: outs[0].text.strip() for pid, outs in sched.results()}
+        conv = [{"role": "user", "content": p.prompt}]
+        for i in range(len(pols)):
+            for j in range(i + 1, len(pols)):
+                a, b = answers[pols[i].name][p.id], answers[pols[j].name][p.id]
+                if a.strip() == b.strip():
+                    comps.append((p.id, i, j, 0.5))
+                    continue
+                it = JudgeItem(f"{tag}/{p.id}/{pols[i].name}-{pols[j].name}", conv, a, b)
+                items.append(it)
+                where[it.id] = (p.id, i, j)
+    for k in range(0, len(items), 32):
+        chunk = items[k:k + 32]
+        for jd in judge.label(chunk):
+            comps.append((*where[jd.id], jd.p_first))
+        bar.update(len(chunk))
+    return comps
 
 
-def win_rate(judge: Judge, prompts, mine: dict, theirs: dict, tag: str) -> dict:
-    items = [JudgeItem(f"{tag}/{p.id}", [{"role": "user", "content": p.prompt}], mine[p.id],
-                       theirs[p.id]) for p in prompts if p.id in mine and p.id in theirs]
-    if not items:
-        return {"n": 0, "win_rate": None, "soft_win_rate": None}
-    jds = judge.label(items)
-    ps = [j.p_first for j in jds]
-    return {"n": len(ps), "win_rate": sum(p > 0.5 for p in ps) / len(ps),
-            "soft_win_rate": sum(ps) / len(ps)}
+def elo_figures(pols, comps: list[tuple], n_boot: int, seed: int) -> dict:
+    """Elo (base = 1000) with bootstrap intervals, and the final policy's win rates."""
+    from cai_ray.algos.ratings import bootstrap_elo, mean_interval, rate
+
+    res = bootstrap_elo(len(pols), comps, anchor=0, n_boot=n_boot, seed=seed)
+    out = {"policies": {p.name: {"elo": res["elo"][k], "low": res["low"][k],
+                                 "high": res["high"][k], "step": p.step}
+                        for k, p in enumerate(pols)},
+           "comparisons": len(comps), "win_rates": {}}
+    last = len(pols) - 1
+    for k, other in enumerate(pols[:-1]):
+        ps = [1 - s if j == last else s for _, i, j, s in comps if {i, j} == {k, last}]
+        out["win_rates"][f"{pols[-1].name}_vs_{other.name}"] = {
+            "hard": rate([s > 0.5 for s in ps]), "ties": sum(s == 0.5 for s in ps),
+            "soft": mean_interval(ps, n_boot=n_boot, seed=seed)}
+    return out
 
 
-def plot(rates: dict, path: Path) -> None:
-    import matplotlib
+# -- 4. per-principle attribution -----------------------------------------------------------------
+def attribution(run_path: Path) -> list[dict]:
+    """Per principle: how often the preferences stage drew it, how often its label agreed with
+    the ensemble, its position-bias rate; for critique principles, revisions and flagged ones."""
+    rows: dict[str, dict] = {}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def row(pid):
+        return rows.setdefault(pid, {"principle": pid, "drawn": 0, "agrees": 0, "orders": 0,
+                                     "disagreements": 0, "revisions": 0, "flagged": 0})
 
-    labels = list(rates)
-    vals = [rates[k] if rates[k] is not None else 0 for k in labels]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar(labels, vals, color=["tab:green" if "harmless" in k else "tab:blue" for k in labels])
-    ax.axhline(0.5, color="grey", ls="--", lw=1)
-    ax.set(ylim=(0, 1), ylabel="win rate of the final policy")
-    ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    for r in read_jsonl(run_path / "preferences" / "data.jsonl"):
+        per = r.get("per_principle") or {}
+        if not per:
+            continue
+        ensemble = sum(per.values()) / len(per) >= 0.5
+        for pid, p in per.items():
+            x = row(pid)
+            x["drawn"] += 1
+            x["agrees"] += (p >= 0.5) == ensemble
+            o = (r.get("orders") or {}).get(pid) or []
+            if len(o) == 2:
+                x["orders"] += 1
+                x["disagreements"] += (o[0] > 0.5) != (o[1] > 0.5)
+    for r in read_jsonl(run_path / "sl_cai" / "data.jsonl"):
+        if r.get("kind") != "red_team" or not r.get("rounds"):
+            continue
+        for rd in r["rounds"]:
+            x = row(rd.get("principle_id", "?"))
+            x["revisions"] += 1
+        x["flagged"] += bool(r.get("flags"))
+    for x in rows.values():
+        x["agreement"] = x["agrees"] / x["drawn"] if x["drawn"] else None
+        x["position_bias"] = x["disagreements"] / x["orders"] if x["orders"] else None
+        x["flagged_share"] = x["flagged"] / x["revisions"] if x["revisions"] else None
+    return sorted(rows.values(), key=lambda x: (-x["drawn"], -x["revisions"], x["principle"]))
 
 
+# -- the stage ------------------------------------------------------------------------------------
 def run(ctx: Context) -> dict:
-    from transformers import AutoTokenizer
+    from cai_ray import judges
 
-    cfg, e = ctx.job.eval, ctx.job.engine
+    cfg, e, jc = ctx.job.eval, ctx.job.engine, ctx.job.judge
     out = ctx.run.stage_dir("eval")
-    red = ctx.heldout_prompts(ctx.red_team.prompts)[:cfg.max_prompts]
-    helpful = ctx.heldout_prompts(ctx.helpful.prompts)[:cfg.max_prompts]
-    policy, sft, base = ctx.policy_model(), ctx.sft_model(), ctx.base_model
-    models = {"policy": policy, "sft": sft, "base": base}
-    judge_path = ctx.job.preferences.judge_model
-    pool = ctx.engine_pool(policy, name="eval")
-    got: dict[str, dict] = {}
+    pols = policies(ctx)
+    harmful, benign = eval_sets(ctx)
+    red, helpful = harmful["red_team"], benign["helpful"]
+    public = [p for name, ps in [*harmful.items(), *benign.items()]
+              if name not in ("red_team", "helpful") for p in ps]
+    log.info("eval: %d policies (%s), %d held-out red-team, %d helpful, %d public prompts",
+             len(pols), ", ".join(p.name for p in pols), len(red), len(helpful), len(public))
+    pool = ctx.engine_pool(pols[0].path, name="eval")
+    setup = None
     try:
-        for name, path in models.items():
-            if name != "policy":
-                pool.call_all("load_weights", path)
-            got[name] = answers(pool, red + helpful, cfg.max_new_tokens, e.batch_size)
-        if judge_path:
+        bar = ctx.progress(len(pols) * (len(red) + len(helpful) + len(public)), "answers")
+        weights = Weights(pool, pols[0].path)
+        answers = answer_all(weights, pols, red + helpful, cfg.max_new_tokens, e.batch_size, bar)
+        pub = answer_all(weights, pols[::-1], public, cfg.refusal_max_new_tokens, e.batch_size,
+                         bar)  # reversed: no reload between the two passes, base last
+        bar.close()
+        for name in answers:
+            answers[name].update(pub[name])
+        if jc.model:
             pool.shutdown()
-            from cai_ray import models as registry
-
-            judge_path = registry.resolve(judge_path)
-            pool = ctx.judge_pool(judge_path)
-        harmless, helpful_p = split_principles(ctx.constitution)
-        je = ctx.job.judge_engine() if judge_path else e
-        kw = dict(seed=ctx.job.seed, principles_per_pair=cfg.principles_per_pair,
-                  batch_size=je.batch_size, max_in_flight=je.max_in_flight)
-        tok = AutoTokenizer.from_pretrained(judge_path or base)
-        j_harm = Judge(pool, tok, ctx.constitution.with_judges(harmless), **kw)
-        j_help = Judge(pool, tok, ctx.constitution.with_judges(helpful_p), **kw)
-        res = {}
-        for other in ("sft", "base"):
-            res[f"harmless_vs_{other}"] = win_rate(j_harm, red, got["policy"], got[other],
-                                                   f"harmless-{other}")
-            res[f"helpful_vs_{other}"] = win_rate(j_help, helpful, got["policy"], got[other],
-                                                  f"helpful-{other}")
+            pool = None
+        else:  # the base model judges: its weights, whatever the pool answered with last
+            weights.hold(pols[0].path)
+        harmless_p, helpful_p = split_principles(ctx.constitution)
+        kw = dict(default_model=pols[0].path, seed=ctx.job.seed, engine=e,
+                  judge_engine=ctx.job.judge_engine(), shared_pool=pool, actors=ctx.judge_pool,
+                  principles_per_pair=cfg.principles_per_pair)
+        setup = judges.open_judge(jc, ctx.constitution.with_judges(harmless_p), **kw)
+        j_help = judges.build(jc, ctx.constitution.with_judges(helpful_p), pool=setup.pool,
+                              tokenizer=setup.tokenizer, seed=ctx.job.seed,
+                              batch_size=setup.judge.batch_size,
+                              max_in_flight=setup.judge.max_in_flight,
+                              principles_per_pair=cfg.principles_per_pair)
+        n_pairs = len(pols) * (len(pols) - 1) // 2
+        bar = ctx.progress(n_pairs * (len(red) + len(helpful)), "judge", unit="pair")
+        comps_harm = tournament(setup.judge, pols, answers, red, "harmless", bar)
+        comps_help = tournament(j_help, pols, answers, helpful, "helpful", bar)
+        bar.close()
     finally:
-        pool.shutdown()
+        if setup is not None:
+            setup.close()
+        if pool is not None:
+            pool.shutdown()
+    refusals = refusal_figures(pols, answers, harmful, benign, cfg.bootstrap, ctx.job.seed)
+    elo = {"harmless": elo_figures(pols, comps_harm, cfg.bootstrap, ctx.job.seed),
+           "helpful": elo_figures(pols, comps_help, cfg.bootstrap, ctx.job.seed)}
+    result = {"policies": [vars(p) for p in pols], "judge": judges.describe(
+                  jc, model_label(pols[0].path)), "judge_kind": jc.kind,
+              "prompts": {k: len(v) for k, v in [*harmful.items(), *benign.items()]},
+              "refusals": refusals, "elo": elo, "attribution": attribution(ctx.run.path)}
     write_jsonl_atomic(out / "answers.jsonl", [
-        {"id": p.id, "kind": kind, "prompt": p.prompt, **{m: got[m].get(p.id) for m in got}}
-        for kind, ps in (("red_team", red), ("helpful", helpful)) for p in ps])
-    rates = {k: v["win_rate"] for k, v in res.items()}
-    plot(rates, out / "win_rates.png")
-    return {"prompts_red_team": len(red), "prompts_helpful": len(helpful),
-            "policy": policy, "judge": judge_path or base, **{f"{k}": v for k, v in res.items()},
-            "harmless_win_rate_vs_sft": rates["harmless_vs_sft"],
-            "helpful_win_rate_vs_sft": rates["helpful_vs_sft"]}
+        {"id": p.id, "set": name, "prompt": p.prompt,
+         **{pol.name: answers[pol.name][p.id] for pol in pols}}
+        for name, ps in [*harmful.items(), *benign.items()] for p in ps])
+    write_json_atomic(out / "figures.json", result)
+    from cai_ray import report
+
+    report.write(out, ctx.run.path, result, pols, answers, red, helpful, cfg.examples)
+    return summary(result, pols)
+
+
+def summary(result: dict, pols) -> dict:
+    """The flat figures the manifest and the run summary show (the rest is in figures.json)."""
+    s = {"policies": [p.name for p in pols], "judge": result["judge"]}
+    sets = result["refusals"]["sets"]
+    for kind, key in (("harmful", "all_harmful"), ("benign", "all_benign")):
+        for pol in (pols[0], pols[-1]):
+            r = sets.get(key, {}).get("policies", {}).get(pol.name)
+            if r:
+                who = "final" if pol is pols[-1] else "base"
+                name = "refusal" if kind == "harmful" else "over_refusal"
+                s[f"{name}/{kind}/{who}"] = r["rate"]
+                s[f"{name}/{kind}/{who}_ci"] = [r["low"], r["high"]]
+    x = sets.get("xstest-safe", {}).get("policies", {})
+    if x:
+        s["over_refusal/xstest/base"] = x[pols[0].name]["rate"]
+        s["over_refusal/xstest/final"] = x[pols[-1].name]["rate"]
+    d = result["refusals"]["pooled"].get("harmful")
+    if d:
+        s["refusal/difference/final_vs_base"] = d["difference"]
+        s["refusal/difference/final_vs_base_ci"] = [d["low"], d["high"]]
+    for kind in ("harmless", "helpful"):
+        e = result["elo"][kind]["policies"][pols[-1].name]
+        s[f"elo/{kind}/final"] = e["elo"]
+        s[f"elo/{kind}/final_ci"] = [e["low"], e["high"]]
+    return s

@@ -61,11 +61,21 @@ def checkpoints(folder: Path) -> list[Path]:
     return sorted(done, key=lambda d: int(d.name.split("_")[1]))
 
 
-def prune(folder: Path, keep: int) -> None:
-    """Keep the newest `keep` complete checkpoints; drop older ones and any incomplete one."""
+def prune(folder: Path, keep: int, keep_policies: int = 0) -> None:
+    """Keep the newest `keep` complete checkpoints; drop older ones and any incomplete one. A
+    dropped checkpoint's policy weights move to ../policies/iter_N (the newest keep_policies)."""
     done = checkpoints(folder)
+    kept = folder.parent / "policies"
     for d in done[:-keep]:
+        if keep_policies and (d / "policy" / "config.json").exists():
+            kept.mkdir(exist_ok=True)
+            shutil.rmtree(kept / d.name, ignore_errors=True)
+            (d / "policy").rename(kept / d.name)
         shutil.rmtree(d, ignore_errors=True)
+    if kept.exists():
+        olds = sorted(kept.glob("iter_*"), key=lambda d: int(d.name.split("_")[1]))
+        for d in olds[:-keep_policies] if keep_policies else olds:
+            shutil.rmtree(d, ignore_errors=True)
     newest = int(done[-1].name.split("_")[1]) if done else 0
     for d in folder.glob("iter_*"):
         if d not in done and int(d.name.split("_")[1]) < newest:
@@ -194,7 +204,7 @@ def run(ctx: Context) -> dict:
                             kl=f"{row.get('kl/mean', 0.0):.3f}", refresh=False)
             if row["iteration"] % cfg.checkpoint_every == 0 or row["iteration"] == cfg.iterations:
                 tr.save(out / "checkpoints" / f"iter_{row['iteration']}")
-                prune(out / "checkpoints", cfg.keep_checkpoints)
+                prune(out / "checkpoints", cfg.keep_checkpoints, cfg.keep_policies)
 
         rows = trainer.run(start, on_iteration)
         bar.close()

@@ -74,9 +74,28 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
     rl = json.loads((run / "rl" / "result.json").read_text())
     assert rl["iterations"] == 2 and (run / "rl" / "model" / "config.json").exists()
     assert rl["algorithm"] == "grpo" and rl["reward_source"] == "model"  # the reward stage's
-    ev = json.loads((run / "eval" / "result.json").read_text())
-    assert 0 <= ev["harmless_win_rate_vs_sft"] <= 1 and ev["harmless_vs_base"]["n"] > 0
-    assert (run / "eval" / "win_rates.png").exists()
+    # eval covers every policy the run produced: base, SFT, the kept RL checkpoint, the final
+    ev = json.loads((run / "eval" / "figures.json").read_text())
+    assert [p["name"] for p in ev["policies"]] == ["base", "sft", "rl@1", "rl"]
+    assert ev["policies"][2]["path"].endswith("rl/policies/iter_1")  # pruned, weights kept
+    for kind in ("harmless", "helpful"):
+        elo = ev["elo"][kind]["policies"]
+        assert elo["base"]["elo"] == 1000 and set(elo) == {"base", "sft", "rl@1", "rl"}
+        assert all(e["low"] <= e["elo"] <= e["high"] for e in elo.values())
+        assert ev["elo"][kind]["comparisons"] == 6 * ev["prompts"]["red_team" if kind ==
+                                                                  "harmless" else "helpful"]
+    sets = ev["refusals"]["sets"]
+    assert {"red_team", "helpful", "all_harmful", "all_benign"} <= set(sets)
+    for name in ("harmbench", "xstest-safe"):  # public sets from ../shared/data
+        assert sets[name]["n"] == 6 and set(sets[name]["policies"]) == {"base", "sft", "rl@1",
+                                                                        "rl"}
+    summary = json.loads((run / "eval" / "result.json").read_text())
+    lo, hi = summary["refusal/difference/final_vs_base_ci"]
+    assert lo <= summary["refusal/difference/final_vs_base"] <= hi
+    page = (run / "eval" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 3 and "Elo" in page and "xstest-safe" in page
+    answers = read_jsonl(run / "eval" / "answers.jsonl")
+    assert all({"base", "sft", "rl@1", "rl"} <= set(a) for a in answers)
 
     before_sft_seconds = manifest["stages"]["sft"]["seconds"]
     # --resume: every stage is complete under the same config, so nothing runs again
