@@ -15,9 +15,10 @@ from cai_ray.stages import eval as E
 
 pytestmark = pytest.mark.slow
 
-PROBE = ("<script>window.addEventListener('load', () => {const ok = [...document.images]"
-         ".filter(i => i.complete && i.naturalWidth > 100).length; document.body.setAttribute("
-         "'data-images-ok', ok); document.body.setAttribute('data-tables', "
+PROBE = ("<script>window.addEventListener('load', async () => {const ok = await Promise.all("
+         "[...document.images].map(i => i.decode().then(() => i.naturalWidth > 100 ? 1 : 0, "
+         "() => 0))); document.body.setAttribute('data-images-ok', ok.reduce((a, b) => a + b, "
+         "0)); document.body.setAttribute('data-tables', "
          "document.querySelectorAll('table').length);});</script></body>")
 
 
