@@ -15,11 +15,23 @@ from cai_ray.stages import eval as E
 
 pytestmark = pytest.mark.slow
 
-PROBE = ("<script>window.addEventListener('load', async () => {const ok = await Promise.all("
-         "[...document.images].map(i => i.decode().then(() => i.naturalWidth > 100 ? 1 : 0, "
-         "() => 0))); document.body.setAttribute('data-images-ok', ok.reduce((a, b) => a + b, "
-         "0)); document.body.setAttribute('data-tables', "
-         "document.querySelectorAll('table').length);});</script></body>")
+PROBE = """<script>
+function inked(img) {  // drawn pixels (not white, not transparent) in the image's lower half
+  const c = document.createElement("canvas");
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const g = c.getContext("2d"); g.drawImage(img, 0, 0);
+  const h = Math.floor(c.height / 2), d = g.getImageData(0, h, c.width, c.height - h).data;
+  let n = 0;
+  for (let k = 0; k < d.length; k += 4) if (d[k + 3] > 0 && d[k] + d[k + 1] + d[k + 2] < 600) n++;
+  return n;
+}
+window.addEventListener("load", async () => {
+  const ok = await Promise.all([...document.images].map(
+    i => i.decode().then(() => (inked(i) > 500 ? 1 : 0), () => 0)));
+  document.body.setAttribute("data-images-ok", ok.reduce((a, b) => a + b, 0));
+  document.body.setAttribute("data-tables", document.querySelectorAll("table").length);
+});
+</script></body>"""
 
 
 class Longer:
