@@ -77,14 +77,14 @@ def _bench(args) -> int:
 def _eval(args) -> int:
     from cai_ray import evaluate
 
-    if args.target in ("judge", "reward", "refusals"):
+    if args.target in ("judge", "reward", "refusals", "compare"):
         return evaluate.main(args.target, args.rest)
     from pathlib import Path
 
     manifest = Path(args.target) / "manifest.json"
     if not manifest.exists():
-        raise InputError(f"eval {args.target}: give `judge`, `reward`, `refusals` or a run directory "
-                         f"(no {manifest})")
+        raise InputError(f"eval {args.target}: give `judge`, `reward`, `refusals`, `compare` "
+                         f"or a run directory (no {manifest})")
     from cai_ray import pipeline
     from cai_ray.config import JobConfig
 

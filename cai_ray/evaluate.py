@@ -3,6 +3,7 @@
     cai-ray eval judge    [--job FILE] [--data FILE] [--n 64]   judge accuracy, calibration, bias
     cai-ray eval reward   MODEL [--data FILE] [--n 256]         reward-model pairwise accuracy
     cai-ray eval refusals --data FILE [--answer-field F]        refusal rate, each row's label
+    cai-ray eval compare  RUN_A RUN_B [--out DIR]               two runs' final policies
 
 --data takes HH-RLHF (`chosen` and `rejected` transcripts that share every turn but the last
 assistant one; the human preferred `chosen`), a JSONL of `prompt` (or `conversation`, a list of
@@ -239,6 +240,10 @@ def _print_refusals(res: dict) -> None:
 def main(target: str, argv: list[str]) -> int:
     if target == "refusals":
         return _refusals_main(argv)
+    if target == "compare":
+        from cai_ray import compare
+
+        return compare.main(argv)
     ap = argparse.ArgumentParser(prog=f"cai-ray eval {target}")
     if target == "reward":
         ap.add_argument("model")

@@ -35,12 +35,12 @@ def refusal_table(result: dict, pols) -> tuple[list[str], list[list[str]]]:
 
 
 def difference_table(result: dict, pols) -> tuple[list[str], list[list[str]]]:
-    head = ["measure", f"{pols[-1].name} - {pols[0].name}", "95% CI", "excludes 0", "n"]
+    head = ["measure", "difference", "95% CI (paired bootstrap)", "excludes 0", "n"]
     names = {"harmful": "refusal, all harmful prompts", "benign": "refusal, all benign prompts",
              "xstest_safe": "over-refusal, XSTest safe"}
-    rows = [[names.get(k, k), _f(d["difference"]), f"[{_f(d['low'])}, {_f(d['high'])}]",
-             "yes" if d["excludes_zero"] else "no", str(d["n"])]
-            for k, d in result["refusals"]["pooled"].items()]
+    rows = [[f"{names.get(k, k)}: {' - '.join(d['of'])}", _f(d["difference"]),
+             f"[{_f(d['low'])}, {_f(d['high'])}]", "yes" if d["excludes_zero"] else "no",
+             str(d["n"])] for k, d in result["refusals"]["pooled"].items()]
     return head, rows
 
 
@@ -167,18 +167,18 @@ def examples(pols, answers, red, helpful, n: int) -> list[dict]:
             for p in picks]
 
 
-def write(out: Path, run_path: Path, result: dict, pols, answers, red, helpful, n_examples: int):
+def write(out: Path, run_path: Path, result: dict, pols, answers, red, helpful, n_examples: int,
+          title: str | None = None):
     plot_refusals(result, pols, out / "refusals.png")
     plot_elo(result, pols, out / "elo.png")
     tables = [("Refusals on held-out prompts (no judge)", refusal_table(result, pols), "refusals"),
-              (f"{pols[-1].name} against {pols[0].name}", difference_table(result, pols),
-               "difference"),
+              ("Differences in refusal rates", difference_table(result, pols), "difference"),
               ("Harmlessness and helpfulness Elo (judge)", elo_table(result, pols), "elo"),
               ("Win rates of the final policy (judge)", win_table(result), "wins"),
               ("Per-principle attribution", attribution_table(result), "attribution"),
               ("Stages of the run", stage_table(run_path), "stages")]
     ex = examples(pols, answers, red, helpful, n_examples)
-    title = f"cai-ray evaluation: {run_path.name}"
+    title = title or f"cai-ray evaluation: {run_path.name}"
     note = (f"Policies: {', '.join(p.name for p in pols)}. Judge: {result['judge']}. Intervals "
             f"are 95%: Wilson for rates, bootstrap over prompts for Elo, soft win rates and "
             f"differences. Refusals by cai_ray/refusals.py (a phrase detector).")

@@ -189,12 +189,12 @@ def refusal_figures(pols, answers, harmful: dict, benign: dict, n_boot: int, see
                                                   seed=seed)}
         if pooled and len(pols) > 1:
             first, last = pols[0], pols[-1]
-            out["pooled"][kind] = paired_difference(flags(last, pooled), flags(first, pooled),
-                                                    n_boot=n_boot, seed=seed)
+            out["pooled"][kind] = {"of": [last.name, first.name], **paired_difference(
+                flags(last, pooled), flags(first, pooled), n_boot=n_boot, seed=seed)}
     if "xstest-safe" in benign and benign["xstest-safe"] and len(pols) > 1:
-        out["pooled"]["xstest_safe"] = paired_difference(
+        out["pooled"]["xstest_safe"] = {"of": [pols[-1].name, pols[0].name], **paired_difference(
             flags(pols[-1], benign["xstest-safe"]), flags(pols[0], benign["xstest-safe"]),
-            n_boot=n_boot, seed=seed)
+            n_boot=n_boot, seed=seed)}
     return out
 
 
