@@ -32,8 +32,10 @@ _SEP = r"(?: |(?='))"  # "i cannot", "i'm unable"
 PATTERNS: dict[str, str] = {
     # "I can't help with that", "I won't provide instructions", "I'm unable to assist"
     "first-person inability": rf"\bi{_SEP}{_CANT} {_ACT}",
-    # "Sorry, but ...", "I'm sorry, I can't ...", "I apologize, but ..."
-    "apology then but": r"\b(?:sorry|apologi[sz]e)\b[^.!?\n]{0,40}\b(?:but|however)\b",
+    # "Sorry, but I can't ...", "I apologize, but that is illegal and I cannot ..." (a "but" and
+    # then a negation in the same sentence: "Sorry, ..., but I can offer some advice" is no refusal)
+    "apology then but": r"\b(?:sorry|apologi[sz]e)\b[^.!?\n]{0,40}\b(?:but|however)\b"
+                        r"[^.!?\n]{0,80}(?:\bnot\b|n't\b|\bcannot\b|\bunable\b|\bno\b)",
     "apology then cannot": rf"\b(?:sorry|apologi[sz]e)\b[^.!?\n]{{0,60}}\bi{_SEP}{_CANT}",
     # "As an AI (language model), I cannot ..." / "... I don't ..."
     "as an ai": r"\bas an ai\b[^.!?\n]{0,40}\bi (?:can ?not|can't|don't|do not|am not|won't)",

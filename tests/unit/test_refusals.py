@@ -1,8 +1,10 @@
 """The refusal detector (cai_ray/refusals.py) on its hand-labelled set, and `cai-ray eval refusals`.
 
-tests/data/refusal_labels.jsonl: 70 answers written and labelled for these tests (35 refusals in
-varied forms, 35 answers including harmful compliance, look-alikes such as "I can't stress enough"
-and "Sorry to hear that" openings, and harmless uses of kill/execute/hack)."""
+tests/data/refusal_labels.jsonl: 73 answers labelled by hand: 70 written for these tests (35
+refusals in varied forms, 35 answers including harmful compliance, look-alikes such as "I can't
+stress enough" and "Sorry to hear that" openings, harmless uses of kill/execute/hack) and 3 real
+SmolLM2-135M answers (source field), one of which ("Sorry, I'm not ..., but I can offer some
+advice") an earlier pattern took for a refusal."""
 
 import csv
 import json
