@@ -66,12 +66,13 @@ def compare(ctx, pols, out: Path) -> dict:
     from cai_ray import judges, report
     from cai_ray.cluster import init_ray
     from cai_ray.pipeline import local_cpus
-    from cai_ray.rundir import write_json_atomic, write_jsonl_atomic
+    from cai_ray.rundir import write_json_atomic
     from cai_ray.stages import eval as E
 
     job, cfg = ctx.job, ctx.job.eval
     init_ray(job.ray.address, local_cpus(job), job.ray.temp_dir)
     harmful, benign = E.eval_sets(ctx)
+    out.mkdir(parents=True, exist_ok=True)
     red, helpful = harmful["red_team"], benign["helpful"]
     public = [p for n, ps in [*harmful.items(), *benign.items()]
               if n not in ("red_team", "helpful") for p in ps]
@@ -127,10 +128,7 @@ def compare(ctx, pols, out: Path) -> dict:
                           "refusal_b": allh[pols[2].name]["rate"], "diff": d["difference"],
                           "diff_low": d["low"], "diff_high": d["high"],
                           "harmless_b_over_a": win["soft"]["mean"]}}
-    out.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(out / "answers.jsonl", [
-        {"id": p.id, "set": n, "prompt": p.prompt, **{q.name: answers[q.name][p.id] for q in pols}}
-        for n, ps in [*harmful.items(), *benign.items()] for p in ps])
+    E.write_answers(out / "answers.jsonl", pols, answers, harmful, benign)
     write_json_atomic(out / "figures.json", result)
     report.write(out, out, result, pols, answers, red, helpful, cfg.examples,
                  title=f"cai-ray comparison: {pols[1].name} against {pols[2].name}")

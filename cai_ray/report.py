@@ -105,7 +105,8 @@ def plot_refusals(result: dict, pols, path: Path) -> None:
         rs = [result["refusals"]["sets"][s]["policies"][p.name] for s in sets]
         x = np.arange(len(sets)) + k * width
         ax.bar(x, [r["rate"] for r in rs], width, label=p.name,
-               yerr=[[r["rate"] - r["low"] for r in rs], [r["high"] - r["rate"] for r in rs]],
+               yerr=[[max(0.0, r["rate"] - r["low"]) for r in rs],
+                     [max(0.0, r["high"] - r["rate"]) for r in rs]],
                capsize=3)
     ax.set_xticks(np.arange(len(sets)) + width * (len(pols) - 1) / 2)
     ax.set_xticklabels(["harmful (all)" if s == "all_harmful" else s for s in sets])
@@ -128,7 +129,8 @@ def plot_elo(result: dict, pols, path: Path) -> None:
     for kind, colour in (("harmless", "tab:green"), ("helpful", "tab:blue")):
         es = [result["elo"][kind]["policies"][p.name] for p in pols]
         ax.errorbar(steps, [e["elo"] for e in es], capsize=3, marker="o", color=colour,
-                    yerr=[[e["elo"] - e["low"] for e in es], [e["high"] - e["elo"] for e in es]],
+                    yerr=[[max(0.0, e["elo"] - e["low"]) for e in es],
+                          [max(0.0, e["high"] - e["elo"]) for e in es]],
                     label=f"{kind}ness Elo")
     ax.set_xticks(steps)
     ax.set_xticklabels([p.name for p in pols])

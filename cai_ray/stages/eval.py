@@ -301,6 +301,7 @@ def run(ctx: Context) -> dict:
         bar.close()
         for name in answers:
             answers[name].update(pub[name])
+        write_answers(out / "answers.jsonl", pols, answers, harmful, benign)
         if jc.model:
             pool.shutdown()
             pool = None
@@ -333,15 +334,22 @@ def run(ctx: Context) -> dict:
                   jc, model_label(pols[0].path)), "judge_kind": jc.kind,
               "prompts": {k: len(v) for k, v in [*harmful.items(), *benign.items()]},
               "refusals": refusals, "elo": elo, "attribution": attribution(ctx.run.path)}
-    write_jsonl_atomic(out / "answers.jsonl", [
-        {"id": p.id, "set": name, "prompt": p.prompt,
-         **{pol.name: answers[pol.name][p.id] for pol in pols}}
-        for name, ps in [*harmful.items(), *benign.items()] for p in ps])
     write_json_atomic(out / "figures.json", result)
     from cai_ray import report
 
     report.write(out, ctx.run.path, result, pols, answers, red, helpful, cfg.examples)
     return summary(result, pols)
+
+
+def write_answers(path: Path, pols, answers, harmful: dict, benign: dict) -> None:
+    """Every answer, with the detector's verdict (written before judging starts)."""
+    from cai_ray import refusals as R
+
+    write_jsonl_atomic(path, [
+        {"id": p.id, "set": name, "prompt": p.prompt,
+         **{pol.name: answers[pol.name][p.id] for pol in pols},
+         "refusal": {pol.name: R.is_refusal(answers[pol.name][p.id]) for pol in pols}}
+        for name, ps in [*harmful.items(), *benign.items()] for p in ps])
 
 
 def summary(result: dict, pols) -> dict:

@@ -200,22 +200,29 @@ def test_score_route_and_http_reward_equal_the_reward_model_in_process(server, m
     assert bad.status_code == 400 and "1 to" in bad.json()["error"]["message"]
 
 
-def test_judge_route_equals_the_preferences_stages_judge(server):
-    """The preferences stage's judge is feedback.Judge with the run's preferences settings over
-    the policy it read (here sft); in process on the transformers engine, the same item id."""
+def _in_process_judge(server):
+    """The preferences stage's judge (the job's `judge:` section over the policy it read, here
+    sft), in process on the transformers engine."""
+    from cai_ray import judges
     from cai_ray.config import load_job
     from cai_ray.constitution import load_constitution
     from cai_ray.engines.hf_engine import HfEngine
     from cai_ray.engines.local import LocalPool
-    from cai_ray.feedback import Judge, JudgeItem
 
     job = load_job("tiny")
-    p = job.preferences
     engine = HfEngine(str(server.run / "sft" / "model"), dtype="float32")
-    judge = Judge(LocalPool(engine), engine.tokenizer, load_constitution(job.constitution.path),
-                  seed=job.seed, principles_per_pair=p.principles_per_pair,
-                  num_fewshot=p.num_fewshot, both_orders=p.both_orders)
-    a, b = "I can't help with that; it could hurt someone.", "Sure: first, get the chemicals."
+    return job, judges.build(job.judge, load_constitution(job.constitution.path),
+                             pool=LocalPool(engine), tokenizer=engine.tokenizer, seed=job.seed)
+
+
+A_B = ("I can't help with that; it could hurt someone.", "Sure: first, get the chemicals.")
+
+
+def test_judge_route_equals_the_preferences_stages_judge(server):
+    from cai_ray.feedback import JudgeItem
+
+    _, judge = _in_process_judge(server)
+    a, b = A_B
     for item_id in ("rt-3#0-1", "rt-9#0-1"):
         (want,) = judge.label([JudgeItem(item_id, MSGS, a, b)])
         r = httpx.post(f"{server.base}/v1/judge", headers=H, timeout=120,
@@ -229,6 +236,30 @@ def test_judge_route_equals_the_preferences_stages_judge(server):
     bad = httpx.post(f"{server.base}/v1/judge", headers=H, timeout=30,
                      json={"prompt": "x", "answers": ["a", "b"], "principles": ["nope"]})
     assert bad.status_code == 400 and "nope" in bad.json()["error"]["message"]
+
+
+def test_http_judge_through_the_policy_endpoint_equals_the_in_process_judge(server, monkeypatch):
+    """judge.kind http: the same judge over our own OpenAI endpoint (/v1/completions with token
+    ids and top log-probabilities); a wrong key is one clear error."""
+    from cai_ray import judges
+    from cai_ray.constitution import load_constitution
+    from cai_ray.errors import InputError
+    from cai_ray.feedback import JudgeItem
+
+    job, local = _in_process_judge(server)
+    cfg = job.judge.model_copy(update={"kind": "http", "url": f"{server.base}/v1",
+                                       "model": str(server.run / "sft" / "model"),
+                                       "api_key_env": "TEST_JUDGE_KEY"})
+    const = load_constitution(job.constitution.path)
+    monkeypatch.setenv("TEST_JUDGE_KEY", "wrong")
+    with pytest.raises(InputError, match="401"):
+        judges.open_judge(cfg, const, default_model="", seed=job.seed, engine=job.engine)
+    monkeypatch.setenv("TEST_JUDGE_KEY", KEY)
+    remote = judges.open_judge(cfg, const, default_model="", seed=job.seed, engine=job.engine)
+    items = [JudgeItem(f"rt-{k}#0-1", MSGS, *(A_B if k % 2 else A_B[::-1])) for k in range(4)]
+    for want, got in zip(local.label(items), remote.judge.label(items)):
+        assert got.p_first == pytest.approx(want.p_first, abs=2e-3)
+        assert got.orders.keys() == want.orders.keys()
 
 
 def _chat(server, max_tokens: int = 16, timeout: float = 90):

@@ -63,6 +63,10 @@ def test_wilson_known_values():
     assert R.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert R.wilson(0, 10) == pytest.approx((0.0, 3.8415 / 13.8415), abs=1e-4)  # z^2 / (n + z^2)
     assert R.wilson(0, 0) == (0.0, 1.0)
+    for n in range(1, 60):  # the rate is inside its interval, also at 0 and n (no rounding slip)
+        for k in range(n + 1):
+            low, high = R.wilson(k, n)
+            assert low <= k / n <= high
     r = R.rate([True, False, False, True])
     assert (r["rate"], r["k"], r["n"]) == (0.5, 2, 4)
 
