@@ -81,27 +81,30 @@ class Policy:
 
 
 def policies(ctx: Context) -> list[Policy]:
-    """base, sft (when the run has it), the RL checkpoints kept (rl@N), the final policy."""
+    """base, sft, dpo, the RL policies kept (rl@N) and rl: every policy stage of the run directory
+    that is complete (also one a changed config would rerun: `cai-ray eval RUN_DIR` rates what
+    is there), in the order data flows; the last is the final policy. A job with no policy stage
+    rates its start policy."""
+    done = {s for s, r in ctx.run.manifest().get("stages", {}).items()
+            if r.get("status") == "complete"}
     out = [Policy("base", ctx.base_model, 0)]
-    sft = ctx.stage_model("sft")
-    if sft:
-        out.append(Policy("sft", sft, 1))
-    final = ctx.policy_model()
-    final_stage = next((s for s in ("rl", "dpo") if ctx.stage_model(s) and
-                        Path(ctx.stage_model(s)) == Path(final)), None)
-    if final_stage == "rl" and ctx.job.eval.checkpoints:
-        found = {}
-        rl = ctx.run.path / "rl"
-        for d in [*rl.glob("policies/iter_*"), *rl.glob("checkpoints/iter_*/policy")]:
-            it = int((d if d.name != "policy" else d.parent).name.split("_")[1])
-            if it < ctx.job.rl.iterations and (d / "config.json").exists():
-                found[it] = str(d.resolve())
-        out += [Policy(f"rl@{it}", found[it], 1 + it) for it in sorted(found)]
-    if final_stage:
-        steps = ctx.job.rl.iterations if final_stage == "rl" else 2
-        out.append(Policy(final_stage, final, 1 + steps))
-    elif all(Path(p.path) != Path(final) for p in out):
-        out.append(Policy("policy", final, 2))
+    for k, stage in enumerate(("sft", "dpo")):
+        if stage in done and ctx.stage_model(stage):
+            out.append(Policy(stage, ctx.stage_model(stage), 1 + k))
+    if "rl" in done and ctx.stage_model("rl"):
+        if ctx.job.eval.checkpoints:
+            found = {}
+            rl = ctx.run.path / "rl"
+            for d in [*rl.glob("policies/iter_*"), *rl.glob("checkpoints/iter_*/policy")]:
+                it = int((d if d.name != "policy" else d.parent).name.split("_")[1])
+                if it < ctx.job.rl.iterations and (d / "config.json").exists():
+                    found[it] = str(d.resolve())
+            out += [Policy(f"rl@{it}", found[it], 2 + it) for it in sorted(found)]
+        out.append(Policy("rl", ctx.stage_model("rl"), 2 + ctx.job.rl.iterations))
+    if len(out) == 1:
+        start = ctx.policy_model()
+        if Path(start) != Path(ctx.base_model):
+            out.append(Policy("policy", start, 1))
     return out
 
 
