@@ -307,6 +307,8 @@ def _judge(job, pairs: list[dict]) -> dict:
 
     base = models.resolve(job.model.name)
     const = load_constitution(job.constitution.path)
+    const.require("judge", job.constitution.path)
+    judges.check(job.judge)
     actors = None
     if job.judge.kind != "http":
         from cai_ray.cluster import init_ray

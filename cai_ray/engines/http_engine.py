@@ -20,6 +20,34 @@ TOP_LOGPROBS = 20
 """vLLM's default max_logprobs."""
 
 
+def headers_for(api_key_env: str) -> dict:
+    key = os.environ.get(api_key_env)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def served_model(base: str, headers: dict) -> str:
+    """The first model the server lists at /models; one clear InputError if it cannot say."""
+    import httpx
+
+    base = base.rstrip("/")
+    try:
+        r = httpx.get(f"{base}/models", headers=headers, timeout=30)
+    except httpx.HTTPError as err:
+        raise InputError(f"judge.url {base}: no answer from the server ({err}); start it or fix "
+                         f"the url") from None
+    if r.status_code == 401:
+        raise InputError(f"judge.url {base}: 401 unauthorized; put the server's key in the "
+                         f"judge's api_key_env variable")
+    try:
+        data = r.json().get("data") if r.status_code == 200 else None
+    except ValueError:
+        data = None
+    if not data:
+        raise InputError(f"judge.url {base}/models: HTTP {r.status_code}, no model listed; give "
+                         f"the server's OpenAI base URL (ending in /v1)")
+    return data[0]["id"]
+
+
 class HttpEngine(Engine):
     backend = "http"
 
@@ -27,26 +55,12 @@ class HttpEngine(Engine):
                  timeout_s: float = 300.0, concurrency: int = 8, max_model_len: int = 2048):
         super().__init__(model_path, max_model_len=max_model_len)
         self.base, self.timeout = url.rstrip("/"), timeout_s
-        key = os.environ.get(api_key_env)
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.headers = headers_for(api_key_env)
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="http-engine")
         self.served = self._model_id()
 
     def _model_id(self) -> str:
-        import httpx
-
-        try:
-            r = httpx.get(f"{self.base}/models", headers=self.headers, timeout=30)
-        except httpx.HTTPError as err:
-            raise InputError(f"judge.url {self.base}: no answer from the server ({err}); start "
-                             f"it or fix the url") from None
-        if r.status_code == 401:
-            raise InputError(f"judge.url {self.base}: 401 unauthorized; put the server's key in "
-                             f"the judge's api_key_env variable")
-        if r.status_code != 200 or not r.json().get("data"):
-            raise InputError(f"judge.url {self.base}/models: HTTP {r.status_code}, no model "
-                             f"listed; give the server's OpenAI base URL (ending in /v1)")
-        return r.json()["data"][0]["id"]
+        return served_model(self.base, self.headers)
 
     def _complete(self, body: dict) -> dict:
         import httpx

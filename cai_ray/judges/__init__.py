@@ -25,6 +25,23 @@ from cai_ray.judges.generative import GenerativeJudge
 KINDS: dict[str, type[Judge]] = {"logprob": Judge, "generative": GenerativeJudge, "http": Judge}
 
 
+def check(cfg, where: str = "judge") -> None:
+    """Load-time checks: the judge's model (or the http judge's tokenizer) resolves here, and an
+    http judge's server answers."""
+    from cai_ray import models
+    from cai_ray.errors import InputError
+
+    if cfg.model:
+        try:
+            models.resolve(cfg.model)
+        except InputError as err:
+            raise InputError(f"{where}.model: {err}") from None
+    if cfg.kind == "http":
+        from cai_ray.engines.http_engine import headers_for, served_model
+
+        served_model(cfg.url, headers_for(cfg.api_key_env))
+
+
 def settings(cfg, *, seed: int, principles_per_pair: int | None = None) -> dict:
     """The judge's keyword arguments from its section: what every caller's judge shares."""
     out = {"seed": seed, "principles_per_pair": principles_per_pair or cfg.principles_per_pair,

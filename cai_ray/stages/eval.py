@@ -46,6 +46,9 @@ def check(job, constitution, base: str) -> None:
     from cai_ray.sections import EVAL_BENIGN, EVAL_HARMFUL
 
     constitution.require("judge", job.constitution.path)
+    from cai_ray import judges
+
+    judges.check(job.judge)
     for field, specs, defaults in (("harmful", job.eval.harmful, EVAL_HARMFUL),
                                    ("benign", job.eval.benign, EVAL_BENIGN)):
         for spec in specs:

@@ -26,6 +26,9 @@ KEY_FIGURES = ("pairs", "p_chosen_mean", "order_disagreement")
 def check(job, constitution, base: str) -> None:
     """Load-time checks, before anything starts: the constitution has what this stage uses."""
     constitution.require("judge", job.constitution.path)
+    from cai_ray import judges
+
+    judges.check(job.judge)
 
 
 def reads(job) -> tuple[str, ...]:

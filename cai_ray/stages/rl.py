@@ -33,8 +33,9 @@ def check(job, constitution, base: str) -> None:
     kind, _ = reward_kind(rl.reward)
     if kind == "judge":
         constitution.require("judge", job.constitution.path)
-        if job.judge.model:
-            models.resolve(job.judge.model)
+        from cai_ray import judges
+
+        judges.check(job.judge)
     if kind == "model" and rl.reward_model:
         models.resolve(rl.reward_model)
 
