@@ -300,25 +300,35 @@ def _judge_job(args):
     return load_job(args.job, sets)
 
 
-def _judge(job, pairs: list[dict]) -> dict:
+def judge_for(job, actors=None):
+    """The job's judge as `cai-ray eval judge` builds it (judges.open_judge: the base model, or
+    judge.model on actors(path), or the server of an http judge)."""
     from cai_ray import judges, models
     from cai_ray.constitution import load_constitution
-    from cai_ray.stages.context import engine_pool_for, model_label
 
-    base = models.resolve(job.model.name)
     const = load_constitution(job.constitution.path)
     const.require("judge", job.constitution.path)
     judges.check(job.judge)
+    return judges.open_judge(job.judge, const, default_model=models.resolve(job.model.name),
+                             seed=job.seed, engine=job.engine, judge_engine=job.judge_engine(),
+                             actors=actors)
+
+
+def _judge(job, pairs: list[dict]) -> dict:
+    from cai_ray import judges, models
+    from cai_ray.stages.context import engine_pool_for, model_label
+
+    base = models.resolve(job.model.name)
     actors = None
     if job.judge.kind != "http":
         from cai_ray.cluster import init_ray
 
+        judges.check(job.judge)  # before Ray starts
         init_ray()
         actors = lambda path: engine_pool_for(job, path, name="judge",  # noqa: E731
                                               engine=job.judge_engine() if job.judge.model
                                               else job.engine)
-    setup = judges.open_judge(job.judge, const, default_model=base, seed=job.seed,
-                              engine=job.engine, judge_engine=job.judge_engine(), actors=actors)
+    setup = judge_for(job, actors)
     try:
         return {"judge": judges.describe(job.judge, model_label(base)),
                 "kind": job.judge.kind, **judge_quality(setup.judge, pairs)}
