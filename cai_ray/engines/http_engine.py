@@ -2,10 +2,11 @@
 with /v1/completions and log-probabilities): the judge of kind `http`.
 
 Prompts are tokenized here with the served model's tokenizer (the same chat template and option
-tokens as the in-process judge) and sent as token ids to /v1/completions, answers and top
-log-probabilities come back keyed by token id (vLLM's `return_tokens_as_token_ids`). An option
-token outside the server's top `TOP_LOGPROBS` gets the smallest listed log-probability (an upper
-bound on its own): with two options that only matters when the judge puts almost nothing on one.
+tokens as the in-process judge) and sent as token ids to /v1/completions. The judge's option
+tokens are scored exactly: each is appended to the prompt and echoed back with its
+log-probability (`echo` + `logprobs`, keyed by token id with vLLM's `return_tokens_as_token_ids`).
+A server that cannot echo gets the top-`TOP_LOGPROBS` fallback, where an option outside the list
+takes the smallest listed log-probability (an upper bound on its own).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class HttpEngine(Engine):
         self.headers = headers_for(api_key_env)
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="http-engine")
         self.served = self._model_id()
+        self.echo = True
 
     def _model_id(self) -> str:
         return served_model(self.base, self.headers)
@@ -91,8 +93,19 @@ class HttpEngine(Engine):
         return list(self.pool.map(one, prompts))
 
     def next_token_logprobs(self, requests, token_ids: list[int]) -> list[list[float]]:
+        """Each candidate token appended to the prompt and echoed back with its log-probability
+        (exact, as the in-process engines score it); servers that cannot echo prompt
+        log-probabilities get the top-TOP_LOGPROBS fallback."""
         def one(req) -> list[float]:
-            out = self._complete({"prompt": self.encode(req), "max_tokens": 1, "temperature": 0.0,
+            ids = self.encode(req)
+            if self.echo:
+                out = self._post({"prompt": [ids + [t] for t in token_ids], "max_tokens": 1,
+                                  "temperature": 0.0, "echo": True, "logprobs": 0})
+                if out is not None:
+                    chs = sorted(out["choices"], key=lambda c: c["index"])
+                    return [ch["logprobs"]["token_logprobs"][len(ids)] for ch in chs]
+                self.echo = False
+            out = self._complete({"prompt": ids, "max_tokens": 1, "temperature": 0.0,
                                   "logprobs": TOP_LOGPROBS})
             top = out["choices"][0]["logprobs"]["top_logprobs"][0]
             by_id = {int(k.split(":", 1)[1]): v for k, v in top.items()}
@@ -100,6 +113,18 @@ class HttpEngine(Engine):
             return [by_id.get(t, floor) for t in token_ids]
 
         return list(self.pool.map(one, requests))
+
+    def _post(self, body: dict) -> dict | None:
+        """Like _complete, but None when the server refuses the request (400/422: no echo)."""
+        import httpx
+
+        r = httpx.post(f"{self.base}/completions", headers=self.headers, timeout=self.timeout,
+                       json={"model": self.served, "return_tokens_as_token_ids": True, **body})
+        if r.status_code in (400, 422):
+            return None
+        if r.status_code != 200:
+            raise RuntimeError(f"{self.base}/completions: HTTP {r.status_code}: {r.text[:300]}")
+        return r.json()
 
     def _score_ids(self, pairs):
         raise NotImplementedError("http engine: scores the next token only (the judge); "

@@ -85,7 +85,7 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
         assert ev["elo"][kind]["comparisons"] == 6 * ev["prompts"]["red_team" if kind ==
                                                                   "harmless" else "helpful"]
     sets = ev["refusals"]["sets"]
-    assert {"red_team", "helpful", "all_harmful", "all_benign"} <= set(sets)
+    assert {"red_team", "all_harmful", "all_benign"} <= set(sets)
     for name in ("harmbench", "xstest-safe"):  # public sets from ../shared/data
         assert sets[name]["n"] == 6 and set(sets[name]["policies"]) == {"base", "sft", "rl@1",
                                                                         "rl"}
