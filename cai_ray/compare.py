@@ -52,7 +52,7 @@ def _load(a: Path, b: Path, quiet: bool):
         raise InputError(f"eval compare: {a} starts from {ta.job.model.name} and {b} from "
                          f"{tb.job.model.name}; compare runs of the same base model")
     job = JobConfig.model_validate({**ta.job.model_dump(), "stages": ["eval"],
-                                    "run_dir": str(a)})
+                                    "run_dir": str(a), "start_policy": ta.model})
     ctx = build_context(job, quiet=quiet)
     name_a, name_b = f"A:{a.resolve().name}/{ta.stage}", f"B:{b.resolve().name}/{tb.stage}"
     if name_a == name_b:

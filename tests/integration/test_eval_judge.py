@@ -77,3 +77,39 @@ def test_bad_judge_configuration_fails_at_load_time(tmp_path):
             "judge.model=no-such-model", timeout=120)
     assert r.returncode == 2 and "no-such-model" in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def tiny_run(root, name, tiny_model, stage="sft", constitution="short"):
+    """A run directory as the pipeline leaves it after `stage` (the tiny model as its policy)."""
+    import shutil
+
+    from cai_ray.config import load_job
+
+    run = root / name
+    shutil.copytree(tiny_model, run / stage / "model")
+    job = load_job("tiny", [f"constitution.path={constitution}"], run_dir=str(run))
+    (run / "manifest.json").write_text(json.dumps({
+        "config": job.model_dump(), "name": job.name, "identity": "test",
+        "stages": {stage: {"status": "complete", "digest": "test"}}}))
+    return run
+
+
+def test_eval_compare_two_runs(tmp_path, tiny_model):
+    """Two runs (an SFT run and a DPO run here) compared on the same held-out prompts: every
+    measure for base, A and B, B - A with a paired interval, a report."""
+    a = tiny_run(tmp_path, "run-a", tiny_model, "sft")
+    b = tiny_run(tmp_path, "run-b", tiny_model, "dpo")
+    out = tmp_path / "cmp"
+    r = cai("eval", "compare", str(a), str(b), "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "figures.json").read_text())
+    names = [p["name"] for p in res["policies"]]
+    assert names == ["base", "A:run-a/sft", "B:run-b/dpo"]
+    d = res["refusals"]["pooled"]["harmful"]
+    assert d["of"] == ["B:run-b/dpo", "A:run-a/sft"] and d["low"] <= d["difference"] <= d["high"]
+    assert d["difference"] == 0  # the same weights: no difference, and no interval around one
+    assert set(res["refusals"]["sets"]["harmbench"]["policies"]) == set(names)
+    assert "B - A" in r.stdout or "vs" in r.stdout
+    assert (out / "report.html").exists() and (out / "answers.jsonl").exists()
+    bad = cai("eval", "compare", str(a), str(tmp_path / "nothing"), timeout=120)
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr
