@@ -73,46 +73,7 @@ def compare(ctx, pols, out: Path) -> dict:
     init_ray(job.ray.address, local_cpus(job), job.ray.temp_dir)
     harmful, benign = E.eval_sets(ctx)
     out.mkdir(parents=True, exist_ok=True)
-    red, helpful = harmful["red_team"], benign["helpful"]
-    public = [p for n, ps in [*harmful.items(), *benign.items()]
-              if n not in ("red_team", "helpful") for p in ps]
-    pool = ctx.engine_pool(pols[0].path, name="compare")
-    setup = None
-    try:
-        bar = ctx.progress(len(pols) * (len(red) + len(helpful) + len(public)), "answers")
-        weights = E.Weights(pool, pols[0].path)
-        answers = E.answer_all(weights, pols, red + helpful, cfg.max_new_tokens,
-                               job.engine.batch_size, bar)
-        pub = E.answer_all(weights, pols[::-1], public, cfg.refusal_max_new_tokens,
-                           job.engine.batch_size, bar)
-        bar.close()
-        for name in answers:
-            answers[name].update(pub[name])
-        if job.judge.model:
-            pool.shutdown()
-            pool = None
-        else:
-            weights.hold(pols[0].path)
-        harmless_p, helpful_p = E.split_principles(ctx.constitution)
-        setup = judges.open_judge(job.judge, ctx.constitution.with_judges(harmless_p),
-                                  default_model=pols[0].path, seed=job.seed, engine=job.engine,
-                                  judge_engine=job.judge_engine(), shared_pool=pool,
-                                  actors=ctx.judge_pool,
-                                  principles_per_pair=cfg.principles_per_pair)
-        j_help = judges.build(job.judge, ctx.constitution.with_judges(helpful_p), pool=setup.pool,
-                              tokenizer=setup.tokenizer, seed=job.seed,
-                              batch_size=setup.judge.batch_size,
-                              max_in_flight=setup.judge.max_in_flight,
-                              principles_per_pair=cfg.principles_per_pair)
-        bar = ctx.progress(3 * (len(red) + len(helpful)), "judge", unit="pair")
-        comps_harm = E.tournament(setup.judge, pols, answers, red, "harmless", bar)
-        comps_help = E.tournament(j_help, pols, answers, helpful, "helpful", bar)
-        bar.close()
-    finally:
-        if setup is not None:
-            setup.close()
-        if pool is not None:
-            pool.shutdown()
+    answers, comps_harm, comps_help = E.play(ctx, pols, harmful, benign, out, "compare")
     refusals = E.refusal_figures(pols[1:], answers, harmful, benign, cfg.bootstrap, job.seed)
     base_refusals = E.refusal_figures(pols, answers, harmful, benign, cfg.bootstrap, job.seed)
     for name, s in base_refusals["sets"].items():  # every policy's rates, B - A differences
@@ -130,6 +91,7 @@ def compare(ctx, pols, out: Path) -> dict:
                           "harmless_b_over_a": win["soft"]["mean"]}}
     E.write_answers(out / "answers.jsonl", pols, answers, harmful, benign)
     write_json_atomic(out / "figures.json", result)
-    report.write(out, out, result, pols, answers, red, helpful, cfg.examples,
+    report.write(out, out, result, pols, answers, harmful["red_team"], benign["helpful"],
+                 cfg.examples,
                  title=f"cai-ray comparison: {pols[1].name} against {pols[2].name}")
     return result

@@ -287,7 +287,7 @@ def attribution(run_path: Path) -> list[dict]:
 def run(ctx: Context) -> dict:
     from cai_ray import judges
 
-    cfg, e, jc = ctx.job.eval, ctx.job.engine, ctx.job.judge
+    cfg, jc = ctx.job.eval, ctx.job.judge
     out = ctx.run.stage_dir("eval")
     pols = policies(ctx)
     harmful, benign = eval_sets(ctx)
@@ -296,7 +296,32 @@ def run(ctx: Context) -> dict:
               if name not in ("red_team", "helpful") for p in ps]
     log.info("eval: %d policies (%s), %d held-out red-team, %d helpful, %d public prompts",
              len(pols), ", ".join(p.name for p in pols), len(red), len(helpful), len(public))
-    pool = ctx.engine_pool(pols[0].path, name="eval")
+    answers, comps_harm, comps_help = play(ctx, pols, harmful, benign, out, "eval")
+    refusals = refusal_figures(pols, answers, harmful, benign, cfg.bootstrap, ctx.job.seed)
+    elo = {"harmless": elo_figures(pols, comps_harm, cfg.bootstrap, ctx.job.seed),
+           "helpful": elo_figures(pols, comps_help, cfg.bootstrap, ctx.job.seed)}
+    result = {"policies": [vars(p) for p in pols], "judge": judges.describe(
+                  jc, model_label(pols[0].path)), "judge_kind": jc.kind,
+              "prompts": {k: len(v) for k, v in [*harmful.items(), *benign.items()]},
+              "refusals": refusals, "elo": elo, "attribution": attribution(ctx.run.path)}
+    write_json_atomic(out / "figures.json", result)
+    from cai_ray import report
+
+    report.write(out, ctx.run.path, result, pols, answers, red, helpful, cfg.examples)
+    return summary(result, pols)
+
+
+def play(ctx: Context, pols, harmful: dict, benign: dict, out: Path, name: str):
+    """Answers of every policy to every prompt (written to out/answers.jsonl before judging), then
+    the judge's tournaments on the held-out red-team (harmlessness principles) and helpful
+    (helpfulness principles) prompts. Returns (answers, harmless comparisons, helpful ones)."""
+    from cai_ray import judges
+
+    cfg, e, jc = ctx.job.eval, ctx.job.engine, ctx.job.judge
+    red, helpful = harmful["red_team"], benign["helpful"]
+    public = [p for n, ps in [*harmful.items(), *benign.items()]
+              if n not in ("red_team", "helpful") for p in ps]
+    pool = ctx.engine_pool(pols[0].path, name=name)
     setup = None
     try:
         bar = ctx.progress(len(pols) * (len(red) + len(helpful) + len(public)), "answers")
@@ -305,8 +330,8 @@ def run(ctx: Context) -> dict:
         pub = answer_all(weights, pols[::-1], public, cfg.refusal_max_new_tokens, e.batch_size,
                          bar)  # reversed: no reload between the two passes, base last
         bar.close()
-        for name in answers:
-            answers[name].update(pub[name])
+        for k in answers:
+            answers[k].update(pub[k])
         write_answers(out / "answers.jsonl", pols, answers, harmful, benign)
         if jc.model:
             pool.shutdown()
@@ -314,10 +339,11 @@ def run(ctx: Context) -> dict:
         else:  # the base model judges: its weights, whatever the pool answered with last
             weights.hold(pols[0].path)
         harmless_p, helpful_p = split_principles(ctx.constitution)
-        kw = dict(default_model=pols[0].path, seed=ctx.job.seed, engine=e,
-                  judge_engine=ctx.job.judge_engine(), shared_pool=pool, actors=ctx.judge_pool,
-                  principles_per_pair=cfg.principles_per_pair)
-        setup = judges.open_judge(jc, ctx.constitution.with_judges(harmless_p), **kw)
+        setup = judges.open_judge(jc, ctx.constitution.with_judges(harmless_p),
+                                  default_model=pols[0].path, seed=ctx.job.seed, engine=e,
+                                  judge_engine=ctx.job.judge_engine(), shared_pool=pool,
+                                  actors=ctx.judge_pool,
+                                  principles_per_pair=cfg.principles_per_pair)
         j_help = judges.build(jc, ctx.constitution.with_judges(helpful_p), pool=setup.pool,
                               tokenizer=setup.tokenizer, seed=ctx.job.seed,
                               batch_size=setup.judge.batch_size,
@@ -333,18 +359,7 @@ def run(ctx: Context) -> dict:
             setup.close()
         if pool is not None:
             pool.shutdown()
-    refusals = refusal_figures(pols, answers, harmful, benign, cfg.bootstrap, ctx.job.seed)
-    elo = {"harmless": elo_figures(pols, comps_harm, cfg.bootstrap, ctx.job.seed),
-           "helpful": elo_figures(pols, comps_help, cfg.bootstrap, ctx.job.seed)}
-    result = {"policies": [vars(p) for p in pols], "judge": judges.describe(
-                  jc, model_label(pols[0].path)), "judge_kind": jc.kind,
-              "prompts": {k: len(v) for k, v in [*harmful.items(), *benign.items()]},
-              "refusals": refusals, "elo": elo, "attribution": attribution(ctx.run.path)}
-    write_json_atomic(out / "figures.json", result)
-    from cai_ray import report
-
-    report.write(out, ctx.run.path, result, pols, answers, red, helpful, cfg.examples)
-    return summary(result, pols)
+    return answers, comps_harm, comps_help
 
 
 def write_answers(path: Path, pols, answers, harmful: dict, benign: dict) -> None:
