@@ -108,8 +108,9 @@ def hh_pairs(path: str | Path, n: int) -> list[dict]:
 
 
 def judge_quality(judge, pairs: list[dict]) -> dict:
-    """Accuracy (with a Wilson interval), calibration (ECE, accuracy by confidence bucket) and
-    position bias (principle-level pairs whose two orders pick different answers)."""
+    """Accuracy on the pairs the judge decided (Wilson interval; ties, p = 0.5, counted apart),
+    calibration on the same (ECE, accuracy by confidence bucket) and position bias
+    (principle-level pairs whose two orders pick different answers)."""
     from cai_ray.algos.labels import calibration
     from cai_ray.algos.ratings import expected_calibration_error, rate
     from cai_ray.feedback import JudgeItem
@@ -117,17 +118,17 @@ def judge_quality(judge, pairs: list[dict]) -> dict:
     jds = judge.label([JudgeItem(p["id"], p["conversation"], p["first"], p["second"])
                        for p in pairs])
     preds, truths = [j.p_first for j in jds], [p["first_better"] for p in pairs]
-    right = [(q > 0.5) == t and q != 0.5 for q, t in zip(preds, truths)]
+    decided = [(q, t) for q, t in zip(preds, truths) if q != 0.5]  # a tie picks neither answer
+    dp, dt = [q for q, _ in decided], [t for _, t in decided]
     n_orders = sum(len(j.orders.get(k, [])) == 2 for j in jds for k in j.orders)
     disagreements = sum(j.disagreements for j in jds)
     p_truth = [q if t else 1 - q for q, t in zip(preds, truths)]
-    return {"pairs": len(pairs), "accuracy": rate(right),
-            "ties": sum(q == 0.5 for q in preds),
+    return {"pairs": len(pairs), "accuracy": rate([(q > 0.5) == t for q, t in decided]),
+            "ties": len(pairs) - len(decided),
             "position_bias": disagreements / n_orders if n_orders else None,
             "unparsed_verdicts": sum(getattr(j, "unparsed", 0) for j in jds),
             "mean_p_label": sum(p_truth) / len(p_truth),
-            "ece": expected_calibration_error(preds, truths),
-            "calibration": calibration(preds, truths)}
+            "ece": expected_calibration_error(dp, dt), "calibration": calibration(dp, dt)}
 
 
 def reward_accuracy(model_path: str, pairs: list[dict]) -> dict:
@@ -272,11 +273,11 @@ def main(target: str, argv: list[str]) -> int:
               f"{a['low']:.3f}-{a['high']:.3f}) on {res['pairs']} pairs of {args.data}")
     else:
         res = _judge(job, pairs)
-        a = res["accuracy"]
-        bias = "-" if res["position_bias"] is None else f"{res['position_bias']:.3f}"
-        print(f"judge {res['judge']}: accuracy {a['rate']:.3f} (95% CI {a['low']:.3f}-"
-              f"{a['high']:.3f}) on {res['pairs']} pairs of {args.data}; ECE {res['ece']:.3f}; "
-              f"position bias {bias}; ties {res['ties']}; unparsed {res['unparsed_verdicts']}")
+        a, f = res["accuracy"], lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        print(f"judge {res['judge']}: accuracy {f(a['rate'])} (95% CI {f(a['low'])}-"
+              f"{f(a['high'])}) on the {a['n']} of {res['pairs']} pairs of {args.data} it "
+              f"decided (ties {res['ties']}); ECE {f(res['ece'])}; position bias "
+              f"{f(res['position_bias'])}; unparsed verdicts {res['unparsed_verdicts']}")
         for row in res["calibration"]:
             acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
             print(f"  confidence {row['bucket']}: n={row['n']:4d} accuracy={acc}")

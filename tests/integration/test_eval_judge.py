@@ -39,9 +39,10 @@ def test_eval_judge_logprob_and_generative_on_a_pairs_file(tmp_path):
     res = json.loads(out.read_text())
     assert res["pairs"] == 4 and res["kind"] == "logprob" and res["unparsed_verdicts"] == 0
     acc = res["accuracy"]
-    assert acc["n"] == 4 and acc["low"] <= acc["rate"] <= acc["high"]
+    assert acc["n"] + res["ties"] == 4 and acc["n"] >= 3  # a tie (p exactly 0.5) is rare here
+    assert acc["low"] <= acc["rate"] <= acc["high"]
     assert 0 <= res["position_bias"] <= 1 and 0 <= res["ece"] <= 1
-    assert sum(row["n"] for row in res["calibration"]) == 4
+    assert sum(row["n"] for row in res["calibration"]) == acc["n"]
     assert "accuracy" in r.stdout and "position bias" in r.stdout
 
     out = tmp_path / "generative.json"
