@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from cai_ray.errors import InputError
-from cai_ray.prompts.sources import SHARED_DATA, hh_messages
+from cai_ray.prompts.sources import SHARED_DATA, hh_messages, jsonl_rows
 
 DEFAULT_HH = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 FIRST, SECOND = {"a", "0", "first", "1st", "answer_a"}, {"b", "1", "second", "2nd", "answer_b"}
@@ -80,18 +80,12 @@ def labelled_pairs(path: str | Path, n: int) -> list[dict]:
     except (OSError, UnicodeDecodeError, gzip.BadGzipFile) as err:
         raise InputError(f"{p}: cannot read it ({err})") from None
     out = []
-    for k, line in enumerate(text.splitlines(), 1):
+    for k, row in jsonl_rows(p, text):
         if len(out) >= n:
             break
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{p}:{k}: not JSON ({err.msg})") from None
         if not isinstance(row, dict):
-            raise InputError(f"{p}:{k}: a JSON object is needed")
-        pair = _pair_from_row(row, f"{p}:{k}", str(row.get("id", f"pair-{k}")))
+            raise InputError(f"{p}: line {k}: a JSON object is needed")
+        pair = _pair_from_row(row, f"{p}: line {k}", str(row.get("id", f"pair-{k}")))
         if pair:
             out.append(pair)
     return out
@@ -159,18 +153,10 @@ def read_rows(path: str | Path) -> list[tuple[int, dict]]:
         raise InputError(f"{p}: cannot read it as UTF-8 text ({err})") from None
     if p.suffix.lower() == ".csv":
         return [(k + 2, row) for k, row in enumerate(csv.DictReader(text.splitlines()))]
-    rows = []
-    for k, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{p}:{k}: not JSON ({err.msg}); give one JSON object per line, "
-                             f"or a .csv file") from None
+    rows = list(jsonl_rows(p, text))
+    for k, row in rows:
         if not isinstance(row, dict):
-            raise InputError(f"{p}:{k}: a JSON object with named fields is needed")
-        rows.append((k, row))
+            raise InputError(f"{p}: line {k}: a JSON object with named fields is needed")
     return rows
 
 
@@ -196,13 +182,13 @@ def refusal_labels(args) -> dict:
         raise InputError(f"{args.data}: no rows")
     missing = [f for f in (args.answer_field,) if f not in rows[0][1]]
     if missing:
-        raise InputError(f"{args.data}:{rows[0][0]}: no field {missing[0]!r} (fields: "
+        raise InputError(f"{args.data}: line {rows[0][0]}: no field {missing[0]!r} (fields: "
                          f"{', '.join(rows[0][1])}); name the answer column with --answer-field")
     label_field = args.label_field
     out, preds, truths = [], [], []
     for line, row in rows:
         if args.answer_field not in row:
-            raise InputError(f"{args.data}:{line}: no field {args.answer_field!r}")
+            raise InputError(f"{args.data}: line {line}: no field {args.answer_field!r}")
         answer = row[args.answer_field] or ""
         pred = R.is_refusal(answer)
         preds.append(pred)
@@ -210,8 +196,9 @@ def refusal_labels(args) -> dict:
                "empty": R.is_empty(answer)}
         if label_field:
             if label_field not in row:
-                raise InputError(f"{args.data}:{line}: no field {label_field!r} (--label-field)")
-            truths.append(_flag(row[label_field], f"{args.data}:{line}"))
+                raise InputError(f"{args.data}: line {line}: no field {label_field!r} "
+                                 f"(--label-field)")
+            truths.append(_flag(row[label_field], f"{args.data}: line {line}"))
         out.append(rec)
     res = {"data": str(args.data), "rows": len(out), "refusal": rate(preds),
            "empty": rate([r["empty"] for r in out]),

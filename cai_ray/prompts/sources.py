@@ -74,7 +74,8 @@ def _read_text(path: Path) -> str:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+def jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """(line number, parsed value) of each non-empty line; a bad line is one InputError."""
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -129,7 +130,7 @@ def read_hh_rlhf(path: Path) -> Iterator[tuple[str, str, list]]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    for n, row in _jsonl_rows(path, text):
+    for n, row in jsonl_rows(path, text):
         if "chosen" not in row:
             raise InputError(f"{path}: line {n}: no 'chosen' transcript (not HH-RLHF)")
         conv = hh_messages(row["chosen"])
@@ -154,7 +155,7 @@ def read_advbench(path: Path) -> Iterator[tuple[str, str, list]]:
 def read_donotanswer(path: Path) -> Iterator[tuple[str, str, list]]:
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     for f in files:
-        for n, row in _jsonl_rows(f, _read_text(f)):
+        for n, row in jsonl_rows(f, _read_text(f)):
             yield _field(row, f, f"line {n}"), f.stem, []
 
 
@@ -168,7 +169,7 @@ def read_file(path: Path) -> Iterator[tuple[str, str, list]]:
     if name.endswith(".jsonl.gz") or name.endswith(".json.gz"):
         yield from read_hh_rlhf(path)
     elif name.endswith(".jsonl"):
-        for n, row in _jsonl_rows(path, _read_text(path)):
+        for n, row in jsonl_rows(path, _read_text(path)):
             cat = row.get("category", "") if isinstance(row, dict) else ""
             yield _field(row, path, f"line {n}"), str(cat or ""), []
     elif name.endswith(".json"):

@@ -63,7 +63,7 @@ def test_command_labels_a_csv_with_custom_columns(tmp_path):
 
 
 @pytest.mark.parametrize("content,args,needle", [
-    ('{"answer": "x"}\nnot json\n', [], ":2: not JSON"),
+    ('{"answer": "x"}\nnot json\n', [], "line 2: invalid JSON"),
     ('{"text": "x"}\n', [], "no field 'answer'"),
     ('{"answer": "x", "lab": "maybe"}\n', ["--label-field", "lab"], "label 'maybe'"),
 ])
