@@ -57,6 +57,10 @@ def _listener(rank, port):
     return listener
 
 
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().view(torch.uint8).numpy().tobytes()
+
+
 def _rank(rank, port, meta, q):
     group = C.open_group("127.0.0.1", port, rank, 3, "gloo", timeout_s=60,
                          listener=_listener(rank, port))
@@ -65,7 +69,10 @@ def _rank(rank, port, meta, q):
         q.put(("sent", C.send(group, _state(), meta, bucket_mb=0.0001)))
     else:
         got = {k: v.clone() for k, v in C.receive(group, meta, "cpu", bucket_mb=0.0001)}
-        q.put((rank, got))
+        # by value: a tensor crosses a multiprocessing queue as a shared-memory handle, which is
+        # gone if this process exits before the parent reads it (a flaky FileNotFoundError)
+        q.put((rank, {k: (_bytes(v), str(v.dtype), list(v.shape))
+                      for k, v in got.items()}))
 
 
 def _listening_on(port: int) -> list[str]:
@@ -105,7 +112,9 @@ def test_gloo_broadcast_between_three_processes():
     assert out["sent"] == sum(v.numel() * v.element_size() for v in _state().values())
     for r in (1, 2):
         for k, v in _state().items():
-            assert torch.equal(out[r][k], v), (r, k)
+            raw, dtype, shape = out[r][k]
+            assert (dtype, shape) == (str(v.dtype), list(v.shape)), (r, k)
+            assert raw == _bytes(v), (r, k)
 
 
 def test_group_formed_again_after_the_last_one_is_dropped():
