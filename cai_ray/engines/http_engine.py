@@ -64,11 +64,15 @@ class HttpEngine(Engine):
     def _model_id(self) -> str:
         return served_model(self.base, self.headers)
 
-    def _complete(self, body: dict) -> dict:
+    def _complete(self, body: dict, refusable: bool = False) -> dict | None:
+        """POST /completions; with refusable, None when the server refuses the request (400,
+        422: a server that cannot echo prompt log-probabilities)."""
         import httpx
 
         r = httpx.post(f"{self.base}/completions", headers=self.headers, timeout=self.timeout,
                        json={"model": self.served, "return_tokens_as_token_ids": True, **body})
+        if refusable and r.status_code in (400, 422):
+            return None
         if r.status_code != 200:
             raise RuntimeError(f"{self.base}/completions: HTTP {r.status_code}: {r.text[:300]}")
         return r.json()
@@ -99,8 +103,9 @@ class HttpEngine(Engine):
         def one(req) -> list[float]:
             ids = self.encode(req)
             if self.echo:
-                out = self._post({"prompt": [ids + [t] for t in token_ids], "max_tokens": 1,
-                                  "temperature": 0.0, "echo": True, "logprobs": 0})
+                out = self._complete({"prompt": [ids + [t] for t in token_ids], "max_tokens": 1,
+                                      "temperature": 0.0, "echo": True, "logprobs": 0},
+                                     refusable=True)
                 if out is not None:
                     chs = sorted(out["choices"], key=lambda c: c["index"])
                     return [ch["logprobs"]["token_logprobs"][len(ids)] for ch in chs]
@@ -113,18 +118,6 @@ class HttpEngine(Engine):
             return [by_id.get(t, floor) for t in token_ids]
 
         return list(self.pool.map(one, requests))
-
-    def _post(self, body: dict) -> dict | None:
-        """Like _complete, but None when the server refuses the request (400/422: no echo)."""
-        import httpx
-
-        r = httpx.post(f"{self.base}/completions", headers=self.headers, timeout=self.timeout,
-                       json={"model": self.served, "return_tokens_as_token_ids": True, **body})
-        if r.status_code in (400, 422):
-            return None
-        if r.status_code != 200:
-            raise RuntimeError(f"{self.base}/completions: HTTP {r.status_code}: {r.text[:300]}")
-        return r.json()
 
     def _score_ids(self, pairs):
         raise NotImplementedError("http engine: scores the next token only (the judge); "

@@ -77,6 +77,14 @@ class JudgeSetup:
             self.pool = None
 
 
+def http_pool(cfg, tokenizer_path: str):
+    """The pool an http judge runs on: one HttpEngine (the server at cfg.url) in process."""
+    from cai_ray.engines.http_engine import HttpEngine
+    from cai_ray.engines.local import LocalPool
+
+    return LocalPool(HttpEngine(cfg.url, tokenizer_path, api_key_env=cfg.api_key_env))
+
+
 def describe(cfg, default_model: str) -> str:
     if cfg.kind == "http":
         return f"http {cfg.url} ({cfg.model})"
@@ -95,12 +103,8 @@ def open_judge(cfg, constitution, *, default_model: str, seed: int, engine, judg
     from cai_ray import models
 
     if cfg.kind == "http":
-        from cai_ray.engines.http_engine import HttpEngine
-        from cai_ray.engines.local import LocalPool
-
         path = models.resolve(cfg.model)
-        pool, owned, e = LocalPool(HttpEngine(cfg.url, path, api_key_env=cfg.api_key_env)), \
-            False, engine
+        pool, owned, e = http_pool(cfg, path), False, engine
     elif cfg.model:
         path = models.resolve(cfg.model)
         pool, owned, e = actors(path), True, judge_engine or engine

@@ -194,10 +194,7 @@ class JudgeReward:
         elif references is None:
             raise ValueError("judge reward, pairwise: needs the SFT model's answers")
         if pool is None and cfg.kind == "http":
-            from cai_ray.engines.http_engine import HttpEngine
-            from cai_ray.engines.local import LocalPool
-
-            pool = LocalPool(HttpEngine(cfg.url, tokenizer_path, api_key_env=cfg.api_key_env))
+            pool = judges.http_pool(cfg, tokenizer_path)
         self.mode, self.refs, self.n = mode, references or {}, 0
         self.judge = judges.build(cfg, constitution, pool=pool,
                                   tokenizer=AutoTokenizer.from_pretrained(tokenizer_path),
@@ -229,7 +226,6 @@ class HttpReward:
 
     def __init__(self, url: str, *, timeout_s: float = 120.0, api_key_env: str = "CAI_RAY_API_KEY",
                  **_):
-        import os
         from urllib.parse import urlparse
 
         u = urlparse(url)
@@ -237,8 +233,9 @@ class HttpReward:
             raise InputError(f"rl.reward {url!r}: give the served reward model's URL, "
                              f"http(s)://HOST:PORT/v1/score (`cai-ray serve RUN --score`)")
         self.url, self.timeout = url, timeout_s
-        key = os.environ.get(api_key_env)
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        from cai_ray.engines.http_engine import headers_for
+
+        self.headers = headers_for(api_key_env)
 
     def _post(self, pairs: list[dict]) -> list[float]:
         import httpx

@@ -146,9 +146,8 @@ def _judge_model(job, run_dir: Path, manifest: dict) -> str:
 
 
 def _judge_spec(job, model: str) -> JudgeSpec:
-    from cai_ray.constitution import load_constitution
-
     from cai_ray import judges
+    from cai_ray.constitution import load_constitution
 
     load_constitution(job.constitution.path).require("judge", job.constitution.path)
     if job.judge.kind == "http":
