@@ -292,10 +292,6 @@ def run(ctx: Context) -> dict:
     pols = policies(ctx)
     harmful, benign = eval_sets(ctx)
     red, helpful = harmful["red_team"], benign["helpful"]
-    public = [p for name, ps in [*harmful.items(), *benign.items()]
-              if name not in ("red_team", "helpful") for p in ps]
-    log.info("eval: %d policies (%s), %d held-out red-team, %d helpful, %d public prompts",
-             len(pols), ", ".join(p.name for p in pols), len(red), len(helpful), len(public))
     answers, comps_harm, comps_help = play(ctx, pols, harmful, benign, out, "eval")
     refusals = refusal_figures(pols, answers, harmful, benign, cfg.bootstrap, ctx.job.seed)
     elo = {"harmless": elo_figures(pols, comps_harm, cfg.bootstrap, ctx.job.seed),
@@ -321,6 +317,8 @@ def play(ctx: Context, pols, harmful: dict, benign: dict, out: Path, name: str):
     red, helpful = harmful["red_team"], benign["helpful"]
     public = [p for n, ps in [*harmful.items(), *benign.items()]
               if n not in ("red_team", "helpful") for p in ps]
+    log.info("%s: %d policies (%s), %d held-out red-team, %d helpful, %d public prompts", name,
+             len(pols), ", ".join(p.name for p in pols), len(red), len(helpful), len(public))
     pool = ctx.engine_pool(pols[0].path, name=name)
     setup = None
     try:
