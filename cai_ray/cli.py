@@ -88,7 +88,12 @@ def _eval(args) -> int:
     from cai_ray import pipeline
     from cai_ray.config import JobConfig
 
-    cfg = json.loads(manifest.read_text())["config"]
+    from cai_ray.rundir import RunDir
+
+    cfg = RunDir(args.target).manifest().get("config")  # InputError for a damaged manifest
+    if not isinstance(cfg, dict):
+        raise InputError(f"{manifest}: no job config recorded; run `cai-ray run` on this "
+                         f"run directory first")
     job = JobConfig.model_validate({**cfg, "stages": ["eval"], "run_dir": args.target})
     summary = pipeline.run(job, quiet=True)
     print(pipeline.format_summary(summary))

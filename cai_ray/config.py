@@ -316,8 +316,9 @@ def load_job(path: str | Path | None = None, overrides: list[str] = (), **flags:
     except ValidationError as err:
         loc, _ = error_location(err.errors()[0])
         for item in overrides:  # blame the --set that introduced the bad value, if one did
-            path = legacy_override(parse_override(item)[0])
-            if path == loc[:len(path)]:
+            path = list(legacy_override(parse_override(item)[0]))
+            n = min(len(path), len(loc))  # the --set's path lies under the error, or above it
+            if n and path[:n] == list(loc[:n]):
                 source = f"--set {item}"
         for key, value in flags.items():  # ... or the flag (--stages, --run-dir, ...)
             if value is not None and tuple(shortcuts[key]) == tuple(loc[:len(shortcuts[key])]):

@@ -181,20 +181,10 @@ def resolve_path(spec: str) -> Path:
 
 def load_constitution(spec: str | Path) -> Constitution:
     """Load our YAML, a CAI-paper JSON folder, or an HF-recipe JSON; InputError names the field."""
-    path = resolve_path(str(spec))
+    path = Path(spec)
     try:
-        if path.is_dir():
-            return _from_cai_paper(path)
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            data = json.loads(text)
-            if isinstance(data, dict) and "constitutions" in data:
-                return _from_hf_recipe(data, path.stem)
-            return Constitution.model_validate(data)
-        data = yaml.safe_load(text)
-        if not isinstance(data, dict):
-            raise InputError(f"{path}: expected a mapping with critique_revision / judge lists")
-        return Constitution.model_validate(data)
+        path = resolve_path(str(spec))
+        return _load(path)
     except ValidationError as err:
         e = err.errors()[0]
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
@@ -208,22 +198,67 @@ def load_constitution(spec: str | Path) -> Constitution:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}:" if mark else ""
         raise InputError(f"{path}:{line} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    except PermissionError as exc:
+        raise InputError(f"{exc.filename or path}: not readable by this user; fix its "
+                         f"permissions (chmod a+r) or point constitution.path elsewhere") from None
+    except IsADirectoryError as exc:
+        raise InputError(f"{exc.filename or path}: a folder where a file was expected") from None
 
 
-def _from_hf_recipe(data: dict, name: str) -> Constitution:
-    pairs = [{"id": f"{name}-{i}", "critique": c["critic"], "revision": c["revision"]}
-             for i, c in enumerate(data.get("constitutions", []))]
+def _load(path: Path) -> Constitution:
+    if path.is_dir():
+        return _from_cai_paper(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict) and "constitutions" in data:
+            return _from_hf_recipe(data, path)
+        return Constitution.model_validate(data)
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping with critique_revision / judge lists")
+    return Constitution.model_validate(data)
+
+
+class _Foreign:
+    """Field access into a foreign JSON format (HF recipe, CAI-paper files) that names the file and
+    the path of a missing or mistyped field instead of raising KeyError."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def get(self, obj, key, where: str, kind: type = str):
+        if not isinstance(obj, (dict, list)):
+            raise InputError(f"{self.path}: {where}: expected an object or a list, got "
+                             f"{type(obj).__name__}")
+        try:
+            value = obj[key]
+        except (KeyError, IndexError, TypeError):
+            raise InputError(f"{self.path}: {where}.{key}: missing; every entry of this "
+                             f"format needs it (add it, or remove the entry)") from None
+        if not isinstance(value, kind):
+            raise InputError(f"{self.path}: {where}.{key}: expected {kind.__name__}, got "
+                             f"{type(value).__name__}")
+        return value
+
+
+def _from_hf_recipe(data: dict, path: Path) -> Constitution:
+    f = _Foreign(path)
+    pairs = [{"id": f"{path.stem}-{i}", "critique": f.get(c, "critic", f"constitutions.{i}"),
+              "revision": f.get(c, "revision", f"constitutions.{i}")}
+             for i, c in enumerate(f.get(data, "constitutions", "(top level)", list))]
     shots = []
-    for conv in data.get("system_chat", []):
+    for j, conv in enumerate(data.get("system_chat", [])):
         # user prompt, assistant answer, user critique request, assistant critique, user revision
         # request, assistant revision
-        if len(conv) < 6:
+        if not isinstance(conv, list) or len(conv) < 6:
             continue
-        shots.append({"messages": conv[:2], "critique_request": conv[2]["content"],
-                      "critique": conv[3]["content"], "revision_request": conv[4]["content"],
-                      "revision": conv[5]["content"]})
+        text = [f.get(f.get(conv, t, f"system_chat.{j}", dict), "content",
+                      f"system_chat.{j}.{t}") for t in range(6)]
+        shots.append({"messages": conv[:2], "critique_request": text[2], "critique": text[3],
+                      "revision_request": text[4], "revision": text[5]})
     return Constitution.model_validate(
-        {"name": name, "critique_revision": pairs, "critique_fewshot": shots})
+        {"name": path.stem, "critique_revision": pairs, "critique_fewshot": shots})
 
 
 _TURN = re.compile(r"\n\n(Human|Assistant|CritiqueRequest|Critique|RevisionRequest|Revision):")
@@ -241,32 +276,44 @@ def _messages(turns: list[tuple[str, str]]) -> list[dict]:
 
 
 def _from_cai_paper(folder: Path) -> Constitution:
-    def read(name):
-        f = folder / name
-        return json.loads(f.read_text(encoding="utf-8")) if f.exists() else None
+    def read(name, kind):
+        p = folder / name
+        if not p.exists():
+            return kind()
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        if not isinstance(data, kind):
+            raise InputError(f"{p}: expected a JSON {kind.__name__}, got {type(data).__name__}")
+        return data
 
-    instr = read("CritiqueRevisionInstructions.json") or {}
-    pairs = [{"id": k, "critique": _clean(v["prompt"][0], "CritiqueRequest", "Critique"),
-              "revision": _clean(v["edit_request"], "RevisionRequest", "Revision")}
-             for k, v in instr.items()]
+    f = _Foreign(folder / "CritiqueRevisionInstructions.json")
+    pairs = [{"id": k, "critique": _clean(f.get(f.get(v, "prompt", k, list), 0, f"{k}.prompt"),
+                                          "CritiqueRequest", "Critique"),
+              "revision": _clean(f.get(v, "edit_request", k), "RevisionRequest", "Revision")}
+             for k, v in read("CritiqueRevisionInstructions.json", dict).items()]
     shots = []
-    for text in read("CritiqueRevisionFewShotPrompts.json") or []:
-        turns = parse_transcript(text)
+    for text in read("CritiqueRevisionFewShotPrompts.json", list):
+        turns = parse_transcript(text) if isinstance(text, str) else []
         kinds = [t for t, _ in turns]
-        if "Critique" not in kinds or "Revision" not in kinds:
+        if "Critique" not in kinds or "Revision" not in kinds or "CritiqueRequest" not in kinds:
             continue
         cut = kinds.index("CritiqueRequest")
         got = {t: c for t, c in turns[cut:]}
         shots.append({"messages": _messages(turns[:cut]), "critique_request":
                       got.get("CritiqueRequest"), "critique": got["Critique"],
                       "revision_request": got.get("RevisionRequest"), "revision": got["Revision"]})
-    judge = [{"id": f"rl{i}", "text": t.strip().removesuffix("Options:").strip()}
-             for i, t in enumerate(read("RLMadisonInstructions.json") or [])]
+    judge = [{"id": f"rl{i}", "text": str(t).strip().removesuffix("Options:").strip()}
+             for i, t in enumerate(read("RLMadisonInstructions.json", list))]
     judge_shots = []
-    for i, ex in enumerate(read("RLMadisonFewShotPrompts.json") or []):
-        good, bad = ex["corrects"][0], ex["incorrects"][0]
+    f = _Foreign(folder / "RLMadisonFewShotPrompts.json")
+    for i, ex in enumerate(read("RLMadisonFewShotPrompts.json", list)):
+        good = f.get(f.get(ex, "corrects", str(i), list), 0, f"{i}.corrects")
+        bad = f.get(f.get(ex, "incorrects", str(i), list), 0, f"{i}.incorrects")
         options, answer = ([good, bad], "A") if i % 2 == 0 else ([bad, good], "B")
-        judge_shots.append({"messages": _messages(parse_transcript(ex["prompt"]) or []),
+        judge_shots.append({"messages": _messages(parse_transcript(f.get(ex, "prompt", str(i)))
+                                                  or []),
                             "options": options, "answer": answer})
     return Constitution.model_validate(
         {"name": f"cai-paper:{folder.name}", "critique_revision": pairs,

@@ -72,10 +72,13 @@ def client(address: str, token: str | None = None, token_file: str | None = None
         return JobSubmissionClient(address, headers=headers or None)
     except Exception as exc:  # connection refused, DNS, 401: all mean "cannot use this cluster"
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        hint = ("check the token (--token-file, RAY_AUTH_TOKEN)"
-                if any(w in msg.lower() for w in ("401", "unauthori", "token", "auth"))
-                else "is the head running and the dashboard reachable?")
-        raise InputError(f"{address}: cannot reach the Ray Jobs API ({msg}); {hint}") from None
+        if any(w in msg.lower() for w in ("401", "403", "unauthori", "authentication", "forbidden")):
+            where = ("--token-file" if token_file else "--token" if token
+                     else "no token was sent: give --token-file or set RAY_AUTH_TOKEN")
+            raise InputError(f"{address}: the Ray Jobs API refused our credentials ({msg}); "
+                             f"check the token ({where})") from None
+        raise InputError(f"{address}: cannot reach the Ray Jobs API ({msg}); is the head "
+                         f"running and its dashboard reachable from here?") from None
 
 
 def submit(job_file: str | None, address: str, run_args: list[str], *, follow: bool = False,

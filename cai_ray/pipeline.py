@@ -20,6 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
+from cai_ray import resources
 from cai_ray.config import JobConfig
 from cai_ray.constitution import load_constitution
 from cai_ray.errors import InputError
@@ -51,6 +52,8 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
         if hasattr(mod, "check"):
             mod.check(job, constitution, base)
         check_lora(job, stage, base)
+    if not joins_existing_cluster(job):  # a local cluster gets this machine's GPUs and memory
+        resources.check(job, resources.local_machine())
     run = RunDir(job.run_dir)
     run.check_usable()
     plan = graph.resolve(job, run.manifest().get("stages", {}))
@@ -144,12 +147,10 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
     rd = ctx.run
     rd.check_identity(identity(job), job.name, force=force)
     digests = ctx.plan.digests
+    start_cluster(job)
     lock = RunLock(rd.path)
     try:
         rd.open(identity(job), job.name, job.model_dump(mode="json"), platform_record(job))
-        from cai_ray.cluster import init_ray
-
-        init_ray(job.ray.address, local_cpus(job), job.ray.temp_dir)
         summary = {}
         for stage in job.stages:
             summary[stage] = run_stage(ctx, stage, digests[stage], resume)
@@ -158,6 +159,30 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
         return summary
     finally:
         lock.release()
+
+
+def joins_existing_cluster(job: JobConfig) -> bool:
+    """A job that joins a running cluster (ray.address, a submitted job, a caller's ray.init) is
+    checked against that cluster's resources once connected; a local one against this machine."""
+    import os
+
+    if job.ray.address or os.environ.get("RAY_ADDRESS"):
+        return True
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def start_cluster(job: JobConfig) -> None:
+    """Start or join Ray, and refuse (exit 2) a job the cluster cannot hold, before the run
+    directory is locked or written and before any actor starts."""
+    import ray
+
+    from cai_ray.cluster import init_ray
+
+    existing = joins_existing_cluster(job)
+    init_ray(job.ray.address, local_cpus(job), job.ray.temp_dir)
+    if existing:
+        where = job.ray.address or ray.get_runtime_context().gcs_address
+        resources.check(job, resources.cluster_have(ray.cluster_resources(), where))
 
 
 def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:

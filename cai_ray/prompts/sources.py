@@ -62,16 +62,24 @@ def prompt_id(text: str) -> str:
 # -- readers: each yields (prompt text, category, conversation) --------------------------------
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path) -> bytes:
     try:
-        return path.read_bytes().decode("utf-8")
+        return path.read_bytes()
+    except PermissionError:
+        raise InputError(f"{path}: not readable by this user; fix its permissions (chmod a+r) "
+                         f"or copy it somewhere readable") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _read_text(path: Path) -> str:
+    raw = _read_bytes(path)
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raw = path.read_bytes()
         line = raw[: exc.start].count(b"\n") + 1
         raise InputError(f"{path}: line {line}: not UTF-8 text (byte {exc.start}); "
                          f"re-save the file as UTF-8") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
@@ -120,7 +128,7 @@ def hh_messages(transcript: str) -> list[dict]:
 
 
 def read_hh_rlhf(path: Path) -> Iterator[tuple[str, str, list]]:
-    raw = path.read_bytes()
+    raw = _read_bytes(path)
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)

@@ -16,6 +16,12 @@ def reads(job) -> tuple[str, ...]:
     return () if job.reward.data else ("preferences",)
 
 
+def check(job, constitution, base: str) -> None:
+    """A user's preference data is read at load time: it exists and has the pair columns."""
+    if job.reward.data:
+        read_rows(job.reward.data, ("chosen", "rejected"), "reward.data")
+
+
 def run(ctx: Context) -> dict:
     from cai_ray import models
     from cai_ray.train.core import fit

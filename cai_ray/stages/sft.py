@@ -16,6 +16,12 @@ def reads(job) -> tuple[str, ...]:
     return () if job.sft.data else ("sft_data",)
 
 
+def check(job, constitution, base: str) -> None:
+    """A user's SFT data is read at load time: it exists and has a messages column."""
+    if job.sft.data:
+        read_rows(job.sft.data, ("messages",), "sft.data")
+
+
 def run(ctx: Context) -> dict:
     from cai_ray.train.core import fit
 

@@ -111,3 +111,14 @@ def test_killed_engine_actor_loses_no_prompt(ray_cluster, tmp_path):
     assert len(ids) == len(set(ids))
     assert stats["actor_failures"] >= 1
     assert ray.is_initialized()
+
+
+def test_a_job_larger_than_the_running_cluster_fails_before_the_run_directory(ray_cluster,
+                                                                            tmp_path):
+    """The session cluster has 4 CPUs: 5 engine actors of 1 CPU could never be placed."""
+    from cai_ray.errors import InputError
+
+    job = tiny_job(tmp_path / "run", "engine.num_actors=5", "engine.kv_cache_gib=0.1")
+    with pytest.raises(InputError, match=r"needs 5 CPU\(s\); the Ray cluster at .* has 4"):
+        pipeline.run(job, quiet=True)
+    assert not (tmp_path / "run").exists()

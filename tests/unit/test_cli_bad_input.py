@@ -50,6 +50,16 @@ def _files(tmp_path):
     badp = tmp_path / "prefs.jsonl"
     badp.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": 0.7}\n'
                     '{"prompt": "q", "chosen": "a", "rejected": "b", "p_chosen": 1.5}\n')
+    sftdata = tmp_path / "sft.jsonl"
+    sftdata.write_text('{"messages": [{"role": "user", "content": "q"}, '
+                       '{"role": "assistant", "content": "a"}]}\n')
+    hf = tmp_path / "hf.json"
+    hf.write_text('{"constitutions": [{"critic": "c0", "revision": "r0"}, {"critic": "c1"}], '
+                  '"system_chat": []}')
+    cai = tmp_path / "cai"
+    cai.mkdir()
+    (cai / "CritiqueRevisionInstructions.json").write_text(
+        '{"harmful0": {"prompt": ["CritiqueRequest: c"]}}')
     return locals()
 
 
@@ -59,6 +69,23 @@ CASES = {
                                    "critique_revision.0.revision"),
     "constitution wrong type": (["--set", "constitution.path={wrongtype}"],
                                 "critique_revision.0.critique"),
+    "HF recipe constitution missing a key": (["--set", "constitution.path={hf}"],
+                                             "hf.json: constitutions.1.revision: missing"),
+    "CAI-paper folder missing a key": (["--set", "constitution.path={cai}"],
+                                       "CritiqueRevisionInstructions.json: harmful0.edit_request"),
+    "sft data missing": (["--set", "sft.data=/nonexistent/sft.jsonl"],
+                         "/nonexistent/sft.jsonl: sft.data not found"),
+    "sft data without messages": (["--set", "sft.data={badp}"],
+                                  "sft.data lacks column(s) ['messages']"),
+    "reward data missing": (["--set", "reward.data=/nonexistent/p.jsonl"],
+                            "/nonexistent/p.jsonl: reward.data not found"),
+    "unknown section from --set": (["--set", "bogus.field=1"], "--set bogus.field=1: bogus"),
+    "engines larger than the machine's memory": (["--set", "engine.num_actors=64",
+                                                  "--set", "engine.kv_cache_gib=500"],
+                                                 "GiB of memory; this machine has"),
+    "GPU engines on a machine without GPUs": (["--set", "engine.num_gpus_per_actor=1",
+                                               "--set", "rl.use_gpu=true"],
+                                              "GPU(s); this machine has 0"),
     "non-UTF-8 prompt file": (["--prompts", "{nonutf}"], "latin1.txt: line 1: not UTF-8"),
     "truncated prompt file": (["--prompts", "{trunc}"], "trunc.jsonl: line 2"),
     "empty prompt set": (["--prompts", "{empty}"], "no usable prompts"),
@@ -82,9 +109,9 @@ CASES = {
     "dpo without preference data": (["--stages", "dpo", "--set", "start_policy=base"],
                                     "dpo reads preferences"),
     "dpo without sl_cai pairs": (["--stages", "sft,dpo", "--set", "dpo.data=sl_cai_pairs",
-                                  "--set", "sft.data={badp}"], "dpo reads pairs"),
+                                  "--set", "sft.data={sftdata}"], "dpo reads pairs"),
     "dpo soft label out of range": (["--stages", "sft,dpo", "--set", "dpo.data={badp}",
-                                     "--set", "sft.data={badp}"], "prefs.jsonl: line 2: p_chosen"),
+                                     "--set", "sft.data={sftdata}"], "prefs.jsonl: line 2: p_chosen"),
     "lora target the model lacks": (["--set", "sft.lora={{target_modules: [qkv_proj]}}"],
                                     "sft.lora.target_modules: ['qkv_proj']"),
     "lora rank zero": (["--set", "dpo.lora.rank=0"], "dpo.lora.rank"),
@@ -136,3 +163,16 @@ def test_submit_env_without_a_value_exits_2_before_contacting_anyone(tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("cai-ray: error:")]
     assert len(lines) == 1 and "--env FOO: give KEY=VALUE" in lines[0], res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("manifest, expect", [("{bad", "damaged manifest (invalid JSON)"),
+                                              ('{"stages": {}}', "no job config recorded")])
+def test_eval_on_a_damaged_manifest_exits_2_untouched(tmp_path, manifest, expect):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(manifest)
+    before = tree_digest(run)
+    res = cli("eval", str(run))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert expect in res.stderr.splitlines()[-1]
+    assert tree_digest(run) == before
