@@ -151,8 +151,19 @@ class JobConfig(_Section):
         data = self.model_dump(mode="json")
         if sections:
             data = {k: data[k] for k in sections}
+        for name, value in data.items():  # timeouts and the like do not change what a stage makes
+            sec = getattr(self, name, None)
+            if isinstance(sec, BaseModel) and isinstance(value, dict):
+                data[name] = {k: v for k, v in value.items() if not _operational(type(sec), k)}
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _operational(model: type[BaseModel], name: str) -> bool:
+    """A field marked operational (json_schema_extra={"operational": True}): how a stage runs,
+    not what it makes; left out of digests so that changing it (or adding it) keeps a resume."""
+    extra = getattr(model.model_fields.get(name), "json_schema_extra", None)
+    return isinstance(extra, dict) and bool(extra.get("operational"))
 
 
 def _model_at(loc: list[str]):

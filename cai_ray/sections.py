@@ -8,6 +8,11 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+OPERATIONAL = {"operational": True}
+"""Marks a field that changes how a stage runs, not what it makes (timeouts): JobConfig.digest
+leaves it out, so adding or changing one keeps a run resumable."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -64,6 +69,12 @@ class EngineCfg(_Section):
     """Requests per call to one actor (at most; the queue is shared out among live actors). The
     default matches max_num_seqs, so one call can fill the engine's batch."""
     max_restarts: int = Field(1, ge=0)
+    call_timeout_s: float | None = Field(None, gt=0, json_schema_extra=OPERATIONAL)
+    """The longest one batch may run on an actor before the actor is taken as hung (killed,
+    restarted by Ray, its work retried elsewhere). None: sized from each batch, timeout_floor_s plus
+    its token budget (requests x max_tokens x n) at a fifth of the speed the pool has measured
+    (at least 4 tokens/s before it has measured any)."""
+    timeout_floor_s: float = Field(120.0, gt=0, json_schema_extra=OPERATIONAL)
 
     @model_validator(mode="after")
     def _tp_needs_gpus(self) -> "EngineCfg":

@@ -12,6 +12,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from cai_ray.engines.pool import RESTART_WAIT_S
 from cai_ray.rl.learner import Learner
 
 LearnerActor = ray.remote(Learner)
@@ -40,7 +41,7 @@ class LearnerGroup:
                                f"{' and a GPU' if cfg['use_gpu'] else ''}); the cluster has "
                                f"{ray.available_resources()} free. Give Ray more CPUs "
                                f"(ray.num_cpus) or use fewer engine actors / learner ranks")
-        ray.get(ready)
+        ray.get(ready, timeout=timeout_s)
         self.address = (host, port)
         self._next = 0
 
@@ -92,7 +93,7 @@ class LearnerGroup:
 
     def node_ids(self) -> list[str]:
         return ray.get([a.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id())
-                        for a in self.actors])
+                        for a in self.actors], timeout=RESTART_WAIT_S)
 
     def shutdown(self) -> None:
         for a in self.actors:

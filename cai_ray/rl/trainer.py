@@ -310,9 +310,11 @@ class RlTrainer:
                                                      self.cfg.prompts_per_iter)
 
     def peak_memory_mb(self) -> dict:
-        out = {"memory/learner_peak_mb": max(ray.get(self.learners.call("peak_rss_mb")))}
+        out = {"memory/learner_peak_mb": max(ray.get(self.learners.call("peak_rss_mb"),
+                                                     timeout=self.timeout))}
         if self.ref is not None:
-            out["memory/reference_peak_mb"] = ray.get(self.ref.peak_rss_mb.remote())
+            out["memory/reference_peak_mb"] = ray.get(self.ref.peak_rss_mb.remote(),
+                                                      timeout=self.timeout)
         out["memory/engine_peak_mb"] = max(i["peak_rss_mb"] for i in
                                            self.pool.call_all("info"))
         return out

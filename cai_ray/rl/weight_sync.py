@@ -140,14 +140,15 @@ class CollectiveSync:
         return self.fallback.meta
 
     def _join(self, learners) -> None:
-        host, port = ray.get(learners.call("sync_address", _single_node())[0])
+        host, port = ray.get(learners.call("sync_address", _single_node())[0],
+                             timeout=self.timeout_s)
         world = 1 + len(self.pool.actors) * self.tp
         refs = learners.call("sync_join", host, port, world, self.backend)
         refs += [a.join_sync.remote(host, port, 1 + i * self.tp, world, self.backend)
                  for i, a in enumerate(self.pool.actors)]
         ray.get(refs, timeout=self.timeout_s)  # fails as soon as any member fails
         if self.fallback.meta is None:
-            self.fallback.meta = ray.get(learners.call("weight_meta")[0])
+            self.fallback.meta = ray.get(learners.call("weight_meta")[0], timeout=self.timeout_s)
         self.joined = True
 
     def _members(self, learners) -> None:

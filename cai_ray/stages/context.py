@@ -115,7 +115,8 @@ def engine_pool_for(job, model_path: str, name: str = "engine", num_actors: int 
     return EnginePool(num_actors or e.num_actors, e.backend, model_path,
                       num_cpus=e.num_cpus_per_actor, num_gpus=e.num_gpus_per_actor,
                       strategy=e.placement_strategy, max_restarts=e.max_restarts,
-                      engine_kwargs=engine_kwargs(job, e), name=name, shared=shared, wait=wait)
+                      engine_kwargs=engine_kwargs(job, e), name=name, shared=shared, wait=wait,
+                      call_timeout_s=e.call_timeout_s, timeout_floor_s=e.timeout_floor_s)
 
 
 def model_label(path: str) -> str:

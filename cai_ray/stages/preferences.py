@@ -36,8 +36,10 @@ def reads(job) -> tuple[str, ...]:
     return ("policy",)
 
 
-def sample_answers(pool, prompts, cfg, seed: int, batch_size: int, max_in_flight: int) -> dict:
-    """k answers per prompt id, sampled on the pool (temperature, top-p from the job)."""
+def sample_answers(pool, prompts, cfg, seed: int, batch_size: int, max_in_flight: int,
+                   on_answers=None) -> dict:
+    """k answers per prompt id, sampled on the pool (temperature, top-p from the job);
+    on_answers(pid, answers or None) as each prompt's answers arrive (None: prompt too long)."""
     sched = pool.scheduler(Sampling(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                     top_p=cfg.top_p, n=cfg.num_samples, seed=seed),
                            batch_size, max_in_flight)
@@ -45,8 +47,11 @@ def sample_answers(pool, prompts, cfg, seed: int, batch_size: int, max_in_flight
         sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
     out, t0 = {}, time.time()
     for pid, comps in sched.results():
-        if comps[0].finish_reason != TOO_LONG:
-            out[pid] = [c.text.strip() for c in comps]
+        ans = [c.text.strip() for c in comps] if comps[0].finish_reason != TOO_LONG else None
+        if ans is not None:
+            out[pid] = ans
+        if on_answers:
+            on_answers(pid, ans)
     return out, {**sched.stats, "seconds": time.time() - t0}
 
 
@@ -56,38 +61,68 @@ def pairs_of(answers: list[str]) -> list[tuple[int, int]]:
             if answers[i].strip() != answers[j].strip()]
 
 
+ANSWERS = "#answers"  # progress row of a prompt's k sampled answers: pid#answers
+NONE = "#none"  # progress row of a prompt whose answers were all identical
+
+
+def resume_point(log: ProgressLog, prompts) -> tuple[dict, list]:
+    """(answers already sampled by prompt id, prompts still to sample). A prompt's answers are
+    logged as they arrive and each judged pair on its own (pid#i-j), so a kill loses at most the
+    pairs in flight. Logs from before answers were logged: a prompt with any pair is done."""
+    answers = {k[:-len(ANSWERS)]: r["answers"] for k, r in log.rows.items()
+               if k.endswith(ANSWERS)}
+    judged = {k.split("#")[0] for k in log.rows if not k.endswith(ANSWERS)}
+    todo = [p for p in prompts if p.id not in answers and p.id not in judged]
+    return answers, todo
+
+
+def pairs_to_judge(log: ProgressLog, answers: dict, by_id: dict) -> list[JudgeItem]:
+    """Every distinct pair of every prompt's answers not yet in the log."""
+    items = []
+    for pid, ans in answers.items():
+        if ans is None or pid not in by_id:
+            continue
+        if not pairs_of(ans):
+            if pid + NONE not in log:
+                log.add({"id": pid + NONE, "skipped": "identical answers"})
+            continue
+        conv = [{"role": "user", "content": by_id[pid].prompt}]
+        items += [JudgeItem(f"{pid}#{i}-{j}", conv, ans[i], ans[j])
+                  for i, j in pairs_of(ans) if f"{pid}#{i}-{j}" not in log]
+    return items
+
+
 def run(ctx: Context) -> dict:
     cfg, jc, e = ctx.job.preferences, ctx.job.judge, ctx.job.engine
     ctx.constitution.require("judge", ctx.job.constitution.path)
     out = ctx.run.stage_dir("preferences")
     log = ProgressLog(out / "progress.jsonl")
     prompts = [p for p in ctx.train_prompts(ctx.red_team.prompts)]
-    todo = [p for p in prompts if not any(k.startswith(p.id + "#") for k in log.rows)
-            and p.id + "#none" not in log.rows]
+    by_id = {p.id: p for p in prompts}
+    answers, todo = resume_point(log, prompts)
     policy = ctx.policy_model()
     t0 = time.time()
     stats, judge_s, n_judged, judge_actors, judge_model = {}, 0.0, 0, 0, None
     pool = setup = None
+
+    def keep(pid, ans):
+        log.add({"id": pid + ANSWERS, "answers": ans})
+        answers[pid] = ans
+
     try:
         if todo:
             pool = ctx.engine_pool(policy, name="policy")
-            answers, stats = sample_answers(pool, todo, cfg, ctx.job.seed, e.batch_size,
-                                            e.max_in_flight)
-            if jc.model:  # the judge has its own actors or a server: free the policy's
+            _, stats = sample_answers(pool, todo, cfg, ctx.job.seed, e.batch_size,
+                                      e.max_in_flight, on_answers=keep)
+        items = pairs_to_judge(log, answers, by_id)
+        if items:
+            if jc.model and pool is not None:  # the judge has its own actors or a server
                 pool.shutdown()
                 pool = None
             setup = open_judge(jc, ctx.constitution, default_model=policy, seed=ctx.job.seed,
                                engine=e, judge_engine=ctx.job.judge_engine(), shared_pool=pool,
                                actors=ctx.judge_pool)
             judge, judge_model = setup.judge, setup.model
-            by_id = {p.id: p for p in todo}
-            items = []
-            for pid, ans in answers.items():
-                conv = [{"role": "user", "content": by_id[pid].prompt}]
-                items += [JudgeItem(f"{pid}#{i}-{j}", conv, ans[i], ans[j])
-                          for i, j in pairs_of(ans)]
-                if not pairs_of(ans):
-                    log.add({"id": pid + "#none", "skipped": "identical answers"})
             tj = time.time()
             bar = ctx.progress(len(items), "judge", unit="pair")
             for chunk in _chunks(items, 16):  # progress and the log advance per chunk
@@ -117,7 +152,9 @@ def run(ctx: Context) -> dict:
             "mode": "cot" if jc.chain_of_thought else "direct", "judge_actors": judge_actors,
             "judgements_per_s": n_judged / judge_s if judge_s else None,
             "timing/generate_s": stats.get("seconds"), "timing/judge_s": judge_s,
-            "timing/total_s": time.time() - t0,
+            "timing/total_s": time.time() - t0, "prompts_sampled_now": len(todo),
+            "pairs_judged_now": n_judged, "progress_repeats": log.repeats,
+            "actor_failures": stats.get("actor_failures", 0),
             "generated_tokens": stats.get("generated_tokens", 0)}
 
 

@@ -260,5 +260,7 @@ def run(ctx: Context) -> dict:
         "throughput/generated_tokens_per_s": stats["generated_tokens"] / secs,
         "generated_tokens": stats["generated_tokens"], "requests": stats["requests"],
         "actor_failures": stats.get("actor_failures", 0), "timing/generate_s": stats["seconds"],
+        "hung_actors": stats.get("hung_actors", 0),
+        "progress_repeats": log.repeats + helpful_log.repeats,
         "prompt_counts": dict(ctx.red_team.counts),
     }

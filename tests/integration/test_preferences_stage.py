@@ -24,3 +24,36 @@ def test_separate_judge_on_its_own_actors(ray_cluster, tiny_model, tmp_path):
     assert {r["judge_model"] for r in pairs} == {judge_label}
     assert all(0.0 <= r["p_chosen"] <= 1.0 and [len(v) for v in r["orders"].values()] == [2]
                for r in pairs), pairs[0]
+
+
+def test_resume_judges_the_pairs_a_kill_left_and_samples_nothing_again(ray_cluster, tmp_path):
+    """3 answers per prompt: 3 pairs each. The progress log is cut back to what a kill in the
+    middle of judging leaves (every prompt's answers, and one pair of each prompt judged); the
+    resumed stage judges exactly the missing pairs, samples nothing again, repeats nothing."""
+    import json
+
+    run = tmp_path / "run"
+    job = load_job("tiny", ["start_policy=base", "preferences.num_samples=3",
+                            "preferences.temperature=1.5", "preferences.max_new_tokens=24"],
+                   run_dir=str(run), stages="preferences", limit=6)
+    first = pipeline.run(job, quiet=True)["preferences"]["result"]
+    prog = run / "preferences" / "progress.jsonl"
+    rows = read_jsonl(prog)
+    pairs = [r for r in rows if "chosen" in r]
+    assert first["pairs"] == len(pairs) > 0 and first["progress_repeats"] == 0
+    keep_one = {}
+    for r in pairs:
+        keep_one.setdefault(r["prompt_id"], r["id"])
+    cut = [r for r in rows if "chosen" not in r or r["id"] in keep_one.values()]
+    prog.write_text("".join(json.dumps(r) + "\n" for r in cut))
+    lost = len(pairs) - len(keep_one)
+    assert lost > 0
+
+    again = pipeline.run(job, quiet=True)["preferences"]["result"]
+    assert again["prompts_sampled_now"] == 0 and again["generated_tokens"] == 0
+    assert again["pairs_judged_now"] == lost
+    assert again["pairs"] == first["pairs"] and again["progress_repeats"] == 0
+    done = read_jsonl(prog)
+    ids = [r["id"] for r in done]
+    assert len(ids) == len(set(ids))
+    assert sorted(r["id"] for r in done if "chosen" in r) == sorted(r["id"] for r in pairs)

@@ -118,7 +118,7 @@ def test_dynamic_sampling_drops_groups_without_signal(ray_cluster, tmp_path):
 
 
 def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path):
-    """Two rollout engines; one is SIGKILLed after the first iteration. The run finishes; a second
+    """Two rollout engines; one is SIGKILLed while it generates, after the first iteration. The run finishes; a second
     run on the same directory resumes from the last checkpoint instead of starting over."""
     run = tmp_path / "run"
     job = rl_job(run, "rl.algorithm=grpo", "rl.iterations=4", "rl.checkpoint_every=2",
@@ -130,11 +130,11 @@ def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path):
         while time.time() < deadline and not killed:
             m = run / "rl" / "metrics.jsonl"
             if m.exists() and m.read_text().count("\n") >= 1:
-                pids = _engine_pids()
+                pids = [p for p in _engine_pids() if _generating(p)]  # not an idle engine
                 if pids:
                     os.kill(pids[0], signal.SIGKILL)
                     killed.append(pids[0])
-            time.sleep(0.2)
+            time.sleep(0.02)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
@@ -152,6 +152,15 @@ def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path):
     res2 = pipeline.run(job, quiet=True)["rl"]
     assert res2["status"] == "complete" and res2["result"]["resumed_from"] == 2
     assert [r["iteration"] for r in metrics(run)] == [1, 2, 3, 4]
+
+
+def _generating(pid: int) -> bool:
+    """Ray titles a worker process ray::Class.method while it runs that method."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"EngineWorker.generate" in fh.read()
+    except OSError:
+        return False
 
 
 def _engine_pids():

@@ -86,3 +86,61 @@ def test_push_makes_engines_generate_the_learners_weights(ray_cluster, tiny_mode
             learners.shutdown()
         pool.shutdown()
 
+
+
+def _busy_generating(pid: int) -> bool:
+    """Ray titles a worker process ray::Class.method while it runs that method."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"EngineWorker.generate" in fh.read()
+    except OSError:
+        return False
+
+
+def test_engine_killed_while_generating_comes_back_with_the_current_weights(
+        ray_cluster, tiny_model, noisy_model):
+    """After a push, engine 0 is SIGKILLed while it is generating (its process is titled
+    EngineWorker.generate). The scheduler retries its batch and, once Ray has restarted the actor,
+    reloads the pushed weights into it before giving it work: afterwards both engines generate
+    what the learner's weights generate, not the base model's text."""
+    import threading
+    import time
+
+    want = greedy(HfEngine(noisy_model))[0]
+    pool = EnginePool(2, "vllm", tiny_model, num_cpus=1,
+                      engine_kwargs={"dtype": "float32", "max_model_len": 512,
+                                     "kv_cache_gib": 0.25})
+    learners = None
+    try:
+        rl = load_job("tiny").rl
+        learners = LearnerGroup(noisy_model, None, learner_config(rl, rl.resolved()), seed=0)
+        make_sync("object_store", pool, bucket_mb=0.25).push(learners)
+        assert greedy(pool) == [want, want]
+        pid = ray.get(pool.actors[0].__ray_call__.remote(lambda _: os.getpid()))
+        killed = []
+
+        def killer():
+            deadline = time.time() + 120
+            while time.time() < deadline and not _busy_generating(pid):
+                time.sleep(0.01)
+            if _busy_generating(pid):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        t = threading.Thread(target=killer)
+        t.start()
+        sched = pool.scheduler(Sampling(max_tokens=48, temperature=1.0), batch_size=2,
+                               max_in_flight=1)
+        for i in range(24):
+            sched.put(i, Request(str(i), messages=[{"role": "user", "content": f"Count to {i}."}]))
+        keys = [k for k, _ in sched.results()]
+        t.join()
+        assert killed, "engine 0 was never seen generating"
+        assert sorted(keys) == list(range(24))  # every request once, the killed batch retried
+        assert sched.stats["actor_failures"] >= 1
+        assert ray.get(pool.actors[0].__ray_call__.remote(lambda _: os.getpid())) != pid
+        assert greedy(pool) == [want, want]  # the restarted engine holds the pushed weights
+    finally:
+        if learners:
+            learners.shutdown()
+        pool.shutdown()
