@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from cai_ray.errors import ConfigError
 from cai_ray.stages.registry import ALIASES as STAGE_ALIASES, DEFAULT_STAGES, STAGES  # noqa: F401
@@ -33,6 +33,9 @@ class JobConfig(_Section):
     name: str = "cai"
     run_dir: str = "runs/default"
     seed: int = 0
+    keep_previous: int = Field(1, ge=0)
+    """A stage whose config changed moves its old output to RUN_DIR/.previous/<stage>-<time>; the
+    newest this many per stage are kept there, older ones deleted (0: none kept)."""
     stages: list[str] = list(DEFAULT_STAGES)
     start_policy: str | None = None
     """The policy for stages that read one (preferences, dpo, rl, eval) when no stage of the run
@@ -77,9 +80,6 @@ class JobConfig(_Section):
     def _run_dir_path(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("empty; give a folder (for example runs/my-job)")
-        if "://" in v:
-            raise ValueError(f"{v}: URIs (s3://, gs://, ...) are not supported yet; give a local "
-                             f"folder, or a shared one mounted on every node")
         return v
 
     @field_validator("stages")

@@ -25,7 +25,8 @@ from cai_ray.config import JobConfig
 from cai_ray.constitution import load_constitution
 from cai_ray.errors import InputError
 from cai_ray.prompts.sources import load_prompts
-from cai_ray.rundir import RunDir
+from cai_ray.rundir import DiskWatch, RunDir
+from cai_ray.storage import Syncer
 from cai_ray.stages import graph
 from cai_ray.stages.context import Context
 
@@ -54,7 +55,7 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
         check_lora(job, stage, base)
     if not joins_existing_cluster(job):  # a local cluster gets this machine's GPUs and memory
         resources.check(job, resources.local_machine())
-    run = RunDir(job.run_dir)
+    run = open_run_dir(job.run_dir)
     run.check_usable()
     plan = graph.resolve(job, run.manifest().get("stages", {}))
     graph.check(job, plan, job.run_dir)
@@ -62,6 +63,22 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
     start = models.resolve(job.start_policy) if job.start_policy not in (None, "base") else base
     return Context(job, run, constitution, red, helpful, base, quiet=quiet, plan=plan,
                    start_policy=start)
+
+
+def open_run_dir(spec: str) -> RunDir:
+    """A local folder, or a URI (s3://...): then a local working copy with the remote's manifest
+    (enough to plan and validate; the rest is pulled when the run starts)."""
+    from cai_ray import storage
+
+    if not storage.is_uri(spec):
+        return RunDir(spec)
+    remote = storage.Remote.open(spec)  # exit 2 when unreachable, before anything is written
+    local = storage.local_copy(spec)
+    local.mkdir(parents=True, exist_ok=True)
+    remote.pull(local, only=["manifest.json"])
+    run = RunDir(local)
+    run.remote, run.uri = remote, spec
+    return run
 
 
 def check_lora(job: JobConfig, stage: str, base: str) -> None:
@@ -149,15 +166,24 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
     digests = ctx.plan.digests
     start_cluster(job)
     lock = RunLock(rd.path)
+    sync = None
     try:
+        if rd.remote is not None:  # everything the last run pushed: resume from the bucket
+            n = rd.remote.pull(rd.path)
+            log.warning("run directory %s: working copy %s (%d file(s) pulled)", rd.uri, rd.path, n)
+            sync = Syncer(rd.remote, rd.path, job.ray.sync_every_s).__enter__()
         rd.open(identity(job), job.name, job.model_dump(mode="json"), platform_record(job))
         summary = {}
         for stage in job.stages:
             summary[stage] = run_stage(ctx, stage, digests[stage], resume)
             if summary[stage]["status"] == "failed":
                 break
+            if sync is not None:
+                sync.push()  # each finished stage lands in the bucket at once
         return summary
     finally:
+        if sync is not None:
+            sync.__exit__(None, None, None)
         lock.release()
 
 
@@ -193,11 +219,13 @@ def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
         return {"status": "skipped (complete)", "seconds": 0.0, "result": rd.result(stage)}
     rec = rd.stage_record(stage)
     if rec.get("digest") and rec["digest"] != digest and (rd.path / stage).exists():
-        _move_aside(rd, stage)
+        _move_aside(rd, stage, ctx.job.keep_previous)
     rd.mark(stage, status="running", digest=digest, started=time.time())
     t0 = time.time()
+    watch = DiskWatch(rd.path)
     try:
-        result = mod.run(ctx)
+        with watch:
+            result = mod.run(ctx)
     except InputError:
         rd.mark(stage, status="failed", seconds=time.time() - t0)
         raise
@@ -210,17 +238,31 @@ def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
         return {"status": "failed", "seconds": time.time() - t0, "result": {},
                 "error": f"{type(exc).__name__}: {exc}"}
     seconds = time.time() - t0
-    result = {**result, "timing/stage_s": seconds}
+    disk_mb = watch.peak_bytes / 2**20
+    result = {**result, "timing/stage_s": seconds, "disk/run_dir_peak_mb": disk_mb}
     rd.write_result(stage, result)
-    rd.mark(stage, status="complete", seconds=seconds, finished=time.time())
+    rd.mark(stage, status="complete", seconds=seconds, finished=time.time(),
+            disk_peak_mb=round(disk_mb, 1))
     return {"status": "complete", "seconds": seconds, "result": result}
 
 
-def _move_aside(rd: RunDir, stage: str) -> None:
-    dest = rd.path / ".previous" / f"{stage}-{int(time.time())}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(rd.path / stage), str(dest))
-    log.warning("%s: config changed since the last run; old output moved to %s", stage, dest)
+def _move_aside(rd: RunDir, stage: str, keep: int = 1) -> None:
+    """The stage's old output to RUN_DIR/.previous/<stage>-<time> (keep > 0), then only the newest
+    `keep` of that stage's old outputs stay there (job.keep_previous)."""
+    prev = rd.path / ".previous"
+    if keep:
+        dest = prev / f"{stage}-{time.time_ns()}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(rd.path / stage), str(dest))
+        log.warning("%s: config changed since the last run; old output moved to %s", stage, dest)
+    else:
+        shutil.rmtree(rd.path / stage)
+        log.warning("%s: config changed since the last run; old output deleted (keep_previous: 0)",
+                    stage)
+    old = sorted((p for p in prev.glob(f"{stage}-*") if p.name[len(stage) + 1:].isdigit()),
+                 key=lambda p: int(p.name[len(stage) + 1:]))
+    for p in old[:max(0, len(old) - keep)]:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def format_summary(summary: dict) -> str:
@@ -234,7 +276,12 @@ def format_summary(summary: dict) -> str:
                 figs.append(f"{key}={v:.3g}" if isinstance(v, float) else f"{key}={v}")
         rows.append((stage, rec["status"], f"{rec['seconds']:.1f}", ", ".join(figs)))
     total = sum(r["seconds"] for r in summary.values())
-    rows.append(("total", "", f"{total:.1f}", ""))
+    peaks = {s: r["result"]["disk/run_dir_peak_mb"] for s, r in summary.items()
+             if "disk/run_dir_peak_mb" in r.get("result", {})}
+    top = max(peaks, key=peaks.get) if peaks else None
+    rows.append(("total", "", f"{total:.1f}",
+                 f"peak disk use of the run directory {peaks[top]:.0f} MB (during {top})"
+                 if top else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

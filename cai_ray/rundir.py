@@ -157,6 +157,8 @@ def _arrow_safe(row: dict) -> dict:
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.remote = None  # storage.Remote when the run directory is a URI (this is its copy)
+        self.uri: str | None = None
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -235,3 +237,48 @@ class RunDir:
     def result(self, stage: str) -> dict:
         p = self.path / stage / "result.json"
         return json.loads(p.read_text()) if p.exists() else {}
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under path (files vanishing mid-walk are skipped)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class DiskWatch:
+    """Samples the run directory's size every `every_s` seconds while a stage runs (a background
+    thread): the peak catches checkpoints that live only until they are pruned.
+
+        with DiskWatch(run_dir) as w: ...      w.peak_bytes
+    """
+
+    def __init__(self, path: Path, every_s: float = 5.0):
+        import threading
+
+        self.path, self.every_s = path, every_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="disk-watch")
+
+    def _sample(self) -> None:
+        self.peak_bytes = max(self.peak_bytes, tree_bytes(self.path))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._sample()
+
+    def __enter__(self) -> "DiskWatch":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()

@@ -88,6 +88,9 @@ class RayCfg(_Section):
     """None starts a local cluster in-process; 'auto' or ray://host:port joins one."""
     num_cpus: int | None = Field(None, ge=1)
     temp_dir: str | None = None
+    sync_every_s: float = Field(30.0, gt=0, json_schema_extra=OPERATIONAL)
+    """A run directory on object storage (run_dir: s3://...) is pushed this often while a stage
+    runs (and after every stage): a lost driver loses at most this much progress."""
 
 
 class SlCaiCfg(_Section):

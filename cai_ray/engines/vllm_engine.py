@@ -19,9 +19,22 @@ slower here (209 vs 186 tokens/s at 32 sequences)."""
 
 
 def quiet_env() -> dict[str, str]:
-    """Every vLLM here: its own sockets on loopback, no usage stats, a quiet log."""
-    return {"VLLM_HOST_IP": "127.0.0.1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+    """Every vLLM here, CPU or GPU: its own sockets on this node's address (loopback on a local
+    cluster; never all interfaces), no usage stats, a quiet log."""
+    return {"VLLM_HOST_IP": node_address(), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
             "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+
+
+def node_address() -> str:
+    """The address Ray knows this node by (127.0.0.1 on a local cluster), else loopback."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:  # outside Ray, or Ray without a node here
+        pass
+    return "127.0.0.1"
 
 
 def cpu_kv_env(cpu_cores: str | None, kv_cache_gib: float) -> dict[str, str]:
@@ -60,15 +73,24 @@ class VllmEngine(Engine):
                  trust_remote_code: bool = False, seed: int = 0, enforce_eager: bool = True,
                  max_num_seqs: int = 64, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.85, kv_cache_gib: float = 1.0,
-                 cpu_cores: str | None = None, block_size: int | None = None, **_ignored):
+                 cpu_cores: str | None = None, block_size: int | None = None,
+                 multiprocess: bool | None = None, **_ignored):
+        """multiprocess: the engine core in its own process (vLLM's GPU default; True) or in the
+        actor's (False; the CPU default here, one process per engine on a small machine)."""
         super().__init__(model_path, max_model_len=max_model_len,
                          trust_remote_code=trust_remote_code)
         from cai_ray.platform import has_cuda
 
-        if not has_cuda():
+        self._on_gpu = has_cuda()
+        os.environ.update(quiet_env())
+        if not self._on_gpu:
             os.environ.update(cpu_env(cpu_cores, kv_cache_gib))
             _use_cores(cpu_cores)
+        if multiprocess is not None:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocess else "0"
         from vllm import LLM
+
+        from cai_ray.engines.vllm_worker_ext import EXTENSION
 
         from cai_ray.platform import engine_dtype
 
@@ -77,7 +99,7 @@ class VllmEngine(Engine):
         kwargs = dict(model=self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
                       trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size,
-                      disable_log_stats=True)
+                      disable_log_stats=True, worker_extension_cls=EXTENSION)
         if has_cuda():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if block_size or not has_cuda():
@@ -150,8 +172,8 @@ class VllmEngine(Engine):
 
     def _load_folder(self, folder: str) -> None:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_path": folder})
-        if _in_process():
-            self.llm.collective_rpc(_refresh_tied_head)
+        if not self._on_gpu:
+            self.llm.collective_rpc("cai_refresh_tied_head")
         self.llm.reset_prefix_cache()
 
     def _load_stream(self, pairs) -> None:
@@ -160,7 +182,7 @@ class VllmEngine(Engine):
         stream cannot cross: the buckets go to a scratch folder (/dev/shm when it has room) and
         the worker reloads from there."""
         if _in_process():
-            self.llm.collective_rpc(_worker_reload, args=(pairs,))
+            self.llm.collective_rpc("cai_reload", args=(pairs,))
             self.llm.reset_prefix_cache()
             return
         import tempfile
@@ -178,61 +200,18 @@ class VllmEngine(Engine):
     def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
         """rank: this engine's first rank; with tensor parallelism each worker takes rank + its
         own (so world counts 1 + engines x tensor_parallel_size)."""
-        self.llm.collective_rpc(_worker_join, args=(host, port, rank, world, backend))
+        self.llm.collective_rpc("cai_join", args=(host, port, rank, world, backend))
         return True
 
     def receive_weights(self, meta, bucket_mb: float = 64) -> int:
-        self.llm.collective_rpc(_worker_receive, args=(meta, bucket_mb))
+        self.llm.collective_rpc("cai_receive", args=(meta, bucket_mb))
         self.llm.reset_prefix_cache()
         self.weights_version += 1
         return self.weights_version
 
     def leave_sync(self) -> None:
-        self.llm.collective_rpc(_worker_leave)
+        self.llm.collective_rpc("cai_leave")
 
 
 def _in_process() -> bool:
     return os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
-
-
-def _worker_join(worker, host, port, rank, world, backend) -> None:
-    from cai_ray.collective import open_group
-
-    worker._cai_sync = open_group(host, port, rank + getattr(worker, "rank", 0), world, backend)
-
-
-def _worker_reload(worker, pairs) -> None:
-    """vLLM's in-place reload from a (name, tensor) iterator: it re-runs each layer's post-load
-    step as the layer's weights complete."""
-    worker.model_runner.reload_weights(weights_iterator=pairs)
-    if not _has_cuda_device():
-        _refresh_tied_head(worker)
-
-
-def _worker_receive(worker, meta, bucket_mb) -> None:
-    """Receive the broadcast into the worker's device bucket by bucket, reloading as it comes."""
-    from cai_ray.collective import drop_on_failure, receive
-
-    device = "cuda" if _has_cuda_device() else "cpu"
-    drop_on_failure(worker, "_cai_sync", lambda group: _worker_reload(
-        worker, receive(group, meta, device, bucket_mb)))
-
-
-def _has_cuda_device() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _worker_leave(worker) -> None:
-    worker._cai_sync = None
-
-
-def _refresh_tied_head(worker) -> None:
-    """vLLM's in-place reload skips lm_head when it is tied to the embedding (tie_word_embeddings:
-    SmolLM2, the tiny model), so on CPU the packed GEMM copy of the head keeps the old weights while
-    the embedding gets the new ones. Re-running the head's post-load step repacks it."""
-    model = worker.model_runner.model
-    head = getattr(model, "lm_head", None)
-    if head is not None and getattr(model.config, "tie_word_embeddings", False):
-        head.quant_method.process_weights_after_loading(head)

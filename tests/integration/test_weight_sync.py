@@ -144,3 +144,32 @@ def test_engine_killed_while_generating_comes_back_with_the_current_weights(
         if learners:
             learners.shutdown()
         pool.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["gloo", "object_store"])
+def test_sync_into_an_engine_core_in_its_own_process_pickles_no_function(
+        ray_cluster, tiny_model, noisy_model, kind):
+    """vLLM's GPU default puts the engine core in a process of its own, where a function given to
+    collective_rpc would have to be pickled (VLLM_ALLOW_INSECURE_SERIALIZATION). Our worker
+    methods are registered by name (worker_extension_cls), so both paths work across that
+    boundary with insecure serialization off: here on CPU with multiprocess=True."""
+    assert os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION") in (None, "0")
+    want = greedy(HfEngine(noisy_model))[0]
+    pool = EnginePool(1, "vllm", tiny_model, num_cpus=1,
+                      engine_kwargs={"dtype": "float32", "max_model_len": 512,
+                                     "kv_cache_gib": 0.25, "multiprocess": True})
+    learners = None
+    try:
+        env = ray.get(pool.actors[0].__ray_call__.remote(lambda _: dict(os.environ)))
+        assert env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+        assert env.get("VLLM_ALLOW_INSECURE_SERIALIZATION") in (None, "0")
+        assert greedy(pool)[0] != want
+        rl = load_job("tiny").rl
+        learners = LearnerGroup(noisy_model, None, learner_config(rl, rl.resolved()), seed=0)
+        out = make_sync(kind, pool, bucket_mb=0.25).push(learners)
+        assert out.get("weight_sync/fallback", 0) == 0, out
+        assert greedy(pool) == [want]
+    finally:
+        if learners:
+            learners.shutdown()
+        pool.shutdown()

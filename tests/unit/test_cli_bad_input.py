@@ -121,7 +121,11 @@ CASES = {
     "run directory is a file": (["--run-dir", "{afile}"], "afile.txt: a file, not a folder"),
     "run directory under a file": (["--run-dir", "{afile}/run"], "afile.txt is a file"),
     "empty run directory": (["--run-dir", ""], "run_dir"),
-    "run directory is a URI": (["--run-dir", "s3://bucket/run"], "s3://bucket/run"),
+    "run directory on storage nobody serves": (
+        ["--run-dir", "s3://bucket/run?endpoint_override=127.0.0.1:1&scheme=http"],
+        "cannot use this storage"),
+    "run directory URI with an unknown option": (
+        ["--run-dir", "s3://bucket/run?endpoint=127.0.0.1:1"], "unknown option(s) ['endpoint']"),
 }
 
 

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from cai_ray.rundir import ProgressLog, RunDir, read_jsonl, save_dataset, write_json_atomic
 
 
@@ -77,3 +79,34 @@ def test_atomic_json_is_fsynced_and_renamed(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "state.json").read_text()) == {"a": 1}
     assert any(".state.json.tmp" in s for s in synced) and str(tmp_path) in synced
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]
+
+
+@pytest.mark.parametrize("keep", [0, 1, 2])
+def test_old_outputs_moved_aside_are_bounded_by_keep_previous(tmp_path, keep):
+    from cai_ray.pipeline import _move_aside
+
+    rd = RunDir(tmp_path / "run")
+    for n in range(4):  # four config changes of sft, one of rl
+        (rd.path / "sft").mkdir(parents=True)
+        (rd.path / "sft" / "v").write_text(str(n))
+        _move_aside(rd, "sft", keep)
+    (rd.path / "rl").mkdir()
+    _move_aside(rd, "rl", keep)
+    prev = rd.path / ".previous"
+    kept = sorted(prev.glob("sft-*"), key=lambda p: int(p.name[4:])) if prev.exists() else []
+    assert [p.joinpath("v").read_text() for p in kept] == ["0", "1", "2", "3"][4 - keep:][:keep]
+    assert len(list(prev.glob("rl-*")) if prev.exists() else []) == min(keep, 1)
+    assert not (rd.path / "sft").exists()
+
+
+def test_disk_watch_keeps_the_peak_of_files_that_were_deleted(tmp_path):
+    import time
+
+    from cai_ray.rundir import DiskWatch
+
+    (tmp_path / "kept").write_bytes(b"x" * 1000)
+    with DiskWatch(tmp_path, every_s=0.05) as w:
+        (tmp_path / "ckpt").write_bytes(b"y" * 200_000)  # a checkpoint, pruned later
+        time.sleep(0.5)
+        (tmp_path / "ckpt").unlink()
+    assert w.peak_bytes == 201_000
