@@ -54,3 +54,18 @@ def ray_cluster():
     init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+def engine_generating(pid: int) -> bool:
+    """Whether an engine actor's process is generating now: Ray titles a worker process
+    ray::Class.method while it runs that method."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"EngineWorker.generate" in fh.read()
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def is_generating():
+    return engine_generating

@@ -121,7 +121,7 @@ def test_dynamic_sampling_drops_groups_without_signal(ray_cluster, tmp_path):
     assert any(r["dynamic/refills"] > 0 for r in rows)
 
 
-def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path):
+def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path, is_generating):
     """Two rollout engines; one is SIGKILLed while it generates, after the first iteration. The run finishes; a second
     run on the same directory resumes from the last checkpoint instead of starting over."""
     run = tmp_path / "run"
@@ -134,7 +134,7 @@ def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path):
         while time.time() < deadline and not killed:
             m = run / "rl" / "metrics.jsonl"
             if m.exists() and m.read_text().count("\n") >= 1:
-                pids = [p for p in _engine_pids() if _generating(p)]  # not an idle engine
+                pids = [p for p in _engine_pids() if is_generating(p)]  # not an idle engine
                 if pids:
                     os.kill(pids[0], signal.SIGKILL)
                     killed.append(pids[0])
@@ -156,15 +156,6 @@ def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path):
     res2 = pipeline.run(job, quiet=True)["rl"]
     assert res2["status"] == "complete" and res2["result"]["resumed_from"] == 2
     assert [r["iteration"] for r in metrics(run)] == [1, 2, 3, 4]
-
-
-def _generating(pid: int) -> bool:
-    """Ray titles a worker process ray::Class.method while it runs that method."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"EngineWorker.generate" in fh.read()
-    except OSError:
-        return False
 
 
 def _engine_pids():

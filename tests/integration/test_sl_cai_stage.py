@@ -74,39 +74,54 @@ def test_transcript_form_and_prompt_expansion(ray_cluster, tmp_path):
     assert len(texts) == len(set(texts))
 
 
-def test_killed_engine_actor_loses_no_prompt(ray_cluster, tmp_path):
-    """Two engine actors; one is SIGKILLed while batches are in flight. The stage finishes and every
-    prompt id appears exactly once."""
-    import ray
-
+def run_with_a_fault(tmp_path, sig, *overrides):
+    """sl_cai's runner on two engine actors (batches of 2, one in flight each); once two prompts
+    are logged, engine 0's process gets `sig`. Returns (stats, logged ids, the log, engine pids
+    before, engine pids after, the prompts)."""
     from cai_ray.rundir import ProgressLog
     from cai_ray.stages.sl_cai import SlCaiRunner
 
     job = tiny_job(tmp_path / "run", "engine.num_actors=2", "engine.batch_size=2",
-                   "sl_cai.max_new_tokens=48", "engine.max_in_flight=1", limit=24)
+                   "sl_cai.max_new_tokens=48", "engine.max_in_flight=1", *overrides, limit=24)
     ctx = pipeline.build_context(job, quiet=True)
-    pool = ctx.engine_pool(ctx.base_model, name="kill-test")
+    pool = ctx.engine_pool(ctx.base_model, name=f"fault-{sig}")
     pids = [info["pid"] for info in pool.call_all("info")]
     log = ProgressLog(tmp_path / "progress.jsonl")
-    hlog = ProgressLog(tmp_path / "helpful.jsonl")
-    runner = SlCaiRunner(ctx, pool, log, hlog)
+    runner = SlCaiRunner(ctx, pool, log, ProgressLog(tmp_path / "helpful.jsonl"))
     prompts = ctx.red_team.prompts
+    sent = []
 
-    def killer():
+    def fault():
         deadline = time.time() + 120
         while len(log.rows) < 2 and time.time() < deadline:
             time.sleep(0.05)
-        os.kill(pids[0], signal.SIGKILL)
+        os.kill(pids[0], sig)
+        sent.append(sig)
 
-    t = threading.Thread(target=killer)
+    t = threading.Thread(target=fault)
     t.start()
     try:
         stats = runner.run([runner.chain(p, "red_team") for p in prompts])
     finally:
         t.join()
+        try:
+            os.kill(pids[0], signal.SIGCONT)  # a frozen engine that was never killed
+        except ProcessLookupError:
+            pass
+        after = [info["pid"] for info in pool.call_all("info")]  # every actor answers again
         pool.shutdown()
     log.close()
+    assert sent, "the fault was never sent"
     ids = [r["id"] for r in read_jsonl(tmp_path / "progress.jsonl")]
+    return stats, ids, log, pids, after, prompts
+
+
+def test_killed_engine_actor_loses_no_prompt(ray_cluster, tmp_path):
+    """Two engine actors; one is SIGKILLed while batches are in flight. The stage finishes and every
+    prompt id appears exactly once."""
+    import ray
+
+    stats, ids, log, _, _, prompts = run_with_a_fault(tmp_path, signal.SIGKILL)
     assert sorted(ids) == sorted(p.id for p in prompts)
     assert log.repeats == 0  # no prompt answered twice (the log itself keeps the first only)
     assert stats["actor_failures"] >= 1
@@ -121,47 +136,12 @@ def test_hung_engine_actor_is_killed_and_its_work_retried(ray_cluster, tmp_path)
     stage finishes with every prompt answered exactly once."""
     import ray
 
-    from cai_ray.rundir import ProgressLog
-    from cai_ray.stages.sl_cai import SlCaiRunner
-
-    job = tiny_job(tmp_path / "run", "engine.num_actors=2", "engine.batch_size=2",
-                   "sl_cai.max_new_tokens=48", "engine.max_in_flight=1",
-                   "engine.timeout_floor_s=3", limit=24)
-    ctx = pipeline.build_context(job, quiet=True)
-    pool = ctx.engine_pool(ctx.base_model, name="hang-test")
-    pids = [info["pid"] for info in pool.call_all("info")]
-    log = ProgressLog(tmp_path / "progress.jsonl")
-    hlog = ProgressLog(tmp_path / "helpful.jsonl")
-    runner = SlCaiRunner(ctx, pool, log, hlog)
-    prompts = ctx.red_team.prompts
-    frozen = []
-
-    def freezer():
-        deadline = time.time() + 120
-        while len(log.rows) < 2 and time.time() < deadline:
-            time.sleep(0.05)
-        os.kill(pids[0], signal.SIGSTOP)
-        frozen.append(time.time())
-
-    t = threading.Thread(target=freezer)
-    t.start()
-    try:
-        stats = runner.run([runner.chain(p, "red_team") for p in prompts])
-    finally:
-        t.join()
-        try:
-            os.kill(pids[0], signal.SIGCONT)  # in case it was never killed
-        except ProcessLookupError:
-            pass
-        after = pool.call_all("info")  # every actor answers again (the hung one restarted)
-        pool.shutdown()
-    log.close()
-    ids = [r["id"] for r in read_jsonl(tmp_path / "progress.jsonl")]
-    assert frozen, "the engine was never frozen"
+    stats, ids, log, pids, after, prompts = run_with_a_fault(tmp_path, signal.SIGSTOP,
+                                                             "engine.timeout_floor_s=3")
     assert sorted(ids) == sorted(p.id for p in prompts)
     assert log.repeats == 0
     assert stats["hung_actors"] >= 1 and stats["retried_batches"] >= 1
-    assert after[0]["pid"] != pids[0]  # a fresh process took the frozen one's place
+    assert after[0] != pids[0]  # a fresh process took the frozen one's place
     assert ray.is_initialized()
 
 

@@ -38,6 +38,12 @@ def noisy_model(tiny_model, tmp_path_factory):
     return str(folder)
 
 
+def engines(model: str, n: int, **kwargs) -> EnginePool:
+    """n vLLM engine actors of the tiny model, fp32, a small KV cache."""
+    return EnginePool(n, "vllm", model, num_cpus=1, engine_kwargs={
+        "dtype": "float32", "max_model_len": 512, "kv_cache_gib": 0.25, **kwargs})
+
+
 def greedy(engine_or_pool):
     s = Sampling(max_tokens=12)
     if isinstance(engine_or_pool, EnginePool):
@@ -51,9 +57,7 @@ def greedy(engine_or_pool):
 def test_push_makes_engines_generate_the_learners_weights(ray_cluster, tiny_model, noisy_model,
                                                           kind):
     want = greedy(HfEngine(noisy_model))[0]
-    pool = EnginePool(2, "vllm", tiny_model, num_cpus=1,
-                      engine_kwargs={"dtype": "float32", "max_model_len": 512,
-                                     "kv_cache_gib": 0.25})
+    pool = engines(tiny_model, 2)
     learners = None
     try:
         before = greedy(pool)
@@ -88,17 +92,8 @@ def test_push_makes_engines_generate_the_learners_weights(ray_cluster, tiny_mode
 
 
 
-def _busy_generating(pid: int) -> bool:
-    """Ray titles a worker process ray::Class.method while it runs that method."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"EngineWorker.generate" in fh.read()
-    except OSError:
-        return False
-
-
 def test_engine_killed_while_generating_comes_back_with_the_current_weights(
-        ray_cluster, tiny_model, noisy_model):
+        ray_cluster, tiny_model, noisy_model, is_generating):
     """After a push, engine 0 is SIGKILLed while it is generating (its process is titled
     EngineWorker.generate). The scheduler retries its batch and, once Ray has restarted the actor,
     reloads the pushed weights into it before giving it work: afterwards both engines generate
@@ -107,9 +102,7 @@ def test_engine_killed_while_generating_comes_back_with_the_current_weights(
     import time
 
     want = greedy(HfEngine(noisy_model))[0]
-    pool = EnginePool(2, "vllm", tiny_model, num_cpus=1,
-                      engine_kwargs={"dtype": "float32", "max_model_len": 512,
-                                     "kv_cache_gib": 0.25})
+    pool = engines(tiny_model, 2)
     learners = None
     try:
         rl = load_job("tiny").rl
@@ -121,9 +114,9 @@ def test_engine_killed_while_generating_comes_back_with_the_current_weights(
 
         def killer():
             deadline = time.time() + 120
-            while time.time() < deadline and not _busy_generating(pid):
+            while time.time() < deadline and not is_generating(pid):
                 time.sleep(0.01)
-            if _busy_generating(pid):
+            if is_generating(pid):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
 
@@ -155,9 +148,7 @@ def test_sync_into_an_engine_core_in_its_own_process_pickles_no_function(
     boundary with insecure serialization off: here on CPU with multiprocess=True."""
     assert os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION") in (None, "0")
     want = greedy(HfEngine(noisy_model))[0]
-    pool = EnginePool(1, "vllm", tiny_model, num_cpus=1,
-                      engine_kwargs={"dtype": "float32", "max_model_len": 512,
-                                     "kv_cache_gib": 0.25, "multiprocess": True})
+    pool = engines(tiny_model, 1, multiprocess=True)
     learners = None
     try:
         env = ray.get(pool.actors[0].__ray_call__.remote(lambda _: dict(os.environ)))
