@@ -9,16 +9,34 @@ import subprocess
 from functools import lru_cache
 
 
-@lru_cache(maxsize=1)
 def has_cuda() -> bool:
-    if os.environ.get("CAI_RAY_FORCE_CPU") == "1":
-        return False
-    if shutil.which("nvidia-smi") is None:
-        return False
+    return num_gpus() > 0
+
+
+@lru_cache(maxsize=1)
+def num_gpus() -> int:
+    """CUDA GPUs on this machine (nvidia-smi -L); 0 with CAI_RAY_FORCE_CPU=1."""
+    if os.environ.get("CAI_RAY_FORCE_CPU") == "1" or shutil.which("nvidia-smi") is None:
+        return 0
     try:
-        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10).returncode == 0
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return False
+        return 0
+    if out.returncode != 0:
+        return 0
+    return sum(1 for ln in out.stdout.splitlines() if ln.startswith("GPU ")) or 1
+
+
+def mem_total_gib() -> float:
+    """This machine's memory (MemTotal), 0.0 where /proc/meminfo is missing."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
 
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")

@@ -109,10 +109,10 @@ def need(job) -> Need:
 
 
 def local_machine() -> Have:
-    from cai_ray.platform import has_cuda, num_cores
+    from cai_ray.platform import mem_total_gib, num_cores, num_gpus
 
-    return Have(cpus=num_cores(), gpus=_local_gpus() if has_cuda() else 0,
-                memory_gib=_mem_total_gib(), where="this machine", cpus_are_logical=True)
+    return Have(cpus=num_cores(), gpus=num_gpus(), memory_gib=mem_total_gib(),
+                where="this machine", cpus_are_logical=True)
 
 
 def cluster_have(resources: dict, address: str) -> Have:
@@ -137,24 +137,3 @@ def check(job, have: Have) -> None:
                          f"{have.cpus:g} (its placement groups could never be placed); lower "
                          f"engine.num_actors / engine.num_cpus_per_actor / num_workers or add "
                          f"nodes")
-
-
-def _mem_total_gib() -> float:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return 0.0
-
-
-def _local_gpus() -> int:
-    import subprocess
-
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for ln in out.stdout.splitlines() if ln.startswith("GPU "))

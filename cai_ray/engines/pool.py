@@ -253,6 +253,7 @@ class Scheduler:
         self.first_failure: dict[int, float] = {}  # since when a restarting actor is waited for
         self.last_done: dict[int, float] = {}  # when each actor last returned a batch
         self.killed: set[int] = set()  # hung actors killed, whose batches have not failed yet
+        self.watched = time.time()  # when in-flight batches were last checked for hangs
         sampling = args[0] if args and isinstance(args[0], Sampling) else None
         self.per_request = (sampling.max_tokens * sampling.n) if sampling else SCORE_TOKENS
         self.stats = {"batches": 0, "retried_batches": 0, "actor_failures": 0,
@@ -283,8 +284,9 @@ class Scheduler:
                 raise RuntimeError(f"{self.pool.name}: every engine actor has died")
             refs = list(self.inflight) + list(self.suspect)
             done, _ = ray.wait(refs, num_returns=1, timeout=WATCH_EVERY_S)
-            if not done:
+            if time.time() - self.watched >= WATCH_EVERY_S:  # also while others keep answering
                 self._watch()
+            if not done:
                 continue
             ref = done[0]
             if ref in self.suspect:
@@ -327,7 +329,7 @@ class Scheduler:
         """Kill each actor whose oldest batch has run past its deadline; its batches then fail
         and come back through ray.wait like a dead actor's (retried, actor restarted, weights
         re-sent)."""
-        now = time.time()
+        now = self.watched = time.time()
         oldest: dict[int, _Batch] = {}
         for b in self.inflight.values():
             if b.actor not in oldest or b.started < oldest[b.actor].started:
