@@ -79,18 +79,15 @@ def _eval(args) -> int:
 
     if args.target in ("judge", "reward", "refusals", "compare"):
         return evaluate.main(args.target, args.rest)
-    from pathlib import Path
-
-    manifest = Path(args.target) / "manifest.json"
-    if not manifest.exists():
-        raise InputError(f"eval {args.target}: give `judge`, `reward`, `refusals`, `compare` "
-                         f"or a run directory (no {manifest})")
     from cai_ray import pipeline
     from cai_ray.config import JobConfig
 
-    from cai_ray.rundir import RunDir
-
-    cfg = RunDir(args.target).manifest().get("config")  # InputError for a damaged manifest
+    run = pipeline.open_run_dir(args.target)  # a folder, or a URI: its manifest pulled (exit 2
+    manifest = run.path / "manifest.json"     # when the storage cannot be reached)
+    if not manifest.exists():
+        raise InputError(f"eval {args.target}: give `judge`, `reward`, `refusals`, `compare` "
+                         f"or a run directory (no {manifest})")
+    cfg = run.manifest().get("config")  # InputError for a damaged manifest
     if not isinstance(cfg, dict):
         raise InputError(f"{manifest}: no job config recorded; run `cai-ray run` on this "
                          f"run directory first")

@@ -43,6 +43,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
         return
     if address:
+        if is_loopback(address.rsplit(":", 1)[0].removeprefix("ray://")):
+            loopback_only()  # a cluster on this machine's 127.0.0.1: this node's address is too
         ray.init(address=address, **kwargs)
         return
     loopback_only()

@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from cai_ray import resources
+from cai_ray import nodeview, resources
 from cai_ray.config import JobConfig
 from cai_ray.constitution import load_constitution
 from cai_ray.errors import InputError
@@ -168,6 +168,7 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
     lock = RunLock(rd.path)
     sync = None
     try:
+        nodeview.announce(rd.path.resolve(), rd.remote)  # where actors on any node find the run
         if rd.remote is not None:  # everything the last run pushed: resume from the bucket
             n = rd.remote.pull(rd.path)
             log.warning("run directory %s: working copy %s (%d file(s) pulled)", rd.uri, rd.path, n)
@@ -182,6 +183,7 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
                 sync.push()  # each finished stage lands in the bucket at once
         return summary
     finally:
+        nodeview.withdraw()
         if sync is not None:
             sync.__exit__(None, None, None)
         lock.release()
@@ -209,6 +211,21 @@ def start_cluster(job: JobConfig) -> None:
     if existing:
         where = job.ray.address or ray.get_runtime_context().gcs_address
         resources.check(job, resources.cluster_have(ray.cluster_resources(), where))
+        check_shared(job.run_dir)
+
+
+def check_shared(run_dir: str) -> None:
+    """A plain run directory on a cluster of several nodes must be on a disk every node sees
+    (every artifact a later stage reads goes there); a URI run directory always is."""
+    from cai_ray import storage
+
+    if storage.is_uri(run_dir):
+        return
+    missing = nodeview.unshared_nodes(Path(run_dir))
+    if missing:
+        raise InputError(f"--run-dir {run_dir}: not on storage that every node of the cluster "
+                         f"sees ({len(missing)} node(s) cannot read it, e.g. {missing[0][:12]}); "
+                         f"use a shared folder or an object-store URI (s3://bucket/run)")
 
 
 def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:

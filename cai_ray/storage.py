@@ -29,6 +29,9 @@ from cai_ray.errors import InputError
 log = logging.getLogger("cai_ray")
 
 CONNECT_TIMEOUT_S = 10.0
+TRAIN_STORAGE = ".ray_train"
+"""Ray Train's checkpoints of a running fit, written by its workers straight to the storage (any
+node may restart a worker); not pulled into working copies, removed when the fit succeeds."""
 REQUEST_TIMEOUT_S = 60.0
 
 
@@ -98,23 +101,32 @@ class Remote:
         return cls(uri, fs, root)
 
     # -- down ----------------------------------------------------------------------------------
-    def _remote_files(self) -> dict[str, int]:
+    def _remote_files(self, prefix: str = "") -> dict[str, int]:
+        """rel path -> size of the remote files (under `prefix`, a folder or one file); Ray
+        Train's own storage (.ray_train/) is not part of the run's files."""
         import pyarrow.fs as pafs
 
-        sel = pafs.FileSelector(self.root, recursive=True, allow_not_found=True)
+        base = f"{self.root}/{prefix}".rstrip("/")
+        one = self.fs.get_file_info(base) if prefix else None
+        if one is not None and one.type == pafs.FileType.File:
+            return {prefix: one.size}
+        sel = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         return {i.path[len(self.root) + 1:]: i.size for i in self.fs.get_file_info(sel)
-                if i.type == pafs.FileType.File}
+                if i.type == pafs.FileType.File and not i.path[len(self.root) + 1:]
+                .startswith(TRAIN_STORAGE + "/")}
 
-    def pull(self, local: Path, only: list[str] | None = None) -> int:
-        """Download the remote files (or just `only`) that are missing or differ in size locally;
-        returns how many. A run on a fresh machine resumes from what the last one pushed."""
-        files = self._remote_files()
+    def pull(self, local: Path, only: list[str] | None = None, prefix: str = "",
+             missing_only: bool = False) -> int:
+        """Download the remote files (or just `only`, or those under `prefix`) that are missing or
+        differ in size locally (missing_only: only those missing); returns how many. A run on a
+        fresh machine resumes from what the last one pushed."""
         n = 0
-        for rel, size in files.items():
+        for rel, size in self._remote_files(prefix).items():
             if only is not None and rel not in only:
                 continue
             dest = local / rel
-            if dest.exists() and dest.stat().st_size == size:
+            if dest.exists() and (missing_only or dest.stat().st_size == size):
+                self._mark(local, rel)
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.pull{os.getpid()}")
@@ -122,11 +134,28 @@ class Remote:
                 while chunk := src.read(8 << 20):
                     out.write(chunk)
             os.replace(tmp, dest)
+            self._mark(local, rel)  # what came down is in sync; nothing else local is
             n += 1
-        for p in local.rglob("*"):  # mark what came down as in sync
-            if p.is_file():
-                st = p.stat()
-                self._pushed[str(p.relative_to(local))] = (st.st_size, st.st_mtime_ns)
+        return n
+
+    def _mark(self, local: Path, rel: str) -> None:
+        st = (local / rel).stat()
+        with self._lock:
+            self._pushed[rel] = (st.st_size, st.st_mtime_ns)
+
+    def upload_tree(self, local: Path, prefix: str) -> int:
+        """Upload the files under local/prefix that the remote lacks or holds at another size
+        (a worker on another node publishing what it wrote); nothing is deleted. Returns how
+        many."""
+        have = self._remote_files(prefix)
+        top = local / prefix
+        files = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
+        n = 0
+        for p in files:
+            rel = str(p.relative_to(local))
+            if not _private(rel) and have.get(rel) != p.stat().st_size:
+                self._upload(p, rel)
+                n += 1
         return n
 
     # -- up ------------------------------------------------------------------------------------
@@ -161,7 +190,11 @@ class Remote:
             return {"uploaded": len(up), "deleted": len(gone), "bytes": sent}
 
     def _upload(self, path: Path, rel: str) -> int:
+        import pyarrow.fs as pafs
+
         n = 0
+        if not isinstance(self.fs, pafs.S3FileSystem) and "/" in rel:  # folders are real there
+            self.fs.create_dir(f"{self.root}/{rel.rsplit('/', 1)[0]}", recursive=True)
         with open(path, "rb") as src, self.fs.open_output_stream(f"{self.root}/{rel}") as out:
             while chunk := src.read(8 << 20):
                 out.write(chunk)
@@ -173,7 +206,7 @@ def _private(rel: str) -> bool:
     """Files that stay local: the lock, and anything under a temporary name (atomic writes'
     .name.tmpPID, pulls in progress, Ray Train's .ckpt- staging folders)."""
     parts = rel.split("/")
-    return parts[-1] == ".lock" or any(
+    return parts[-1] == ".lock" or parts[0] == TRAIN_STORAGE or any(
         p.startswith(".") and (".tmp" in p or ".pull" in p or p.startswith(".ckpt-"))
         for p in parts)
 

@@ -27,6 +27,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cai_ray.engines.base import Completion, Request, Sampling, account, make_engine
+from cai_ray.nodeview import on_node
 from cai_ray.platform import core_ranges, has_cuda
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ class EngineWorker:
     """What an engine actor holds: one Engine, its methods, nothing else."""
 
     def __init__(self, backend: str, model_path: str, engine_kwargs: dict):
-        self.engine = make_engine(backend, model_path, **engine_kwargs)
+        # a model of the run (sft/model, ...) on this node, pulled from the run's storage if needed
+        self.engine = make_engine(backend, on_node(model_path), **engine_kwargs)
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
         return self.engine.generate(requests, sampling)
@@ -81,13 +83,13 @@ class EngineWorker:
         return self.engine.next_token_logprobs(requests, token_ids)
 
     def load_weights(self, source) -> int:
-        return self.engine.load_weights(source)
+        return self.engine.load_weights(on_node(source) if isinstance(source, str) else source)
 
     def load_adapter(self, payload, base: str) -> int:
         """payload: the adapter's bytes, or an ObjectRef of them (fetched here)."""
         if isinstance(payload, ray.ObjectRef):
             payload = ray.get(payload)
-        return self.engine.load_adapter(payload, base)
+        return self.engine.load_adapter(payload, on_node(base))
 
     def load_weight_refs(self, refs: list) -> int:
         """Weights as a list of ObjectRefs of safetensors buckets (the learner's stream), each

@@ -19,6 +19,7 @@ from cai_ray.algos.algorithms import Algorithm
 from cai_ray.algos.policy_loss import (aggregate, aggregate_denominator, kl_loss, mismatch,
                                        policy_loss, tis_weights, value_loss)
 from cai_ray.algos.stats import masked_mean
+from cai_ray.nodeview import node_dir, on_node, publish
 from cai_ray.rl.experience import Experience
 from cai_ray.rl.forward import frozen_logprobs, rollout_logprobs, rollout_values
 from cai_ray.train import dist as D
@@ -109,7 +110,7 @@ class Learner:
 
         cfg = self.cfg
         D.join_group(host, port, self.rank, self.world, cfg["use_gpu"], self._listener)
-        policy_path, critic_path = self.paths
+        policy_path, critic_path = (p and on_node(p) for p in self.paths)
         tok = AutoTokenizer.from_pretrained(policy_path)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32,
@@ -325,8 +326,9 @@ class Learner:
     # -- checkpoints -----------------------------------------------------------------------------
     def save(self, folder: str, tokenizer_from: str | None = None) -> str:
         """folder/policy (save_pretrained: engines, resume, later stages), folder/critic, and
-        folder/state_* (DeepSpeed: weights, optimizer, step) for an exact resume."""
-        folder = Path(folder)
+        folder/state_* (DeepSpeed: weights, optimizer, step) for an exact resume. A rank on
+        another node than the driver's writes its part on its node and publishes it."""
+        shared, folder = folder, Path(node_dir(folder))
         D.export_model(self.actor, folder / "policy")
         D.save_state(self.actor, folder / "state_policy", "policy", {"version": self.version})
         if self.critic is not None:
@@ -334,13 +336,14 @@ class Learner:
             D.save_state(self.critic, folder / "state_critic", "critic")
         if self.rank == 0 and tokenizer_from:
             for sub in ("policy", "critic") if self.critic is not None else ("policy",):
-                D.copy_tokenizer(tokenizer_from, folder / sub)
+                D.copy_tokenizer(on_node(tokenizer_from), folder / sub)
         D.barrier()
-        return str(folder)
+        publish(shared)
+        return str(shared)
 
     def restore(self, folder: str) -> int:
         """Training state from a checkpoint save() wrote: optimizer moments included."""
-        folder = Path(folder)
+        folder = Path(on_node(folder))
         client = D.load_state(self.actor, folder / "state_policy", "policy")
         if self.critic is not None:
             D.load_state(self.critic, folder / "state_critic", "critic")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from cai_ray.nodeview import on_node, on_node_all
 from cai_ray.rl.forward import frozen_logprobs
 from cai_ray.rl.rewards import Scored, build_reward
 
@@ -22,6 +23,7 @@ class ReferencePolicy:
         if threads:
             torch.set_num_threads(threads)
         limit_heap()
+        model_path = on_node(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
                                                           use_safetensors=True).eval()
         tok = AutoTokenizer.from_pretrained(model_path)
@@ -47,7 +49,7 @@ class RewardWorker:
     def __init__(self, spec: str, params: dict, threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.source = build_reward(spec, **params)
+        self.source = build_reward(spec, **on_node_all(params))  # model paths on this node
 
     def score(self, batch: list[Scored]) -> list[float]:
         return [float(x) for x in self.source.score(batch)]

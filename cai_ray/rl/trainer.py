@@ -29,6 +29,7 @@ from cai_ray.algos.kl import AdaptiveKLController, FixedKLController, kl_estimat
 from cai_ray.algos.policy_loss import mismatch
 from cai_ray.algos.stats import group_stats
 from cai_ray.engines.base import TOO_LONG, Request, Sampling
+from cai_ray.nodeview import gather
 from cai_ray.platform import has_cuda, num_cores
 from cai_ray.rl.experience import Experience, Rollout, concat, pad_right
 from cai_ray.rl.group import LearnerGroup
@@ -300,6 +301,7 @@ class RlTrainer:
 
         ray.get(self.learners.call("save", str(folder), self.roles.tokenizer),
                 timeout=self.timeout)
+        gather(folder)  # what learners on other nodes wrote, into the run directory's copy
         write_json_atomic(folder / "trainer_state.json", self.state())  # last: marks it complete
 
     def restore(self, folder: Path, state: dict) -> None:

@@ -6,10 +6,13 @@ and checked before Ray starts: a bad target is one line and exit 2.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cai_ray.errors import InputError
+
+log = logging.getLogger("cai_ray")
 
 
 @dataclass
@@ -159,6 +162,17 @@ def _judge_spec(job, model: str) -> JudgeSpec:
 
 def resolve_target(spec: str, stage: str | None = None, name: str | None = None, *,
                    score: bool = False, judge: bool = False) -> ServeTarget:
+    from cai_ray import storage
+
+    if storage.is_uri(spec):  # a run directory on object storage: served from a local copy
+        from cai_ray.pipeline import open_run_dir
+
+        run = open_run_dir(spec)  # exit 2 when unreachable
+        if not (run.path / "manifest.json").exists():
+            raise InputError(f"{spec}: not a run directory (no manifest.json there)")
+        n = run.remote.pull(run.path)
+        log.warning("run directory %s: working copy %s (%d file(s) pulled)", spec, run.path, n)
+        return from_run_dir(run.path, stage, name, score, judge)
     path = Path(spec).expanduser()
     if (path / "manifest.json").exists():
         return from_run_dir(path, stage, name, score, judge)

@@ -126,8 +126,14 @@ def train_loop(config: dict) -> None:
     import torch
     from transformers import AutoTokenizer
 
+    from cai_ray.nodeview import node_dir, on_node, publish
     from cai_ray.platform import init_deepspeed_comm, peak_rss_mb
     from cai_ray.train.tasks import make_task
+
+    shared = (config["out_dir"], config["data_dir"])  # the run's paths, as the driver knows them
+    config = {**config, "model_path": on_node(config["model_path"]),  # this node's copies
+              "data_dir": on_node(config["data_dir"]), "out_dir": node_dir(config["out_dir"]),
+              "export_dir": node_dir(config["export_dir"])}
 
     cfg, task = config["train"], make_task(config["task"], config.get("task_kwargs", {}))
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
@@ -224,6 +230,9 @@ def train_loop(config: dict) -> None:
             time.sleep(5)
             os._exit(1)
     writer.close()
+    if rank == 0:  # from another node than the driver's: the export, metrics, caches to storage
+        for path in shared:
+            publish(path)
 
 
 def _record_worker(out_dir: Path, rank: int) -> None:
@@ -274,6 +283,8 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from cai_ray import nodeview
+
     out_dir = Path(out_dir).resolve()
     export = out_dir / "model"
     if Path(model_path).exists():  # Ray Train workers run in their own folders
@@ -285,19 +296,24 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
               "threads": threads,
               "model_path": str(model_path), "data_dir": str(Path(data_dir).resolve()),
               "out_dir": str(out_dir), "export_dir": str(export), "fail_at_step": fail_at_step}
+    name = f"{task}-{out_dir.name}-{int(time.time())}"
+    storage, filesystem = nodeview.train_storage(out_dir, name)
+    nodeview.share()  # the data the stage just wrote, for workers on other nodes
     trainer = TorchTrainer(
         train_loop, train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=cfg["num_workers"], use_gpu=cfg["use_gpu"],
                                      resources_per_worker={"CPU": 1},
                                      placement_strategy=cfg["placement_strategy"]),
         torch_config=TorchConfig(backend="nccl" if cfg["use_gpu"] else "gloo"),
-        run_config=RunConfig(name="ray_train", storage_path=str(out_dir),
+        run_config=RunConfig(name="ray_train", storage_path=storage, storage_filesystem=filesystem,
                              failure_config=FailureConfig(max_failures=cfg["max_failures"]),
                              checkpoint_config=CheckpointConfig(
                                  num_to_keep=cfg["keep_checkpoints"])))
     result = trainer.fit()
     if result.error:
         raise result.error
+    nodeview.gather(out_dir)  # what workers on other nodes wrote: the model, the metrics
+    nodeview.drop_train_storage(name)
     metrics = dict(result.metrics or {})
     if not any((export / f).exists() for f in ("config.json", "adapter_config.json")):
         raise RuntimeError(f"{task}: training finished without exporting {export}")

@@ -92,6 +92,9 @@ TWO_NODES = textwrap.dedent("""
                  checkpoint_every=100).model_dump()
     fit("sft", tiny, tmp / "data", cfg, tmp / "out")
     out["nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    from cai_ray.nodeview import unshared_nodes
+    out["unshared"] = unshared_nodes(tmp / "run")  # both nodes are this machine: one disk
+    out["probe_left"] = [p.name for p in tmp.iterdir() if p.name.startswith(".cai-ray-probe")]
     out["trainer_nodes"] = sorted(set(json.loads(l)["node"] for l in
                                   (tmp / "out" / "workers.jsonl").read_text().splitlines()))
     print("RESULT " + json.dumps(out))
@@ -118,6 +121,8 @@ def test_two_nodes_spread_and_pack(tmp_path):
     # a learner group spanning the two nodes trains as one data-parallel group
     assert len(set(out["learner_nodes"])) == 2 and out["learner_world"] == [2, 2]
     assert out["learners_agree"] and out["learners_moved"]
+    # a plain run directory's disk is seen by both nodes (the probe ran on each), probe removed
+    assert out["unshared"] == [] and out["probe_left"] == []
 
 
 def _free_ports(n: int) -> list[int]:
