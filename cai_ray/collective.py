@@ -88,8 +88,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+GROUP_TIMEOUT_S = 60.0
+"""How long a member waits for the others, to form the group and in each collective call (one
+bucket of at most a few hundred MB). A member that never comes costs the others this long, not
+more: the learner then pushes through the object store (rl/weight_sync.py)."""
+
+
 def open_group(host: str, port: int, rank: int, world: int, backend: str,
-               timeout_s: float = 300, listener: socket.socket | None = None):
+               timeout_s: float = GROUP_TIMEOUT_S, listener: socket.socket | None = None):
     """A process group of its own. backend: 'nccl' or 'gloo'. Rank 0 serves the store on
     `listener`, a socket it bound to host (never all interfaces); the others connect."""
     timeout = datetime.timedelta(seconds=timeout_s)

@@ -124,16 +124,27 @@ def on_node_all(params: dict) -> dict:
             for k, v in params.items()}
 
 
-def publish(path: str | Path) -> int:
+def publish(path: str | Path, replaces_siblings: bool = False) -> int:
     """After writing node_dir(path) on another node: send it to the run directory's storage (files
-    the storage lacks or holds at another size). The identity on the driver's node."""
+    the storage lacks or holds at another size). The identity on the driver's node.
+    replaces_siblings: the folder supersedes the other folders beside it in this node's copy (an
+    RL checkpoint the older ones): they are removed here once it is sent (the storage keeps what
+    the driver's retention keeps), so a node's copy holds one checkpoint, not every one."""
     where = _elsewhere(path)
     if where is None:
         return 0
+    import shutil
+
     from cai_ray.storage import Remote, local_copy
 
     uri, rel = where
-    return Remote.open(uri).upload_tree(local_copy(uri), rel)
+    n = Remote.open(uri).upload_tree(local_copy(uri), rel)
+    if replaces_siblings:
+        mine = local_copy(uri) / rel
+        for other in mine.parent.iterdir():
+            if other != mine and other.is_dir():
+                shutil.rmtree(other, ignore_errors=True)
+    return n
 
 
 def share() -> None:

@@ -338,7 +338,7 @@ class Learner:
             for sub in ("policy", "critic") if self.critic is not None else ("policy",):
                 D.copy_tokenizer(on_node(tokenizer_from), folder / sub)
         D.barrier()
-        publish(shared)
+        publish(shared, replaces_siblings=True)  # on another node: to storage; older ones go
         return str(shared)
 
     def restore(self, folder: str) -> int:

@@ -29,6 +29,9 @@ def check(job, constitution, base: str) -> None:
     from cai_ray.rl.rewards import check_reward, reward_kind
 
     rl = job.rl
+    if served_judge(rl.reward) and rl.judge_mode != "pairwise":
+        raise InputError(f"rl.judge_mode {rl.judge_mode}: the served judge ({rl.reward}) "
+                         f"compares two answers; use pairwise")
     check_reward(rl.reward, rl.max_new_tokens)
     kind, _ = reward_kind(rl.reward)
     if kind == "judge":
@@ -38,6 +41,13 @@ def check(job, constitution, base: str) -> None:
         judges.check(job.judge)
     if kind == "model" and rl.reward_model:
         models.resolve(rl.reward_model)
+
+
+def served_judge(reward: str) -> bool:
+    """rl.reward names the judge behind `cai-ray serve --judge` (.../v1/judge)."""
+    from cai_ray.rl.rewards import http_route, reward_kind
+
+    return reward_kind(reward)[0] in ("http", "https") and http_route(reward) == "judge"
 
 
 def reads(job) -> tuple[str, ...]:
@@ -114,25 +124,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def judge_setup(ctx: Context, cfg, sft: str, pool, out: Path, start: int) -> tuple[dict, object]:
     """The judge as the reward (direct RLAIF): its engine pool, and for pairwise judging the SFT
-    model's greedy answer to every training prompt (generated once, before any update, on the
-    rollout engines, which hold the SFT weights then; kept in RUN_DIR/rl/sft_answers.jsonl)."""
-    from cai_ray.engines.base import Request, Sampling
-
-    refs_file = out / "sft_answers.jsonl"
-    refs = {r["prompt_id"]: r["answer"] for r in read_jsonl(refs_file)}
-    prompts = ctx.train_prompts(ctx.red_team.prompts) + ctx.train_prompts(ctx.helpful.prompts)
-    todo = [p for p in prompts if p.id not in refs]
-    if cfg.judge_mode == "pairwise" and todo:
-        if start:
-            raise InputError(f"{refs_file}: missing on resume; the SFT answers the judge compares "
-                             f"against are written before the first update (remove "
-                             f"{out}/checkpoints to start the stage again)")
-        sched = pool.scheduler(Sampling(max_tokens=cfg.max_new_tokens, temperature=0.0),
-                               ctx.job.engine.batch_size)
-        for p in todo:
-            sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
-        refs.update({pid: outs[0].text.strip() for pid, outs in sched.results()})
-        write_jsonl_atomic(refs_file, [{"prompt_id": k, "answer": v} for k, v in refs.items()])
+    model's answers (sft_answers)."""
+    refs = sft_answers(ctx, cfg, pool, out, start) if cfg.judge_mode == "pairwise" else {}
     jc = ctx.job.judge
     judge_path = jc.model and _resolve(jc.model)
     if jc.kind == "http":
@@ -146,6 +139,30 @@ def judge_setup(ctx: Context, cfg, sft: str, pool, out: Path, start: int) -> tup
               "judge_cfg": jc, "seed": ctx.job.seed, "batch_size": je.batch_size,
               "max_in_flight": je.max_in_flight}
     return params, judge_pool
+
+
+def sft_answers(ctx: Context, cfg, pool, out: Path, start: int) -> dict[str, str]:
+    """The SFT model's greedy answer to every training prompt, which a pairwise judge compares
+    each rollout against: generated once, before any update, on the rollout engines (they hold
+    the SFT weights then), kept in RUN_DIR/rl/sft_answers.jsonl."""
+    from cai_ray.engines.base import Request, Sampling
+
+    refs_file = out / "sft_answers.jsonl"
+    refs = {r["prompt_id"]: r["answer"] for r in read_jsonl(refs_file)}
+    prompts = ctx.train_prompts(ctx.red_team.prompts) + ctx.train_prompts(ctx.helpful.prompts)
+    todo = [p for p in prompts if p.id not in refs]
+    if todo:
+        if start:
+            raise InputError(f"{refs_file}: missing on resume; the SFT answers the judge compares "
+                             f"against are written before the first update (remove "
+                             f"{out}/checkpoints to start the stage again)")
+        sched = pool.scheduler(Sampling(max_tokens=cfg.max_new_tokens, temperature=0.0),
+                               ctx.job.engine.batch_size)
+        for p in todo:
+            sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
+        refs.update({pid: outs[0].text.strip() for pid, outs in sched.results()})
+        write_jsonl_atomic(refs_file, [{"prompt_id": k, "answer": v} for k, v in refs.items()])
+    return refs
 
 
 def run(ctx: Context) -> dict:
@@ -186,6 +203,8 @@ def run(ctx: Context) -> dict:
         if kind == "judge":
             extra, judge_pool = judge_setup(ctx, cfg, sft, pool.ready(), out, start)
             params.update(extra)
+        elif served_judge(cfg.reward):  # the judge behind `cai-ray serve --judge`, pairwise
+            params["references"] = sft_answers(ctx, cfg, pool.ready(), out, start)
         trainer = RlTrainer(cfg, roles, pool, prompts, seed=ctx.job.seed, reward_params=params,
                             quiet=ctx.quiet, weight_sync=ctx.job.weight_sync())
         trainer.history = history

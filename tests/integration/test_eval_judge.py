@@ -95,6 +95,7 @@ def tiny_run(root, name, tiny_model, stage="sft", constitution="short"):
     return run
 
 
+@pytest.mark.slow  # in `make test-slow` (CI time); the report of two runs
 def test_eval_compare_two_runs(tmp_path, tiny_model):
     """Two runs (an SFT run and a DPO run here) compared on the same held-out prompts: every
     measure for base, A and B, B - A with a paired interval, a report."""

@@ -10,6 +10,7 @@ from cai_ray.rundir import read_jsonl
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # in `make test-slow` (CI time)
 def test_separate_judge_on_its_own_actors(ray_cluster, tiny_model, tmp_path):
     job = load_job("tiny", ["start_policy=base", f"preferences.judge_model={tiny_model}",
                             "preferences.judge_engine={num_actors: 2, batch_size: 4}"],

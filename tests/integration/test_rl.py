@@ -108,6 +108,7 @@ def test_judge_as_the_reward(ray_cluster, tmp_path):
     assert res["result"]["reward_source"] == "judge"
 
 
+@pytest.mark.slow  # in `make test-slow` (CI time)
 def test_dynamic_sampling_drops_groups_without_signal(ray_cluster, tmp_path):
     """DAPO: groups whose rewards are all equal (here: every answer hits the length limit, reward
     0) are dropped and refilled from the next prompts."""

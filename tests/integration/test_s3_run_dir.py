@@ -54,9 +54,14 @@ CLUSTER = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     # the head (the driver's node) runs no actor: every engine and trainer is on node b, whose
     # working copies of URI run directories are in its own folder (another machine's disk)
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]  # another cluster (the suite's) may hold the dashboard's default
+    s.close()
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": True,
-        "dashboard_host": "127.0.0.1"})
+        "dashboard_host": "127.0.0.1", "dashboard_port": port})
     c.add_node(num_cpus=4, node_ip_address="127.0.0.1", env_vars={"CAI_RAY_RUN_CACHE": sys.argv[1]})
     c.wait_for_nodes()
     print(c.address, flush=True)
@@ -125,6 +130,7 @@ def test_tiny_job_on_two_nodes_through_s3_then_resumed_from_the_bucket_alone(s3,
     # RL's learners (on node b) wrote their checkpoints there and published them; the driver
     # made the final model from what it gathered
     assert (copy_b / "rl" / "checkpoints" / "iter_2" / "policy" / "model.safetensors").exists()
+    assert not (copy_b / "rl" / "checkpoints" / "iter_1").exists()  # superseded: not kept there
     assert {"rl/model/model.safetensors", "rl/checkpoints/iter_2/trainer_state.json",
             "rl/checkpoints/iter_2/policy/model.safetensors", "reward/model/config.json"} <= files
     [copy_c] = list((tmp_path / "machine-c").iterdir())

@@ -238,6 +238,42 @@ def test_judge_route_equals_the_preferences_stages_judge(server):
     assert bad.status_code == 400 and "nope" in bad.json()["error"]["message"]
 
 
+def test_rl_reward_from_the_judge_route_equals_the_in_process_judge(server, monkeypatch):
+    """rl.reward = .../v1/judge: each rollout against the SFT model's answer to its prompt, P(the
+    rollout is better) from the served judge, as the in-process judge gives it."""
+    from cai_ray.feedback import JudgeItem
+    from cai_ray.rl.rewards import Scored, build_reward, check_reward
+
+    _, judge = _in_process_judge(server)
+    a, b = A_B
+    refs = {"rt-3": b, "rt-9": a}
+    batch = [Scored("rt-3", MSGS[0]["content"], a, 9), Scored("rt-9", MSGS[0]["content"], b, 9)]
+    want = [judge.label([JudgeItem(s.prompt_id, [{"role": "user", "content": s.prompt}],
+                                   s.response, refs[s.prompt_id])])[0].p_first for s in batch]
+    monkeypatch.setenv("CAI_RAY_API_KEY", KEY)
+    check_reward(f"{server.base}/v1/judge", 16)  # the load-time probe
+    got = build_reward(f"{server.base}/v1/judge", references=refs).score(batch)
+    assert got == pytest.approx(want, abs=2e-3)
+
+
+def test_rl_stage_trains_on_the_served_judge(server, tmp_path):
+    """The RL stage with rl.reward = .../v1/judge: it writes the SFT answers the judge compares
+    against, and its rewards are the served judge's probabilities (not 0/1 rule rewards)."""
+    run = tmp_path / "rl-run"
+    res = subprocess.run(
+        [sys.executable, "-m", "cai_ray.cli", "run", "tiny", "--run-dir", str(run), "--stages",
+         "rl", "--quiet", "--set", f"start_policy={server.run / 'sft' / 'model'}",
+         "--set", f"rl.reward={server.base}/v1/judge", "--set", "rl.iterations=1"],
+        capture_output=True, text=True, timeout=900,
+        env={**os.environ, "CAI_RAY_API_KEY": KEY, "CAI_RAY_FORCE_CPU": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((run / "rl" / "result.json").read_text())
+    assert result["reward_source"] == f"{server.base}/v1/judge"
+    answers = [json.loads(line) for line in (run / "rl" / "sft_answers.jsonl").open()]
+    assert answers and all(a["answer"] is not None for a in answers)
+    assert 0.0 < result["reward_first"] < 1.0  # a mean of judge probabilities
+
+
 def test_http_judge_through_the_policy_endpoint_equals_the_in_process_judge(server, monkeypatch):
     """judge.kind http: the same judge over our own OpenAI endpoint (/v1/completions with token
     ids and top log-probabilities); a wrong key is one clear error."""

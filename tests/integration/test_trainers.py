@@ -29,7 +29,8 @@ def losses(out_dir):
     return [r["train/loss"] for r in read_jsonl(out_dir / "metrics.jsonl")]
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.slow), 3])  # ZeRO-2 trains
+# in every tiny-job test; ZeRO-3 (gathered export) only here
 def test_sft_loss_falls_zero(ray_cluster, tiny_model, tmp_path, stage):
     from cai_ray.train.core import fit
 
@@ -45,6 +46,7 @@ def test_sft_loss_falls_zero(ray_cluster, tiny_model, tmp_path, stage):
     assert (tmp_path / "out" / "tensorboard").is_dir()
 
 
+@pytest.mark.slow  # in `make test-slow` (CI time)
 def test_accumulation_invariance(ray_cluster, tiny_model, tmp_path):
     """Batch 4 x accumulation 1 and batch 2 x accumulation 2 give the same losses."""
     from cai_ray.train.core import fit
@@ -114,7 +116,8 @@ def marker_rows(n, seed):
     return rows
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["full", "lora"])  # LoRA training stays in CI through test_rl and test_engines
 def test_reward_model_learns_a_marker(ray_cluster, tiny_model, tmp_path, lora):
     """Full weights, or LoRA adapters with the fresh score head trained in full beside them; the
     merged export loads as an ordinary reward model."""

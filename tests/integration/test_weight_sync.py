@@ -139,7 +139,7 @@ def test_engine_killed_while_generating_comes_back_with_the_current_weights(
         pool.shutdown()
 
 
-@pytest.mark.parametrize("kind", ["gloo", "object_store"])
+@pytest.mark.parametrize("kind", ["gloo", pytest.param("object_store", marks=pytest.mark.slow)])
 def test_sync_into_an_engine_core_in_its_own_process_pickles_no_function(
         ray_cluster, tiny_model, noisy_model, kind):
     """vLLM's GPU default puts the engine core in a process of its own, where a function given to

@@ -50,6 +50,19 @@ def test_rule_rewards():
         build_reward("nonsense")
 
 
+def test_served_scorer_urls():
+    from cai_ray.rl.rewards import http_route
+
+    assert http_route("http://127.0.0.1:8000/v1/score") == "score"
+    assert http_route("https://rm.example:443/v1/judge/") == "judge"
+    for bad in ("http://127.0.0.1:8000/v1/chat/completions", "http:///v1/score",
+                "http://127.0.0.1:8000/score"):
+        with pytest.raises(InputError, match="v1/judge"):
+            http_route(bad)
+    with pytest.raises(ValueError, match="SFT model's answers"):  # pairwise needs them
+        build_reward("http://127.0.0.1:9/v1/judge")
+
+
 def test_a_user_callable_is_checked_at_load_time(tmp_path, monkeypatch):
     (tmp_path / "my_rewards.py").write_text(textwrap.dedent("""
         def length(prompts, completions, **kw):
