@@ -127,9 +127,9 @@ def on_node_all(params: dict) -> dict:
 def publish(path: str | Path, replaces_siblings: bool = False) -> int:
     """After writing node_dir(path) on another node: send it to the run directory's storage (files
     the storage lacks or holds at another size). The identity on the driver's node.
-    replaces_siblings: the folder supersedes the other folders beside it in this node's copy (an
-    RL checkpoint the older ones): they are removed here once it is sent (the storage keeps what
-    the driver's retention keeps), so a node's copy holds one checkpoint, not every one."""
+    replaces_siblings: the folder (iter_7) supersedes the numbered folders beside it in this node's
+    copy (iter_6, ...): they are removed here once it is sent (the storage keeps what the driver's
+    retention keeps), so a node's copy holds one RL checkpoint, not every one."""
     where = _elsewhere(path)
     if where is None:
         return 0
@@ -139,10 +139,12 @@ def publish(path: str | Path, replaces_siblings: bool = False) -> int:
 
     uri, rel = where
     n = Remote.open(uri).upload_tree(local_copy(uri), rel)
-    if replaces_siblings:
+    if replaces_siblings:  # iter_7 supersedes iter_6, iter_5, ... (the same stem, a number)
         mine = local_copy(uri) / rel
+        stem = mine.name.rstrip("0123456789")
         for other in mine.parent.iterdir():
-            if other != mine and other.is_dir():
+            if other != mine and other.is_dir() and other.name.startswith(stem) and \
+                    other.name[len(stem):].isdigit():
                 shutil.rmtree(other, ignore_errors=True)
     return n
 

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from cai_ray.train.dist import (build_engine, copy_tokenizer, deepspeed_config,  # noqa: F401
-                                export_model, limit_heap, load_state, save_state)
+from cai_ray.train.dist import (TRAINER_MMAP_THRESHOLD, build_engine,  # noqa: F401
+                                copy_tokenizer, deepspeed_config, export_model, limit_heap,
+                                load_state, save_state)
 
 CKPT_TAG = "ckpt"
 
@@ -140,7 +141,7 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(config["seed"])
     if config.get("threads"):  # Ray sets OMP_NUM_THREADS to the worker's 1 CPU; use its share
         torch.set_num_threads(config["threads"])
-    limit_heap()
+    limit_heap(TRAINER_MMAP_THRESHOLD)  # speed over a lean heap: a trainer has the machine
     _record_worker(Path(config["out_dir"]), rank)
     init_deepspeed_comm(cfg["use_gpu"])
     tok = AutoTokenizer.from_pretrained(config["model_path"])
