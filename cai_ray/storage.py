@@ -125,8 +125,10 @@ class Remote:
             if only is not None and rel not in only:
                 continue
             dest = local / rel
-            if dest.exists() and (missing_only or dest.stat().st_size == size):
-                self._mark(local, rel)
+            same = dest.exists() and dest.stat().st_size == size
+            if same or (missing_only and dest.exists()):
+                if same:  # in sync; a local file that differs still has to go up
+                    self._mark(local, rel)
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.pull{os.getpid()}")

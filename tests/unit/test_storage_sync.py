@@ -36,6 +36,9 @@ def test_pull_missing_only_keeps_the_drivers_newer_file(tmp_path):
     (local / "m" / "w.bin").write_bytes(b"the driver's newer weights")
     assert remote.pull(local, prefix="m", missing_only=True) == 1  # only config.json came down
     assert (local / "m" / "w.bin").read_bytes() == b"the driver's newer weights"
+    remote.push(local)  # the newer file was not marked as in sync by the pull: it goes up
+    assert (store / "m" / "w.bin").read_bytes() == b"the driver's newer weights"
+    (store / "m" / "w.bin").write_bytes(b"old weights")
     assert remote.pull(local, prefix="m") == 1  # another node's copy: a size mismatch is replaced
     assert (local / "m" / "w.bin").read_bytes() == b"old weights"
 
