@@ -326,8 +326,8 @@ class RlCfg(TrainCfg):
     tis_cap: float = Field(2.0, gt=1)
     reward: str = "model"
     """model (the reward stage's), judge (the constitutional judge on each rollout), short,
-    contains:WORD, http(s)://HOST:PORT/v1/score (a served reward model, `cai-ray serve --score`),
-    or module:function (a Python callable: (prompts, completions, **kw) ->
+    contains:WORD, share:CHARS, http(s)://HOST:PORT/v1/score (a served reward model, `cai-ray
+    serve --score`), or module:function (a Python callable: (prompts, completions, **kw) ->
     list[float])."""
     reward_model: str | None = None
     """A reward model folder instead of RUN_DIR/reward/model."""

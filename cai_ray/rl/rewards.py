@@ -10,6 +10,8 @@ rl.reward picks one:
                    prompt); or pointwise, P("yes") to "does this answer follow the principle?"
     short          1 - answer tokens / max tokens (tests, ablations)
     contains:WORD  1 if the answer contains WORD, else 0 (tests)
+    share:CHARS    the share of the answer's characters that are among CHARS (tests: a dense
+                   signal that a random tiny model can learn whatever the machine's numerics)
     http(s)://HOST:PORT/v1/score   a reward model served by `cai-ray serve --score` (or any
                    server speaking that route); the key from $CAI_RAY_API_KEY
     http(s)://HOST:PORT/v1/judge   the judge served by `cai-ray serve --judge`, pairwise against
@@ -58,7 +60,8 @@ def reward_kind(spec: str) -> tuple[str, str]:
     if sep and head and arg:
         return "callable", spec
     raise InputError(f"rl.reward {spec!r}: not a reward source; use model, judge, short, "
-                     f"contains:WORD, http://HOST:PORT/v1/score (or /v1/judge) or module:function")
+                     f"contains:WORD, share:CHARS, http://HOST:PORT/v1/score (or /v1/judge) or "
+                     f"module:function")
 
 
 def build_reward(spec: str, **params) -> RewardSource:
@@ -86,6 +89,18 @@ class ContainsWord:
 
     def score(self, batch: list[Scored]) -> list[float]:
         return [1.0 if self.word in s.response.lower() else 0.0 for s in batch]
+
+
+@register_reward("share")
+class CharShare:
+    def __init__(self, arg: str, **_):
+        if not arg:
+            raise InputError("rl.reward share:CHARS: give the characters after the colon")
+        self.chars = set(arg)
+
+    def score(self, batch: list[Scored]) -> list[float]:
+        return [sum(c in self.chars for c in s.response) / max(len(s.response), 1)
+                for s in batch]
 
 
 @register_reward("model")

@@ -1,5 +1,5 @@
 """The RL stage on the tiny model, real Ray, vLLM and DeepSpeed: a learning test per algorithm with a
-learnable rule reward (short answers), exact resume (optimizer state included), the constitutional
+learnable rule reward (the share of lowercase letters), exact resume (optimizer state included), the constitutional
 judge as the reward, dynamic sampling, a rollout engine killed mid-run, and co-located roles."""
 
 import json
@@ -19,10 +19,13 @@ from cai_ray.rundir import read_jsonl
 
 pytestmark = pytest.mark.integration
 
-RL = ["start_policy=base", "rl.reward=short", "rl.iterations=12", "rl.prompts_per_iter=8",
+# share of lowercase letters: a dense reward (every sample differs) that the random tiny model
+# learns on any machine; "short" needs an end-of-sequence token to be sampled first, which on some
+# machines' numerics took more than 12 iterations
+RL = ["start_policy=base", "rl.reward=share:abcdefghijklmnopqrstuvwxyz", "rl.iterations=12", "rl.prompts_per_iter=8",
       "rl.samples_per_prompt=4",
-      "rl.max_new_tokens=16", "rl.lr=5e-4", "rl.kl_coef=0.01", "rl.checkpoint_every=6"]
-PER_ALGORITHM = {"ppo": ["rl.critic_lr=1e-3", "rl.update_epochs=2", "rl.mini_batch_size=16"],
+      "rl.max_new_tokens=16", "rl.lr=2e-3", "rl.kl_coef=0.01", "rl.checkpoint_every=6"]
+PER_ALGORITHM = {"ppo": ["rl.lr=1e-3", "rl.critic_lr=1e-3", "rl.update_epochs=2", "rl.mini_batch_size=16"],
                  "grpo": ["rl.async_mode=true"],  # the async path with the same correction
                  "rloo": ["rl.lr=1e-3"],
                  "reinforce_pp": []}
@@ -34,6 +37,18 @@ def rl_job(run_dir, *extra):
 
 def metrics(run_dir):
     return read_jsonl(run_dir / "rl" / "metrics.jsonl")
+
+
+def assert_reward_rose(rows, k: int = 3, z: float = 4.0):
+    """The mean reward of the last k iterations is above that of the first k by more than z
+    standard errors of the difference (from the per-sample spread the stage reports) and by 0.05."""
+    early = sum(r["reward/mean"] for r in rows[:k]) / k
+    late = sum(r["reward/mean"] for r in rows[-k:]) / k
+    n = sum(r["rollouts"] for r in rows[:k] + rows[-k:]) / 2
+    var = sum(r["reward/std"] ** 2 for r in rows[:k] + rows[-k:]) / (2 * k)
+    se = (2 * var / n) ** 0.5
+    assert late - early > max(z * se, 0.05), (round(late - early, 3), round(se, 4),
+                                              [round(r["reward/mean"], 3) for r in rows])
 
 
 # GRPO (async) and PPO (critic) learn in CI; RLOO and REINFORCE++ share their whole path but the
@@ -48,9 +63,7 @@ def test_reward_rises(ray_cluster, tmp_path, algorithm):
     assert res["status"] == "complete", res
     rows = metrics(run)
     assert [r["iteration"] for r in rows] == list(range(1, 13))
-    early = sum(r["reward/mean"] for r in rows[:3]) / 3
-    late = sum(r["reward/mean"] for r in rows[-3:]) / 3
-    assert late > early + 0.15, [round(r["reward/mean"], 3) for r in rows]
+    assert_reward_rose(rows)
     for r in rows:  # what every iteration reports
         for key in ("reward/mean", "kl/mean", "mismatch/kl", "mismatch/abs_logp_diff",
                     "timing/generate_s", "timing/score_s", "timing/train_s",
@@ -182,15 +195,13 @@ def test_lora_policy_learns_with_adapter_only_weight_sync(ray_cluster, tmp_path)
     the adapter (under 5% of the model's bytes; the engines merge it into the base themselves),
     and the exported policy is an ordinary merged model folder."""
     run = tmp_path / "run"
-    job = rl_job(run, "rl.algorithm=grpo", "rl.lr=1e-2",
+    job = rl_job(run, "rl.algorithm=grpo", "rl.lr=3e-2",
                  "rl.lora={rank: 4, alpha: 8, target_modules: [q_proj, v_proj, o_proj, "
                  "gate_proj, up_proj, down_proj]}")
     res = pipeline.run(job, quiet=True)["rl"]
     assert res["status"] == "complete", res
     rows = metrics(run)
-    early = sum(r["reward/mean"] for r in rows[:3]) / 3
-    late = sum(r["reward/mean"] for r in rows[-3:]) / 3
-    assert late > early + 0.15, [round(r["reward/mean"], 3) for r in rows]
+    assert_reward_rose(rows)
     assert all(r["weight_sync/share_of_model"] < 0.05 for r in rows), rows[-1]
     assert (run / "rl" / "model" / "config.json").exists()
     assert not (run / "rl" / "model" / "adapter_config.json").exists()
