@@ -1,9 +1,12 @@
 """Token log-probabilities of a causal LM where they are needed, and nowhere else.
 
 The LM head and its log-softmax run only on the hidden states of the positions that predict a
-scored token (an answer's), `chunk` positions at a time. With gradients each chunk is checkpointed,
-so its (chunk x vocab) logits exist only while that chunk is computed, forward and backward: never
-a (batch x length x vocab) tensor. Entropy comes from the same chunks.
+scored token (an answer's). When the (N x vocab) fp32 logits of all of them fit in
+`whole_mb` they are computed at once and kept for the backward pass, as SFT's loss does (a DPO
+batch of 8 x 256 tokens on a 49k vocabulary: 355 MB). Above that, `chunk` positions at a time, each
+chunk checkpointed, so its (chunk x vocab) logits exist only while that chunk is computed, forward
+and backward (the head then runs twice): never a (batch x length x vocab) tensor. Entropy comes
+from the same chunks.
 
     logp, ent = head_logprobs(head, hidden, targets, chunk=256, entropy=True)
     # hidden: (N, H) at the predicting positions; targets: (N,); logp, ent: (N,)
@@ -41,17 +44,25 @@ def _chunk_logprobs(head, softcap: float | None, entropy: str, h: Tensor,
     return logp, ent
 
 
+WHOLE_MB = 512.0  # logits up to this size (fp32) are computed in one piece, not checkpointed
+
+
 def head_logprobs(head, hidden: Tensor, targets: Tensor, *, chunk: int = 256,
                   entropy: bool = False, entropy_grad: bool = False,
-                  softcap: float | None = None) -> tuple[Tensor, Tensor | None]:
+                  softcap: float | None = None,
+                  whole_mb: float = WHOLE_MB) -> tuple[Tensor, Tensor | None]:
     """log p(targets) from the hidden states that predict them, and the entropy there when asked
     (with a gradient only if entropy_grad): (N,) tensors."""
     targets = targets.to(hidden.device)
     mode = ("grad" if entropy_grad else "value") if entropy else ""
+    ckpt = torch.is_grad_enabled() and hidden.requires_grad
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    if ckpt and hidden.shape[0] * vocab * 4 <= whole_mb * 2**20:
+        chunk, ckpt = max(hidden.shape[0], 1), False  # one piece, kept for the backward pass
     lps, ents = [], []
     for k in range(0, hidden.shape[0], chunk):
         args = (head, softcap, mode, hidden[k:k + chunk], targets[k:k + chunk])
-        if torch.is_grad_enabled() and hidden.requires_grad:
+        if ckpt:
             lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
         else:
             lp, ent = _chunk_logprobs(*args)
