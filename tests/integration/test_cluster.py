@@ -103,6 +103,7 @@ TWO_NODES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # its path also runs in CI elsewhere; see pyproject.toml
 def test_two_nodes_spread_and_pack(tmp_path):
     res = subprocess.run([sys.executable, "-c", TWO_NODES], capture_output=True, text=True,
                          timeout=900, cwd=tmp_path)

@@ -31,6 +31,7 @@ def pairs_file(tmp_path):
     return p
 
 
+@pytest.mark.slow  # its path also runs in CI elsewhere; see pyproject.toml
 def test_eval_judge_logprob_and_generative_on_a_pairs_file(tmp_path):
     data = pairs_file(tmp_path)
     out = tmp_path / "logprob.json"

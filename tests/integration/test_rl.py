@@ -135,6 +135,7 @@ def test_dynamic_sampling_drops_groups_without_signal(ray_cluster, tmp_path):
     assert any(r["dynamic/refills"] > 0 for r in rows)
 
 
+@pytest.mark.slow  # its path also runs in CI elsewhere; see pyproject.toml
 def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path, is_generating):
     """Two rollout engines; one is SIGKILLed while it generates, after the first iteration. The run finishes; a second
     run on the same directory resumes from the last checkpoint instead of starting over."""
