@@ -1,40 +1,46 @@
 """The policy's OpenAI-compatible application: Ray's own LLM serving (`ray.serve.llm`: LLMConfig,
-the vLLM LLMServer deployment, the OpenAI ingress), with our Guard in front of every route.
+the vLLM LLMServer deployment) in its direct-streaming form, with our Guard in front of every route.
 
-We assemble the app as `build_openai_app` does (ray 2.60: llm_deployments + model cards + ingress)
-rather than calling it, because its ingress is built with a fresh FastAPI app and the full route
-table: ours keeps /v1/models, /v1/chat/completions and /v1/completions (vLLM's cross-encoder
-/v1/score would shadow the reward model's) and puts the Guard middleware first.
+Ray 2.60 ships two shapes. `build_openai_app` by default puts an OpenAI ingress deployment in front
+of the LLMServer replicas: every streamed chunk then crosses two Ray hops (proxy <- ingress <-
+server), which on a CPU machine takes the cores the model needs (0.46x vLLM's own server at
+concurrency 32, benchmarks/results/serve.md). With RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING the LLMServer
+is itself the ingress and serves vLLM's own FastAPI app (built in `__serve_build_asgi_app__` once the
+engine runs): one hop. We use that shape, built here as Ray's builder does, with two changes: the
+app keeps only the routes we document (vLLM's /v1/score, /tokenize, /v1/responses... go), and
+the Guard middleware runs first.
 """
 
 from __future__ import annotations
 
 import os
 
-from ray.llm._internal.serve.core.ingress.ingress import (DEFAULT_ENDPOINTS, OpenAiIngress,
-                                                          init, make_fastapi_ingress)
+from ray.llm._internal.serve.core.server.llm_server import (LLMServer,
+                                                            _add_middleware_to_built_app)
 
 from cai_ray.serve import guard
 
-ROUTES = ("models", "model_data", "completions", "chat")
+ROUTES = ("/v1/models", "/v1/models/{model:path}", "/v1/chat/completions", "/v1/completions",
+          "/health")
 
 
-class PolicyIngress(OpenAiIngress):
-    """Ray's OpenAI ingress; its constructor also hands the Guard this server's limits."""
+def keep_routes(app, paths=ROUTES) -> None:
+    """Drop every route of the app whose path is not in `paths` (docs and openapi included)."""
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) in paths]
 
-    def __init__(self, llm_deployments, model_cards, *, limits: dict | None = None, **kw):
+
+class CaiLLMServer(LLMServer):
+    """Ray's LLMServer as the ingress: vLLM's OpenAI app, our routes, the Guard first."""
+
+    async def __init__(self, llm_config, *, limits: dict | None = None, **kw):
         guard.configure(limits)
-        super().__init__(llm_deployments, model_cards, **kw)
+        await super().__init__(llm_config, **kw)
 
-
-def _app():
-    app = init()
-    app.add_middleware(guard.Guard)  # added last: runs first
-    return app
-
-
-CaiIngress = make_fastapi_ingress(PolicyIngress, app=_app(),
-                                  endpoint_map={k: DEFAULT_ENDPOINTS[k] for k in ROUTES})
+    async def __serve_build_asgi_app__(self):
+        app = await super().__serve_build_asgi_app__()
+        keep_routes(app)
+        _add_middleware_to_built_app(app, guard.Guard)  # added last: runs first
+        return app
 
 
 def engine_env(cfg, on_gpu: bool) -> dict[str, str]:
@@ -88,14 +94,8 @@ def llm_config(target, cfg, *, on_gpu: bool, max_model_len: int, dtype: str):
 
 def build_policy_app(target, cfg, limits: guard.Limits, *, on_gpu: bool, max_model_len: int,
                      dtype: str):
-    from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from ray.serve.llm import build_llm_deployment
+    from ray.llm._internal.serve.core.ingress.builder import _build_direct_streaming_llm_deployment
 
     conf = llm_config(target, cfg, on_gpu=on_gpu, max_model_len=max_model_len, dtype=dtype)
-    options = PolicyIngress.get_deployment_options([conf])
-    options["ray_actor_options"] = {"num_cpus": 0}  # routing only; the replicas do the work
-    return serve.deployment(CaiIngress, name="PolicyIngress", **options).bind(
-        llm_deployments={conf.model_id: build_llm_deployment(conf)},
-        model_cards={conf.model_id: to_model_metadata(conf.model_id, conf)},
-        limits=vars(limits))
+    return _build_direct_streaming_llm_deployment(conf, deployment_cls=CaiLLMServer,
+                                                  bind_kwargs={"limits": vars(limits)})
