@@ -62,14 +62,16 @@ class Timer:
         self.seconds = time.perf_counter() - self.t0
 
 
-def run_child(module: str, spec: str, args: list[str]) -> dict:
+def run_child(module: str, spec: str, args: list[str], env: dict | None = None) -> dict:
     """Run one benchmark runner in a fresh process (start-up and memory measured alike for every
-    runner): `python -m MODULE --one SPEC ARGS`, which prints one `RESULT {json}` line."""
+    runner): `python -m MODULE --one SPEC ARGS`, which prints one `RESULT {json}` line. env: added
+    to the child's environment."""
+    import os
     import subprocess
     import sys
 
     res = subprocess.run([sys.executable, "-m", module, "--one", spec, *args],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env={**os.environ, **(env or {})})
     line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
     if res.returncode or not line:
         print(res.stderr[-3000:], file=sys.stderr)

@@ -203,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     path = models.resolve(args.model)
     if args.one:
         task, who, *rest = args.one.split(":")
+        if who == "ours":  # the trainer's workers: glibc's malloc unless the spec says jemalloc
+            os.environ["CAI_RAY_ALLOCATOR"] = "jemalloc" if "jemalloc" in rest[2:] else "glibc"
         res = (ours(task, path, args.length, args.batch, args.steps, int(rest[0]), int(rest[1]),
-                    lora=rest[2:] == ["lora"])
+                    lora="lora" in rest[2:])
                if who == "ours" else trl(task, path, args.length, args.batch, args.steps))
         print("RESULT " + json.dumps(res))
         return 0
@@ -218,10 +220,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for spec in args.runs.split(","):
         task, who, *rest = spec.split(":")
+        env = {}
+        if who == "trl" and "jemalloc" in rest:  # TRL's process with the allocator ours uses
+            from cai_ray.train.dist import jemalloc_lib
+
+            env = {"LD_PRELOAD": jemalloc_lib() or ""}
         try:
             r = run_child("cai_ray.bench.train", spec, [
                 "--model", args.model, "--steps", str(args.steps), "--length", str(args.length),
-                "--batch", str(args.batch)])
+                "--batch", str(args.batch)], env=env)
         except SystemExit as exc:  # one runner failing does not lose the others' figures
             print(exc, file=sys.stderr)
             rows.append({"task": task, "runner": spec, "error": str(exc)})
@@ -229,9 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         pairs = task in ("reward", "dpo")
         seqs = args.batch * (2 if pairs else 1)
         tokens = seqs * args.length
-        lora = " LoRA r16" if rest[2:] == ["lora"] else ""
-        row = {"task": task, "runner": "TRL" if who == "trl" else
-               f"cai-ray {rest[0]} worker(s) ZeRO-{rest[1]}{lora}", "step_s": r["step_s"],
+        lora = " LoRA r16" if "lora" in rest[2:] else ""
+        alloc = " jemalloc" if "jemalloc" in rest[2:] else ""
+        runner = (("TRL jemalloc" if "jemalloc" in rest else "TRL") if who == "trl" else
+                  f"cai-ray {rest[0]} worker(s) ZeRO-{rest[1]}{lora}{alloc}")
+        row = {"task": task, "runner": runner, "step_s": r["step_s"],
                "first_step_s": r["first_step_s"], "tokens_per_s": tokens / r["step_s"],
                "pairs_per_s": args.batch / r["step_s"] if pairs else None,
                "pairs_per_s_end_to_end": args.batch * args.steps / r["total_s"]
@@ -245,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             if r["task"] == task and base and "step_s" in r:
                 r["x_trl"] = base[0]["step_s"] / r["step_s"]
+                same = [b for b in rows if b["task"] == task and b["runner"] == "TRL jemalloc"]
+                if same and "step_s" in same[0]:
+                    r["x_trl_jemalloc"] = same[0]["step_s"] / r["step_s"]
                 if r.get("pairs_per_s_end_to_end") and base[0].get("pairs_per_s_end_to_end"):
                     r["x_trl_end_to_end"] = (r["pairs_per_s_end_to_end"] /
                                              base[0]["pairs_per_s_end_to_end"])
@@ -255,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             r["memory_x_full"] = r["peak_rss_mb"] / full[0]["peak_rss_mb"]
     tbl = table(rows, ["task", "runner", "step_s", "tokens_per_s", "pairs_per_s",
                        "pairs_per_s_end_to_end", "peak_rss_mb", "mfu", "x_trl", "x_trl_end_to_end",
-                       "x_full", "memory_x_full", "first_step_s"])
+                       "x_trl_jemalloc", "x_full", "memory_x_full", "first_step_s"])
     from pathlib import Path
 
     pad = None

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from cai_ray.train.dist import (TRAINER_MMAP_THRESHOLD, build_engine,  # noqa: F401
                                 copy_tokenizer, deepspeed_config, export_model, limit_heap,
+                                trainer_env,
                                 load_state, save_state)
 
 CKPT_TAG = "ckpt"
@@ -307,6 +308,7 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
                                      placement_strategy=cfg["placement_strategy"]),
         torch_config=TorchConfig(backend="nccl" if cfg["use_gpu"] else "gloo"),
         run_config=RunConfig(name="ray_train", storage_path=storage, storage_filesystem=filesystem,
+                             worker_runtime_env={"env_vars": trainer_env()},
                              failure_config=FailureConfig(max_failures=cfg["max_failures"]),
                              checkpoint_config=CheckpointConfig(
                                  num_to_keep=cfg["keep_checkpoints"])))
