@@ -148,6 +148,7 @@ def test_bad_requests_get_4xx_with_a_message_and_serving_goes_on(server, case):
     url = f"{server.base}/v1/chat/completions"
     body = {"model": "cai-tiny-sft", "messages": MSGS, "max_tokens": 4}
     headers, content = dict(H), None
+    target = url
     if case == "unknown_model":
         body["model"] = "no-such-model"
     elif case == "negative_max_tokens":
@@ -165,9 +166,9 @@ def test_bad_requests_get_4xx_with_a_message_and_serving_goes_on(server, case):
     elif case == "wrong_key":
         headers = {"Authorization": "Bearer not-the-key"}
     elif case == "route_not_served":  # vLLM's app has /tokenize; ours keeps the documented routes
-        url = f"{server.base}/tokenize"
+        target = f"{server.base}/tokenize"
         body = {"model": "cai-tiny-sft", "prompt": "hi"}
-    r = httpx.post(url, json=None if content else body, content=content, headers=headers,
+    r = httpx.post(target, json=None if content else body, content=content, headers=headers,
                    timeout=60)
     assert 400 <= r.status_code < 500, (case, r.status_code, r.text[:300])
     err = r.json().get("error") or r.json().get("detail")
