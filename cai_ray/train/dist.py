@@ -42,7 +42,7 @@ ships) instead of glibc's malloc. On SmolLM2-135M, batch 4 x 256, fp32, one plai
 step included, 2026-11-29, AVX-512 machine), peak RSS after 3 steps: full SFT 4.5 GB (glibc, 16 MiB
 threshold) -> 3.9 GB, LoRA SFT 4.6 -> 2.8 GB: glibc's heap keeps what a step's many mid-sized
 activations fragment. Opt-in until `cai-ray bench train` has measured it inside Ray Train
-(runners `sft:ours:1:2:lora:glibc`, `dpo:trl:jemalloc` and the like compare both)."""
+(runners `sft:ours:1:2:lora:jemalloc`, `dpo:trl:jemalloc` and the like compare both)."""
 
 
 def deepspeed_config(cfg: dict, world_size: int, *, grad_accum: int | None = None) -> dict:
