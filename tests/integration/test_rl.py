@@ -1,6 +1,6 @@
 """The RL stage on the tiny model, real Ray, vLLM and DeepSpeed: a learning test per algorithm with a
-learnable rule reward (the share of lowercase letters), exact resume (optimizer state included), the constitutional
-judge as the reward, dynamic sampling, a rollout engine killed mid-run, and co-located roles."""
+learnable rule reward (the share of lowercase letters), exact resume (optimizer state included), the
+constitutional judge as the reward, dynamic sampling, a rollout engine killed mid-run, and co-located roles."""
 
 import json
 import os
@@ -22,10 +22,12 @@ pytestmark = pytest.mark.integration
 # share of lowercase letters: a dense reward (every sample differs) that the random tiny model
 # learns on any machine; "short" needs an end-of-sequence token to be sampled first, which on some
 # machines' numerics took more than 12 iterations
-RL = ["start_policy=base", "rl.reward=share:abcdefghijklmnopqrstuvwxyz", "rl.iterations=12", "rl.prompts_per_iter=8",
+RL = ["start_policy=base", "rl.reward=share:abcdefghijklmnopqrstuvwxyz", "rl.iterations=12",
+      "rl.prompts_per_iter=8",
       "rl.samples_per_prompt=4",
       "rl.max_new_tokens=16", "rl.lr=2e-3", "rl.kl_coef=0.01", "rl.checkpoint_every=6"]
-PER_ALGORITHM = {"ppo": ["rl.lr=1e-3", "rl.critic_lr=1e-3", "rl.update_epochs=2", "rl.mini_batch_size=16"],
+PER_ALGORITHM = {"ppo": ["rl.lr=1e-3", "rl.critic_lr=1e-3", "rl.update_epochs=2",
+                         "rl.mini_batch_size=16"],
                  "grpo": ["rl.async_mode=true"],  # the async path with the same correction
                  "rloo": ["rl.lr=1e-3"],
                  "reinforce_pp": []}

@@ -46,6 +46,11 @@ def test_rule_rewards():
     batch = [Scored("p", "q", "I am sorry.", 4), Scored("p", "q", "Sure!", 64)]
     assert build_reward("contains:SORRY").score(batch) == [1.0, 0.0]
     assert build_reward("short", max_tokens=64).score(batch) == pytest.approx([1 - 4 / 64, 0.0])
+    # "I am sorry." has 11 characters, 7 of them among a..z; "Sure!" 5, 3 of them
+    assert build_reward("share:abcdefghijklmnopqrstuvwxyz").score(batch) == pytest.approx(
+        [7 / 11, 3 / 5])
+    with pytest.raises(InputError, match="share:CHARS"):
+        build_reward("share:")
     with pytest.raises(InputError, match="not a reward source"):
         build_reward("nonsense")
 
