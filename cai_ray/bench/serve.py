@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                        "errors"])
     write("serve", {"model": args.model, "dtype": dtype, "dtype_reason": why,
                     "prompts": args.prompts, "max_tokens": args.max_tokens,
-                    "kv_cache_gib": cfg.kv_cache_gib, "ready_s": ready, "rows": rows,
+                    "kv_cache_gib": cfg.kv_cache_gib, "ingress": cfg.ingress, "ready_s": ready,
+                    "rows": rows,
                     "target": "output tokens/s at concurrency 8 and 32 >= 0.9x vllm serve"},
           tbl, Path(args.out) if args.out else None)
     return 0

@@ -260,8 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                 if r.get("pairs_per_s_end_to_end") and base[0].get("pairs_per_s_end_to_end"):
                     r["x_trl_end_to_end"] = (r["pairs_per_s_end_to_end"] /
                                              base[0]["pairs_per_s_end_to_end"])
-    full = [r for r in rows if r["runner"] == "cai-ray 1 worker(s) ZeRO-2" and r["task"] == "sft"]
-    for r in rows:
+    for r in rows:  # LoRA against full SFT with the same allocator
+        alloc = " jemalloc" if r["runner"].endswith(" jemalloc") else ""
+        full = [f for f in rows if f["task"] == "sft" and "step_s" in f
+                and f["runner"] == f"cai-ray 1 worker(s) ZeRO-2{alloc}"]
         if r["task"] == "sft" and "LoRA" in r["runner"] and full and "step_s" in r:
             r["x_full"] = full[0]["step_s"] / r["step_s"]
             r["memory_x_full"] = r["peak_rss_mb"] / full[0]["peak_rss_mb"]

@@ -192,6 +192,7 @@ def deploy(p: Plan) -> dict:
             "routes": ["/v1/models", "/v1/chat/completions", "/v1/completions"]
             + [APPS[k][1] for k in apps if k != "policy"],
             "api_key": bool(p.key), "replicas": [cfg.min_replicas, cfg.max_replicas],
+            "ingress": "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy",
             "ready_s": round(time.time() - t0, 1), "apps": [APPS[k][0] for k in apps],
             "ray_address": ray.get_runtime_context().gcs_address}
     from ray.experimental import internal_kv
@@ -230,8 +231,12 @@ def foreground(info: dict) -> int:
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.append(1))
+    last = 0.0
     while not stop:
-        time.sleep(1.0)
+        time.sleep(0.5)
+        if time.time() - last < 5:  # asking Serve costs its controller CPU the model could use
+            continue
+        last = time.time()
         try:
             apps = serve.status().applications
         except Exception:  # the cluster went away
@@ -332,6 +337,16 @@ def main(args) -> int:
     if args.stop:
         return stop(args.address)
     p = plan(args)
+    if not args.address:
+        from cai_ray.serve.ingress import apply_local_cluster_env
+
+        env = apply_local_cluster_env(p.cfg)
+        if not args.detach and "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in env:
+            import atexit
+            import shutil
+
+            # registered before Ray's own exit hook, so it runs after the cluster is down
+            atexit.register(shutil.rmtree, env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], True)
     connect(args.address, p.cfg)
     check_resources(p.cfg, p.on_gpu)
     print(f"cai-ray serve: deploying {p.target.model_id} ({p.target.source}) ...", file=sys.stderr)

@@ -19,6 +19,8 @@ from ray.llm._internal.serve.core.server.llm_server import (LLMServer,
                                                             _add_middleware_to_built_app)
 
 from cai_ray.serve import guard
+from cai_ray.serve.ingress import replica_grpc_on_node_ip
+
 
 ROUTES = ("/v1/models", "/v1/models/{model:path}", "/v1/chat/completions", "/v1/completions",
           "/health")
@@ -34,6 +36,7 @@ class CaiLLMServer(LLMServer):
 
     async def __init__(self, llm_config, *, limits: dict | None = None, **kw):
         guard.configure(limits)
+        replica_grpc_on_node_ip()
         await super().__init__(llm_config, **kw)
 
     async def __serve_build_asgi_app__(self):
@@ -96,6 +99,13 @@ def build_policy_app(target, cfg, limits: guard.Limits, *, on_gpu: bool, max_mod
                      dtype: str):
     from ray.llm._internal.serve.core.ingress.builder import _build_direct_streaming_llm_deployment
 
+    from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
+    from ray.serve.config import RequestRouterConfig
+
     conf = llm_config(target, cfg, on_gpu=on_gpu, max_model_len=max_model_len, dtype=dtype)
+    # Ray's builder picks its round-robin router; HAProxy balances ingress traffic itself and Ray
+    # refuses a custom router there, so the ingress keeps Serve's default one
+    over = {"request_router_config": RequestRouterConfig()} if RAY_SERVE_ENABLE_HA_PROXY else None
     return _build_direct_streaming_llm_deployment(conf, deployment_cls=CaiLLMServer,
-                                                  bind_kwargs={"limits": vars(limits)})
+                                                  bind_kwargs={"limits": vars(limits)},
+                                                  override_serve_options=over)

@@ -20,6 +20,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai_ray.serve import guard
+from cai_ray.serve.ingress import replica_grpc_on_node_ip
 
 MAX_ITEMS = 256
 
@@ -111,6 +112,7 @@ class RewardServer:
         from cai_ray.train.reward import RewardScorer
 
         guard.configure(limits)
+        replica_grpc_on_node_ip()
         self.scorer = RewardScorer(model_path, max_len=max_len)
         self.model_id = model_id
         self.lock = asyncio.Lock()  # one forward at a time; requests queue here
@@ -135,6 +137,7 @@ class JudgeServer:
         from cai_ray.engines.local import LocalPool
 
         guard.configure(limits)
+        replica_grpc_on_node_ip()
         self.engine = make_engine(backend, model_path, **engine_kwargs)
         self.pool = LocalPool(self.engine)
         self.const = load_constitution(constitution)

