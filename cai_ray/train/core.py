@@ -308,7 +308,7 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
                                      placement_strategy=cfg["placement_strategy"]),
         torch_config=TorchConfig(backend="nccl" if cfg["use_gpu"] else "gloo"),
         run_config=RunConfig(name="ray_train", storage_path=storage, storage_filesystem=filesystem,
-                             worker_runtime_env={"env_vars": trainer_env()},
+                             worker_runtime_env={"env_vars": trainer_env(bool(cfg.get("lora")))},
                              failure_config=FailureConfig(max_failures=cfg["max_failures"]),
                              checkpoint_config=CheckpointConfig(
                                  num_to_keep=cfg["keep_checkpoints"])))

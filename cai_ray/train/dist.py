@@ -36,13 +36,18 @@ TRAINER_MMAP_THRESHOLD = str(16 << 20)
 12.4-13.5 s at 16 MiB (peak RSS 4.2 -> 4.5 GB); in `cai-ray bench train` (2026-11-28) DPO went from
 0.99x to 1.24x TRL's steps/s and SFT from 83.7 to 92.8 tokens/s, the trainer's peak RSS from 5.7 to
 7.6 GB (DPO) and 4.7 to 5.7 GB (SFT)."""
-TRAINER_ALLOCATOR = "glibc"
-"""CAI_RAY_ALLOCATOR=jemalloc runs a Ray Train trainer's workers with jemalloc (the copy Ray
-ships) instead of glibc's malloc. On SmolLM2-135M, batch 4 x 256, fp32, one plain process (AdamW
-step included, 2026-11-29, AVX-512 machine), peak RSS after 3 steps: full SFT 4.5 GB (glibc, 16 MiB
-threshold) -> 3.9 GB, LoRA SFT 4.6 -> 2.8 GB: glibc's heap keeps what a step's many mid-sized
-activations fragment. Opt-in until `cai-ray bench train` has measured it inside Ray Train
-(runners `sft:ours:1:2:lora:jemalloc`, `dpo:trl:jemalloc` and the like compare both)."""
+TRAINER_ALLOCATOR = "auto"
+"""The malloc of a Ray Train trainer's workers: `auto` (default) runs LoRA trainers with jemalloc
+(the copy Ray ships) and full-weight trainers with glibc's; CAI_RAY_ALLOCATOR=glibc|jemalloc picks
+one for all. Measured in Ray Train (`cai-ray bench train`, SmolLM2-135M, batch 4 x 256, fp32, 1
+worker, ZeRO-2, 2026-11-29, AVX-512 machine; benchmarks/results/train_allocator.md):
+
+    full SFT  glibc 115 tokens/s, peak RSS 5662 MB   jemalloc  96 tokens/s, 4580 MB
+    LoRA SFT  glibc 143 tokens/s, peak RSS 4565 MB   jemalloc 163 tokens/s, 3031 MB
+
+jemalloc keeps LoRA's many mid-sized activation buffers from fragmenting glibc's heap (faster and a
+third smaller); for full SFT it saves a fifth of the memory but costs a sixth of the speed, so full
+trainers keep glibc (with TRAINER_MMAP_THRESHOLD)."""
 
 
 def deepspeed_config(cfg: dict, world_size: int, *, grad_accum: int | None = None) -> dict:
@@ -111,10 +116,18 @@ def jemalloc_lib() -> str | None:
     return str(lib) if lib.is_file() else None
 
 
-def trainer_env() -> dict[str, str]:
-    """Environment of a Ray Train trainer's workers: jemalloc preloaded when CAI_RAY_ALLOCATOR
-    (default TRAINER_ALLOCATOR) says jemalloc and the library is there."""
-    if os.environ.get("CAI_RAY_ALLOCATOR", TRAINER_ALLOCATOR).lower() != "jemalloc":
+def trainer_allocator(lora: bool) -> str:
+    """glibc or jemalloc for a trainer (see TRAINER_ALLOCATOR)."""
+    choice = os.environ.get("CAI_RAY_ALLOCATOR", TRAINER_ALLOCATOR).lower()
+    if choice == "auto":
+        return "jemalloc" if lora else "glibc"
+    return choice
+
+
+def trainer_env(lora: bool = False) -> dict[str, str]:
+    """Environment of a Ray Train trainer's workers: jemalloc preloaded when trainer_allocator
+    says so and the library is there."""
+    if trainer_allocator(lora) != "jemalloc":
         return {}
     lib = jemalloc_lib()
     return {"LD_PRELOAD": lib} if lib else {}

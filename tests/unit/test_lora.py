@@ -72,3 +72,17 @@ def test_target_modules_checked_against_the_model(tiny_model):
     lora.check_targets(tiny_model, ["q_proj", "v_proj", "gate_proj"], "sft.lora.target_modules")
     with pytest.raises(InputError, match=r"sft.lora.target_modules: \['qkv_proj'\] not in"):
         lora.check_targets(tiny_model, ["q_proj", "qkv_proj"], "sft.lora.target_modules")
+
+
+def test_lora_trainers_get_jemalloc_and_full_ones_glibc_unless_the_env_says(monkeypatch):
+    from cai_ray.train import dist
+
+    monkeypatch.delenv("CAI_RAY_ALLOCATOR", raising=False)
+    assert (dist.trainer_allocator(True), dist.trainer_allocator(False)) == ("jemalloc", "glibc")
+    lib = dist.jemalloc_lib()
+    assert dist.trainer_env(False) == {}
+    assert dist.trainer_env(True) == ({"LD_PRELOAD": lib} if lib else {})
+    monkeypatch.setenv("CAI_RAY_ALLOCATOR", "glibc")
+    assert dist.trainer_env(True) == {}
+    monkeypatch.setenv("CAI_RAY_ALLOCATOR", "jemalloc")
+    assert dist.trainer_allocator(False) == "jemalloc"
