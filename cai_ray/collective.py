@@ -24,6 +24,8 @@ from math import prod
 import torch
 import torch.distributed as dist
 
+from cai_ray.cluster import free_port  # noqa: F401  (a free port for a group's store)
+
 Meta = list[tuple[str, list[int], str]]
 
 
@@ -80,12 +82,6 @@ def own_address(peer: str = "8.8.8.8") -> str:
             return s.getsockname()[0]
     except OSError:  # no route: the name this host resolves to
         return socket.gethostbyname(socket.gethostname())
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 GROUP_TIMEOUT_S = 60.0

@@ -13,19 +13,13 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from cai_ray.bench.common import table, write
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cai_ray.cluster import free_port
 
 
 def _prompts(n: int) -> list[list[dict]]:
@@ -173,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, build in servers.items():
         if args.only and (args.only == "ours") != name.startswith("cai-ray"):
             continue
-        port = _port()
+        port = free_port()
         cmd, extra = build(port)
         srv = Proc(cmd, {**env, **extra}, f"http://127.0.0.1:{port}",
                    logs / f"{name.split()[0]}.log")

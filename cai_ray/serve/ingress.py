@@ -21,10 +21,11 @@ cluster starts (a cluster at --address keeps its own):
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import tempfile
 from pathlib import Path
+
+from cai_ray.cluster import free_port
 
 WRAPPER = r"""#!/bin/sh
 # cai-ray: Ray's HAProxy with its wildcard binds (stats, Prometheus) moved to loopback.
@@ -37,12 +38,6 @@ for a in "$@"; do
 done
 exec "{real}" "$@"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def haproxy_binary() -> str:

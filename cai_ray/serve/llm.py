@@ -21,7 +21,6 @@ from ray.llm._internal.serve.core.server.llm_server import (LLMServer,
 from cai_ray.serve import guard
 from cai_ray.serve.ingress import replica_grpc_on_node_ip
 
-
 ROUTES = ("/v1/models", "/v1/models/{model:path}", "/v1/chat/completions", "/v1/completions",
           "/health")
 
@@ -98,7 +97,6 @@ def llm_config(target, cfg, *, on_gpu: bool, max_model_len: int, dtype: str):
 def build_policy_app(target, cfg, limits: guard.Limits, *, on_gpu: bool, max_model_len: int,
                      dtype: str):
     from ray.llm._internal.serve.core.ingress.builder import _build_direct_streaming_llm_deployment
-
     from ray.serve._private.constants import RAY_SERVE_ENABLE_HA_PROXY
     from ray.serve.config import RequestRouterConfig
 
