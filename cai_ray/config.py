@@ -20,10 +20,11 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from cai_ray.errors import ConfigError
 from cai_ray.stages.registry import ALIASES as STAGE_ALIASES, DEFAULT_STAGES, STAGES  # noqa: F401
-from cai_ray.sections import (CRITIC_FIELDS, DPO_DATA, JUDGE_LEGACY,  # noqa: F401
+from cai_ray.rl.section import CRITIC_FIELDS, RlCfg  # noqa: F401
+from cai_ray.sections import (DPO_DATA, JUDGE_LEGACY,  # noqa: F401
                               ConstitutionCfg, DpoCfg, EngineCfg, EvalCfg, JudgeCfg, LoraCfg,
                               ModelCfg, PreferencesCfg, PromptsCfg,
-                              RayCfg, RewardCfg, RlCfg, ServeCfg, SftCfg, SlCaiCfg, TrainCfg,
+                              RayCfg, RewardCfg, ServeCfg, SftCfg, SlCaiCfg, TrainCfg,
                               _Section)
 
 PACKAGED_JOBS = Path(__file__).parent / "jobs"
