@@ -7,7 +7,7 @@ import difflib
 import random
 import re
 
-from cai_ray.engines.base import Request, Sampling
+from cai_ray.generation import Request, Sampling
 from cai_ray.prompts.sources import Prompt, normalise, prompt_id
 
 INSTRUCTION = ("Here are some questions that people have asked an AI assistant to test whether it "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cai_ray.constitution import CritiqueExample, CritiqueRevision, JudgeExample, JudgePrinciple
-from cai_ray.engines.base import Request
+from cai_ray.generation import Request
 
 TRANSCRIPT_STOPS = ["\n\nHuman:", "\n\nCritiqueRequest:", "\n\nRevisionRequest:", "\n\n---"]
 
