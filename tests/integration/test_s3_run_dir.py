@@ -54,11 +54,8 @@ CLUSTER = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     # the head (the driver's node) runs no actor: every engine and trainer is on node b, whose
     # working copies of URI run directories are in its own folder (another machine's disk)
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]  # another cluster (the suite's) may hold the dashboard's default
-    s.close()
+    from cai_ray.cluster import free_port
+    port = free_port()  # another cluster (the suite's) may hold the dashboard's default
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": port})

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,14 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cai_ray.cluster import free_port
+
 KEY = "test-key-0123"
 READY_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_run_dir(root: Path, tiny_model: str) -> Path:

@@ -71,12 +71,9 @@ def test_a_refused_token_is_not_reported_as_unreachable(tmp_path, monkeypatch):
 
 
 def test_nothing_listening_is_reported_as_unreachable():
-    import socket
-
+    from cai_ray.cluster import free_port
     from cai_ray.jobs_api import client
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     with pytest.raises(InputError, match="cannot reach the Ray Jobs API"):
         client(f"http://127.0.0.1:{port}")
