@@ -15,6 +15,12 @@ cluster starts (a cluster at --address keeps its own):
   ports, chosen per server, and every file of HAProxy's lives in a private (0700) directory.
   HAProxy's config is Ray's; a wrapper rewrites its wildcard `bind` lines to 127.0.0.1 each time
   Ray starts or reloads it (the client-facing bind is `serve.host` and stays as set).
+- A replica that dies mid-request: under Ray's `http-reuse always`, HAProxy answers a request it
+  sent over a reused connection that then breaks by closing the client's connection without a
+  status or a log line, so the client may retry (one CI run: 12 of 32 requests). The wrapper sets
+  `http-reuse aggressive` (a connection is reused once it has proven reusable), under which the
+  same failure is a 502 (Ray's error file turns it into 500), and HAProxy retries a request whose
+  server closed without answering (`empty-response`) on another replica when one is up.
 - `ingress: proxy`: Ray's Python HTTP proxy (one more hop per chunk; the shape before HAProxy).
 """
 
@@ -28,11 +34,13 @@ from pathlib import Path
 from cai_ray.cluster import free_port
 
 WRAPPER = r"""#!/bin/sh
-# cai-ray: Ray's HAProxy with its wildcard binds (stats, Prometheus) moved to loopback.
+# cai-ray: Ray's HAProxy with its wildcard binds (stats, Prometheus) moved to loopback, and
+# `http-reuse aggressive` for `always`.
 prev=
 for a in "$@"; do
   if [ "$prev" = "-f" ]; then
-    sed -i -E 's/^([[:space:]]*bind[[:space:]]+)\*?:([0-9])/\1127.0.0.1:\2/' "$a" || exit 1
+    sed -i -E -e 's/^([[:space:]]*bind[[:space:]]+)\*?:([0-9])/\1127.0.0.1:\2/' \
+      -e 's/^([[:space:]]*http-reuse[[:space:]]+)always/\1aggressive/' "$a" || exit 1
   fi
   prev=$a
 done
@@ -75,6 +83,8 @@ def haproxy_env(workdir: Path, request_timeout_s: float) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_NBTHREAD": str(min(4, os.cpu_count() or 1)),
         # a replica that stops answering frees the client after this (Ray's proxy: 408)
         "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(max(1, int(request_timeout_s))),
+        # a request whose replica died before answering goes to another one (see above)
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
         # HAProxy and the replicas share this node: no remote balancer to drain for
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     }
