@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask")
     v.add_argument("--request-timeout", type=float, help="seconds before a request gets 408 "
                    "(serve.request_timeout_s, default 300)")
+    v.add_argument("--ingress", choices=["proxy", "haproxy"], help="how HTTP reaches the "
+                   "replicas of a local cluster (serve.ingress, default proxy)")
     v.add_argument("--score", action="store_true", help="also serve the reward model at /v1/score")
     v.add_argument("--judge", action="store_true", help="also serve the judge at /v1/judge")
     v.add_argument("--api-key-file", help="file holding the API key (else $CAI_RAY_API_KEY)")

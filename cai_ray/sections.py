@@ -292,10 +292,11 @@ class ServeCfg(_Section):
     host: str = "127.0.0.1"
     """Where Serve's HTTP proxy listens. Anything but a loopback address needs an API key."""
     port: int = Field(8000, ge=1, le=65535)
-    ingress: Literal["haproxy", "proxy"] = "haproxy"
-    """How HTTP reaches the replicas of a cluster `cai-ray serve` starts: Ray's HAProxy ingress
-    (requests go straight to the replica's own HTTP server) or Ray's Python proxy (one more hop
-    per streamed chunk). A cluster at --address keeps its own."""
+    ingress: Literal["proxy", "haproxy"] = "proxy"
+    """How HTTP reaches the replicas of a cluster `cai-ray serve` starts: Ray's Python proxy, or
+    Ray's HAProxy ingress (requests go straight to the replica's own HTTP server: one hop less per
+    streamed chunk, but a replica killed mid-request can still leave a client a cut connection
+    instead of a status, see cai_ray/serve/ingress.py). A cluster at --address keeps its own."""
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(1, ge=1)
     """Autoscaling bounds of the policy deployment (equal: a fixed number of replicas)."""

@@ -48,7 +48,7 @@ def serve_cfg(target, args):
              "max_replicas": args.max_replicas,
              "num_gpus_per_replica": args.gpus_per_replica,
              "tensor_parallel_size": args.tensor_parallel_size, "max_tokens": args.max_tokens,
-             "request_timeout_s": args.request_timeout,
+             "request_timeout_s": args.request_timeout, "ingress": args.ingress,
              "score": args.score or None, "judge": args.judge or None}
     data = {**base, **{k: v for k, v in flags.items() if v is not None}}
     if args.replicas and not args.max_replicas:  # --replicas N alone: at least N, job max kept

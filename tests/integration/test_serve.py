@@ -122,16 +122,17 @@ def _loopback(ip: str) -> bool:
 
 
 def test_every_socket_the_server_listens_on_is_loopback(server):
-    """Ray binds HAProxy's stats and Prometheus ports and every replica's gRPC server to all
-    interfaces; `cai-ray serve` on 127.0.0.1 keeps every listener of its processes on loopback."""
+    """Ray binds every replica's gRPC server (and, under --ingress haproxy, HAProxy's stats and
+    Prometheus ports: test_ingress.py) to all interfaces; `cai-ray serve` on 127.0.0.1 keeps every
+    listener of its processes on loopback."""
     import psutil
 
-    assert server.info["ingress"] == "haproxy"
+    assert server.info["ingress"] == "proxy"  # the default
     procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(True)]
     names = {p.pid: p.name() for p in procs}
     listening = [(names[c.pid], c.laddr) for c in psutil.net_connections("inet")
                  if c.status == psutil.CONN_LISTEN and c.pid in names]
-    assert {"haproxy", "raylet", "gcs_server"} <= {n for n, _ in listening}
+    assert {"raylet", "gcs_server"} <= {n for n, _ in listening}
     assert any(n.startswith("ray::ServeRepli") for n, _ in listening)
     wide = [(n, f"{a.ip}:{a.port}") for n, a in listening if not _loopback(a.ip)]
     assert not wide, f"listening beyond loopback: {wide}"
