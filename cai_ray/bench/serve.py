@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--only", choices=["ours", "vllm"], help="one server (debugging)")
-    ap.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy",
-                    help="how HTTP reaches our replicas (serve.ingress)")
+    ap.add_argument("--ingress", choices=["proxy", "haproxy"],
+                    help="how HTTP reaches our replicas (default: serve.ingress's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype, why = engine_dtype("auto")
     prompts = _prompts(args.prompts)
     levels = [int(c) for c in args.concurrency.split(",")]
-    cfg = ServeCfg()
+    cfg = ServeCfg(**({"ingress": args.ingress} if args.ingress else {}))
     env = {**os.environ, **_serve_env(cfg), "CAI_RAY_API_KEY": ""}
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / "cai-ray-bench-serve"
     logs.mkdir(exist_ok=True)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = {
         "cai-ray serve (Ray Serve LLM)": lambda port: ([
             sys.executable, "-m", "cai_ray.cli", "serve", path, "--name", "bench",
-            "--port", str(port), "--ingress", args.ingress], {}),
+            "--port", str(port), "--ingress", cfg.ingress], {}),
         "vllm serve": lambda port: _vllm_cmd(path, port, dtype, 2048),
     }
     for name, build in servers.items():
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                        "errors"])
     write("serve", {"model": args.model, "dtype": dtype, "dtype_reason": why,
                     "prompts": args.prompts, "max_tokens": args.max_tokens,
-                    "kv_cache_gib": cfg.kv_cache_gib, "ingress": args.ingress, "ready_s": ready,
+                    "kv_cache_gib": cfg.kv_cache_gib, "ingress": cfg.ingress, "ready_s": ready,
                     "rows": rows,
                     "target": "output tokens/s at concurrency 8 and 32 >= 0.9x vllm serve"},
           tbl, Path(args.out) if args.out else None)
