@@ -116,15 +116,10 @@ class Learner:
         policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32,
                                                       use_safetensors=True)
         self.tied = bool(getattr(policy.config, "tie_word_embeddings", False))
-        if cfg["gradient_checkpointing"]:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
-                "use_reentrant": False})
-        if cfg.get("lora"):  # only the adapters train; the engines get only them (AdapterSync)
-            from cai_ray.train import lora
+        from cai_ray.train import lora
 
-            if cfg["gradient_checkpointing"]:
-                policy.enable_input_require_grads()
-            policy = lora.apply(policy, cfg["lora"], "CAUSAL_LM")
+        # with LoRA only the adapters train, and the engines get only them (AdapterSync)
+        policy = lora.prepare(policy, cfg, "CAUSAL_LM")
         self.actor = D.build_engine(policy, cfg, cfg["lr"], self.world, grad_accum=1)
         if critic_path:
             self.critic = D.build_engine(load_value_model(critic_path), cfg, cfg["critic_lr"],

@@ -69,7 +69,6 @@ class RlCfg(TrainCfg):
     lr: float = Field(1e-6, gt=0)
     zero_stage: Literal[0, 1, 2, 3] | None = None
     """unset: 0 with one learner rank (there is nothing to partition), 2 with more."""
-    gradient_checkpointing: bool = False
     share_prompts: bool = True
     """Run each prompt once for all its samples (its KV cache expanded to every answer) in the
     learner's and the reference's forward passes: about a third fewer tokens at 4 samples."""

@@ -31,7 +31,7 @@ def run(ctx: Context) -> dict:
     train, evals = split_rows(rows, cfg.eval_fraction)
     data = write_split(out / "data", train, evals)
     metrics = fit("sft", ctx.base_model, data, cfg.model_dump(), out, seed=ctx.job.seed,
-                  task_kwargs={"max_len": cfg.max_len})
+                  task_kwargs={"max_len": cfg.max_len, "packing": cfg.packing})
     return {"rows_train": len(train), "rows_eval": len(evals), "steps": metrics.get("step"),
             "train/loss_first": metrics.get("train/loss_first"),
             "train/loss_last": metrics.get("train/loss"), "eval/loss": metrics.get("eval/loss"),

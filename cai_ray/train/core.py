@@ -153,11 +153,10 @@ def train_loop(config: dict) -> None:
     steps_per_epoch = max(1, len(train_items) // (global_batch * cfg["grad_accum"]))
     total = min(cfg["max_steps"] or 10 ** 9, steps_per_epoch * cfg["epochs"])
 
-    model = task.build_model(config["model_path"])
-    if cfg.get("lora"):
-        from cai_ray.train import lora
+    from cai_ray.train import lora
 
-        model = lora.apply(model, cfg["lora"], getattr(task, "lora_task_type", "CAUSAL_LM"))
+    model = lora.prepare(task.build_model(config["model_path"]), cfg,
+                         getattr(task, "lora_task_type", "CAUSAL_LM"))
     engine = build_engine(model, cfg, cfg["lr"], world)
     optimizer = engine.optimizer
     lr_at = lr_lambda(cfg["lr_schedule"], cfg["warmup_steps"], total)
@@ -189,7 +188,7 @@ def train_loop(config: dict) -> None:
         if lengths is not None:
             rows = sorted(rows, key=size_of, reverse=True)
         micro = [rows[k:k + global_batch] for k in range(0, len(rows), global_batch)]
-        losses, extra, padded, positions = [], {}, 0, 0
+        losses, extra, padded, positions, step_tokens = [], {}, 0, 0, 0
         lr = cfg["lr"] * lr_at(step)
         for group in optimizer.param_groups:  # the schedule, set before this optimizer step
             group["lr"] = lr
@@ -202,16 +201,18 @@ def train_loop(config: dict) -> None:
             engine.backward(loss)
             engine.step()
             losses.append(float(loss.detach()))
-            tokens_seen += task.tokens(batch) * world
+            step_tokens += task.tokens(batch) * world
             for k, v in m.items():
                 extra[k] = extra.get(k, 0.0) + v / cfg["grad_accum"]
         step += 1
+        tokens_seen += step_tokens
         loss_v = _all_mean(sum(losses) / len(losses))
         first_loss = loss_v if first_loss is None else first_loss
         elapsed = time.time() - t_start
         step_s = time.time() - t_step
         metrics = {"train/loss": loss_v, "train/lr": lr, "perf/step_s": step_s,
                    "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                   "perf/step_tokens": step_tokens,
                    "train/epoch": epoch, "perf/tokens_per_s": tokens_seen / elapsed,
                    "perf/samples_per_s": step * global_batch * cfg["grad_accum"] / elapsed,
                    "perf/pad_share": _all_mean(padded / max(positions, 1)),

@@ -19,6 +19,7 @@ from cai_ray.algos.dpo import preference_loss
 from cai_ray.algos.losses import IGNORE, label_positions
 from cai_ray.train.logprobs import head_logprobs
 from cai_ray.train.lora import unwrap
+from cai_ray.train.packing import forward_inputs, pack
 from cai_ray.train.reward import conversation, pad_right
 
 
@@ -62,17 +63,21 @@ def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
-def sequence_logprobs(model, input_ids, attention_mask, labels, chunk: int = 256):
-    """Sum of log p(label) over each row's labelled tokens: (B,). The LM head runs only at the
+def sequence_logprobs(model, batch: dict, dev, chunk: int = 256):
+    """Sum of log p(label) over each sequence's labelled tokens: (S,), for a padded batch (S rows)
+    or a packed one (train/packing.py: S sequences in one row). The LM head runs only at the
     positions that predict a labelled token (train/logprobs.py)."""
     m = unwrap(model)
     backbone, head = getattr(m, m.base_model_prefix), m.get_output_embeddings()
+    labels = batch["labels"].to(dev)
     sel, targets = label_positions(labels)  # (B, T) bool, (N,)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = backbone(**forward_inputs(batch, dev)).last_hidden_state  # (B, T, H)
     logp, _ = head_logprobs(head, hidden[sel], targets, chunk=chunk)  # (N,)
-    rows = sel.nonzero()[:, 0]  # (N,) row of each selected position
-    return torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add(
-        0, rows, logp)
+    if "seq" in batch:  # packed: the sequence of each selected position
+        seqs, n = batch["seq"].to(dev)[sel[0]], int(batch["seq"][-1]) + 1
+    else:
+        seqs, n = sel.nonzero()[:, 0], labels.shape[0]  # (N,) row of each selected position
+    return torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, seqs, logp)
 
 
 class DpoTask:
@@ -80,8 +85,9 @@ class DpoTask:
     lora_task_type = "CAUSAL_LM"
 
     def __init__(self, max_len: int = 512, beta: float = 0.1, loss_type: str = "cdpo",
-                 label_smoothing: float = 0.0, soft_labels: bool | None = None):
-        self.max_len, self.beta, self.loss_type = max_len, beta, loss_type
+                 label_smoothing: float = 0.0, soft_labels: bool | None = None,
+                 packing: bool = False):
+        self.max_len, self.beta, self.loss_type, self.packing = max_len, beta, loss_type, packing
         self.label_smoothing, self.soft_labels = label_smoothing, soft_labels
 
     def build_model(self, model_path: str):
@@ -104,16 +110,18 @@ class DpoTask:
     def collate(self, items: list[dict], pad_id: int) -> dict:
         seqs = [x["chosen"] for x in items] + [x["rejected"] for x in items]  # (2B,)
         labels = [x["chosen_labels"] for x in items] + [x["rejected_labels"] for x in items]
-        ids, mask = pad_right(seqs, pad_id)
         ref = [x["ref"] or [0.0, 0.0] for x in items]
-        return {"input_ids": ids, "attention_mask": mask,
-                "labels": pad(labels, IGNORE), "p": torch.tensor([x["p"] for x in items]),
+        if self.packing:  # the 2B sequences in one row, no padding (train/packing.py)
+            out = pack(seqs, labels, IGNORE)
+        else:
+            ids, mask = pad_right(seqs, pad_id)
+            out = {"input_ids": ids, "attention_mask": mask, "labels": pad(labels, IGNORE)}
+        return {**out, "p": torch.tensor([x["p"] for x in items]),
                 "ref": torch.tensor(ref, dtype=torch.float32)}  # (B, 2): chosen, rejected
 
     def policy_logprobs(self, engine, batch: dict):
         dev = engine.device
-        lp = sequence_logprobs(engine, batch["input_ids"].to(dev),
-                               batch["attention_mask"].to(dev), batch["labels"].to(dev))  # (2B,)
+        lp = sequence_logprobs(engine, batch, dev)  # (2B,)
         n = lp.shape[0] // 2
         return lp[:n], lp[n:]
 

@@ -24,6 +24,19 @@ def apply(model, lora: dict, task_type: str):
     return get_peft_model(model, cfg)
 
 
+def prepare(model, cfg: dict, task_type: str = "CAUSAL_LM"):
+    """A freshly loaded model as a trainer's config asks: gradient checkpointing (non-reentrant)
+    and LoRA adapters. With both, the frozen embeddings' output is made to require grad, so the
+    checkpointed layers have a gradient to pass back."""
+    if cfg.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.get("lora"):
+        if cfg.get("gradient_checkpointing"):
+            model.enable_input_require_grads()
+        model = apply(model, cfg["lora"], task_type)
+    return model
+
+
 def unwrap(model):
     """A DeepSpeed engine's module, or a peft model's base model (adapters injected in place)."""
     model = getattr(model, "module", model)

@@ -6,6 +6,7 @@ import torch
 
 from cai_ray.algos.losses import IGNORE, label_positions, selected_sft_loss
 from cai_ray.train.lora import unwrap
+from cai_ray.train.packing import forward_inputs, pack
 
 
 def assistant_labels(messages: list[dict], tokenizer, max_len: int) -> tuple[list[int], list[int]]:
@@ -43,8 +44,8 @@ class SftTask:
     name = "sft"
     lora_task_type = "CAUSAL_LM"
 
-    def __init__(self, max_len: int = 512):
-        self.max_len = max_len
+    def __init__(self, max_len: int = 512, packing: bool = False):
+        self.max_len, self.packing = max_len, packing
 
     def build_model(self, model_path: str):
         return load_policy(model_path)
@@ -58,6 +59,8 @@ class SftTask:
         return out
 
     def collate(self, items: list[dict], pad_id: int) -> dict:
+        if self.packing:  # one row, no padding (train/packing.py)
+            return pack([x["input_ids"] for x in items], [x["labels"] for x in items], IGNORE)
         width = max(len(x["input_ids"]) for x in items)
         ids = torch.full((len(items), width), pad_id, dtype=torch.long)
         labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
@@ -75,8 +78,7 @@ class SftTask:
         model = unwrap(engine)  # a DeepSpeed engine's, a peft model's or a plain model
         sel, targets = label_positions(batch["labels"].to(dev))  # (B, T) bool, (N,)
         backbone = getattr(model, model.base_model_prefix)
-        hidden = backbone(input_ids=batch["input_ids"].to(dev),
-                          attention_mask=batch["attention_mask"].to(dev)).last_hidden_state
+        hidden = backbone(**forward_inputs(batch, dev)).last_hidden_state  # (B, T, H)
         logits = model.get_output_embeddings()(hidden[sel])  # (N, vocab)
         loss, m = selected_sft_loss(logits, targets)
         return loss, {"target_tokens": m["tokens"]}

@@ -163,3 +163,27 @@ def test_deepspeed_starts_on_cpu_without_building_an_op(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "shm op: None" in out.stdout
     assert not (tmp_path / "ext").exists() or not any((tmp_path / "ext").iterdir())
+
+
+def test_packed_checkpointed_sft_trains_like_padded(ray_cluster, tiny_model, tmp_path):
+    """Through Ray Train and DeepSpeed: SFT with padding-free packing and gradient checkpointing
+    gives the padded, uncheckpointed run's losses step for step, with no padded position."""
+    from cai_ray.train.core import fit
+
+    rows = sft_rows(16)
+    for i, r in enumerate(rows):  # answers of 1 to 4 sentences: padded batches have padding
+        r["messages"][1]["content"] = " ".join(["I will answer kindly and safely."] * (i % 4 + 1))
+    data = write_data(tmp_path / "data", rows, rows[:2])
+    runs = {}
+    for name, extra in {"padded": {}, "packed": {"gradient_checkpointing": True}}.items():
+        cfg = SftCfg(num_workers=1, zero_stage=2, micro_batch_size=4, lr=1e-3, max_steps=4,
+                     checkpoint_every=100, lr_schedule="constant", group_by_length=False,
+                     **extra).model_dump()
+        fit("sft", tiny_model, data, cfg, tmp_path / name,
+            task_kwargs={"max_len": 512, "packing": name == "packed"})
+        runs[name] = read_jsonl(tmp_path / name / "metrics.jsonl")
+    assert [r["train/loss"] for r in runs["packed"]] == pytest.approx(
+        [r["train/loss"] for r in runs["padded"]], rel=1e-4, abs=1e-5)
+    assert all(r["perf/pad_share"] == 0 for r in runs["packed"])
+    assert all(r["perf/pad_share"] > 0.05 for r in runs["padded"])
+    assert runs["packed"][-1]["train/loss"] < runs["packed"][0]["train/loss"]

@@ -86,3 +86,53 @@ def test_lora_trainers_get_jemalloc_and_full_ones_glibc_unless_the_env_says(monk
     assert dist.trainer_env(True) == {}
     monkeypatch.setenv("CAI_RAY_ALLOCATOR", "jemalloc")
     assert dist.trainer_allocator(False) == "jemalloc"
+
+
+def _sft_loss_and_saved(tiny_model, cfg):
+    """SftTask's loss on one batch of a model prepared as cfg asks, its trainable parameters'
+    gradients, and the bytes autograd kept for the backward pass."""
+    from transformers import AutoModelForCausalLM
+
+    from cai_ray.train.sft import SftTask
+
+    torch.manual_seed(0)
+    model = lora.prepare(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                         cfg).train()
+    if cfg.get("lora"):
+        with torch.no_grad():  # B starts at zero: let the adapters change the loss
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+
+    class Eng:
+        device = torch.device("cpu")
+        module = model
+
+    ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[:, :8] = -100
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss, _ = SftTask(64).step(Eng, {"input_ids": ids, "labels": labels,
+                                         "attention_mask": torch.ones_like(ids)})
+    loss.backward()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return float(loss.detach()), grads, sum(v for k, v in kept.items() if k not in weights)
+
+
+@pytest.mark.parametrize("adapters", [None, LORA], ids=["full", "lora"])
+def test_gradient_checkpointing_same_gradients_fewer_saved_activations(tiny_model, adapters):
+    plain = _sft_loss_and_saved(tiny_model, {"lora": adapters})
+    ckpt = _sft_loss_and_saved(tiny_model, {"lora": adapters, "gradient_checkpointing": True})
+    assert ckpt[0] == pytest.approx(plain[0], rel=1e-6)
+    assert ckpt[1].keys() == plain[1].keys() and plain[1]
+    for n, g in plain[1].items():
+        assert torch.allclose(ckpt[1][n], g, atol=1e-6), n
+        assert g.abs().sum() > 0, n  # the adapters (or every weight) do get a gradient
+    assert ckpt[2] < 0.6 * plain[2], (ckpt[2], plain[2])
