@@ -8,6 +8,11 @@ is the steady state: the median step time after the first step (DPO also end to 
 one-off reference pass counted).
 
     cai-ray bench train [--steps 6] [--length 256] [--batch 4] [--sft-data RUN/sl_cai/sft]
+
+A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc]; flags: lora, jemalloc (the
+trainer's allocator; else glibc), gc (gradient checkpointing), varied (SFT answers of varied
+length), pack (padding-free packing). LoRA rows are compared with the full run of the same other
+flags, packed rows with the padded one.
 """
 
 from __future__ import annotations
@@ -38,10 +43,13 @@ def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
-def sft_rows(n: int) -> list[dict]:
+def sft_rows(n: int, varied: bool = False) -> list[dict]:
+    """Answers of 8 fillers (about 256 tokens with the template), or with varied, of 1 to 8
+    (75 to 256 tokens with the template: batches with padding, as real SFT data has)."""
     return [{"id": f"s{i}", "messages": [
         {"role": "user", "content": f"Question number {i}: how should I handle this?"},
-        {"role": "assistant", "content": FILLER * 8}]} for i in range(n)]
+        {"role": "assistant", "content": FILLER * ((i * 5) % 8 + 1 if varied else 8)}]}
+        for i in range(n)]
 
 
 def rm_rows(n: int) -> list[dict]:
@@ -77,7 +85,8 @@ def pair_rows(model: str, n: int, length: int) -> list[dict]:
 
 
 def ours(task: str, model: str, length: int, batch: int, steps: int, workers: int,
-         zero: int, lora: bool = False) -> dict:
+         zero: int, lora: bool = False, grad_ckpt: bool = False, varied: bool = False,
+         packing: bool = False) -> dict:
     from cai_ray.cluster import init_ray
     from cai_ray.config import DpoCfg, LoraCfg, RewardCfg, SftCfg
     from cai_ray.rundir import read_jsonl, write_jsonl_atomic
@@ -86,19 +95,25 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
     init_ray()
     tmp = scratch()
     n = batch * steps * (1 if task == "dpo" else 2)  # DPO: its reference pass covers these rows
-    rows = {"sft": lambda: sft_rows(n), "reward": lambda: rm_rows(n),
+    rows = {"sft": lambda: sft_rows(n, varied), "reward": lambda: rm_rows(n),
             "dpo": lambda: pair_rows(model, n, length)}[task]()
     write_jsonl_atomic(tmp / "data" / "train.jsonl", rows)
     write_jsonl_atomic(tmp / "data" / "eval.jsonl", rows[:batch] if task != "dpo" else [])
     Cfg = {"sft": SftCfg, "reward": RewardCfg, "dpo": DpoCfg}[task]
     extra = {"loss_type": "dpo", "beta": BETA} if task == "dpo" else {}
+    if packing:
+        extra["packing"] = True
     cfg = Cfg(num_workers=workers, zero_stage=zero, micro_batch_size=batch // workers,
               max_steps=steps, max_len=length, checkpoint_every=10 ** 6, lr=1e-5,
-              lora=LoraCfg() if lora else None, **extra).model_dump()
+              lora=LoraCfg() if lora else None, gradient_checkpointing=grad_ckpt,
+              **extra).model_dump()
     fit(task, model, tmp / "data", cfg, tmp / "out", task_kwargs={"max_len": length, **extra})
     recs = read_jsonl(tmp / "out" / "metrics.jsonl")
     steps_s = [r["perf/step_s"] for r in recs]
     return {"step_s": statistics.median(steps_s[1:]), "first_step_s": steps_s[0],
+            # varied lengths: the real (unpadded) tokens; else batch x length, as TRL's rows
+            "tokens_per_s": sum(r["perf/step_tokens"] for r in recs[1:]) / sum(steps_s[1:])
+            if varied else None,
             "total_s": sum(steps_s) + recs[0].get("timing/reference_s", 0.0),
             "reference_s": recs[0].get("timing/reference_s"),
             "peak_rss_mb": max(r["memory/peak_rss_mb"] for r in recs),
@@ -206,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         if who == "ours":  # the trainer's workers: glibc's malloc unless the spec says jemalloc
             os.environ["CAI_RAY_ALLOCATOR"] = "jemalloc" if "jemalloc" in rest[2:] else "glibc"
         res = (ours(task, path, args.length, args.batch, args.steps, int(rest[0]), int(rest[1]),
-                    lora="lora" in rest[2:])
+                    lora="lora" in rest[2:], grad_ckpt="gc" in rest[2:],
+                    varied="varied" in rest[2:], packing="pack" in rest[2:])
                if who == "ours" else trl(task, path, args.length, args.batch, args.steps))
         print("RESULT " + json.dumps(res))
         return 0
@@ -238,14 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         tokens = seqs * args.length
         lora = " LoRA r16" if "lora" in rest[2:] else ""
         alloc = " jemalloc" if "jemalloc" in rest[2:] else ""
+        alloc += " grad-ckpt" if "gc" in rest[2:] else ""
+        alloc += " varied lengths" if "varied" in rest[2:] else ""
+        alloc += " packed" if "pack" in rest[2:] else ""
         runner = (("TRL jemalloc" if "jemalloc" in rest else "TRL") if who == "trl" else
                   f"cai-ray {rest[0]} worker(s) ZeRO-{rest[1]}{lora}{alloc}")
         row = {"task": task, "runner": runner, "step_s": r["step_s"],
-               "first_step_s": r["first_step_s"], "tokens_per_s": tokens / r["step_s"],
+               "first_step_s": r["first_step_s"],
+               "tokens_per_s": r.get("tokens_per_s") or tokens / r["step_s"],
                "pairs_per_s": args.batch / r["step_s"] if pairs else None,
                "pairs_per_s_end_to_end": args.batch * args.steps / r["total_s"]
                if pairs and r.get("total_s") else None,
-               "peak_rss_mb": r.get("peak_rss_mb"), "reference_s": r.get("reference_s")}
+               "peak_rss_mb": r.get("peak_rss_mb"), "reference_s": r.get("reference_s"),
+               "pad_share": r.get("pad_share")}
         row["mfu"] = 6 * n_params * row["tokens_per_s"] / (peaks[2] * 1e9)
         rows.append(row)
         print(f"{spec}: {row['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
@@ -260,16 +281,22 @@ def main(argv: list[str] | None = None) -> int:
                 if r.get("pairs_per_s_end_to_end") and base[0].get("pairs_per_s_end_to_end"):
                     r["x_trl_end_to_end"] = (r["pairs_per_s_end_to_end"] /
                                              base[0]["pairs_per_s_end_to_end"])
-    for r in rows:  # LoRA against full SFT with the same allocator
-        alloc = " jemalloc" if r["runner"].endswith(" jemalloc") else ""
+    for r in rows:  # packed against padded on the same rows
+        padded = [f for f in rows if "step_s" in f and f["task"] == r["task"]
+                  and f["runner"] == r["runner"].replace(" packed", "")]
+        if r["runner"].endswith(" packed") and padded and "step_s" in r:
+            r["x_padded"] = r["tokens_per_s"] / padded[0]["tokens_per_s"]
+            r["memory_x_padded"] = r["peak_rss_mb"] / padded[0]["peak_rss_mb"]
+    for r in rows:  # LoRA against full SFT with the same allocator and checkpointing
         full = [f for f in rows if f["task"] == "sft" and "step_s" in f
-                and f["runner"] == f"cai-ray 1 worker(s) ZeRO-2{alloc}"]
+                and f["runner"] == r["runner"].replace(" LoRA r16", "")]
         if r["task"] == "sft" and "LoRA" in r["runner"] and full and "step_s" in r:
             r["x_full"] = full[0]["step_s"] / r["step_s"]
             r["memory_x_full"] = r["peak_rss_mb"] / full[0]["peak_rss_mb"]
     tbl = table(rows, ["task", "runner", "step_s", "tokens_per_s", "pairs_per_s",
                        "pairs_per_s_end_to_end", "peak_rss_mb", "mfu", "x_trl", "x_trl_end_to_end",
-                       "x_trl_jemalloc", "x_full", "memory_x_full", "first_step_s"])
+                       "x_trl_jemalloc", "x_full", "memory_x_full", "pad_share", "x_padded",
+                       "memory_x_padded", "first_step_s"])
     from pathlib import Path
 
     pad = None
