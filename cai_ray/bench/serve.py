@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["ours", "vllm"], help="one server (debugging)")
     ap.add_argument("--ingress", choices=["proxy", "haproxy"],
                     help="how HTTP reaches our replicas (default: serve.ingress's)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="start and measure each server this many times, alternating which goes "
+                         "first; ratios are paired per round, and the table adds their median")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -166,38 +170,61 @@ def main(argv: list[str] | None = None) -> int:
             "--port", str(port), "--ingress", cfg.ingress], {}),
         "vllm serve": lambda port: _vllm_cmd(path, port, dtype, 2048),
     }
-    for name, build in servers.items():
-        if args.only and (args.only == "ours") != name.startswith("cai-ray"):
-            continue
-        port = free_port()
-        cmd, extra = build(port)
-        srv = Proc(cmd, {**env, **extra}, f"http://127.0.0.1:{port}",
-                   logs / f"{name.split()[0]}.log")
-        try:
-            ready[name] = srv.wait_ready()
-            for c in levels:
-                # warm-up at this concurrency, both servers alike: the first burst at a new batch
-                # size pays one-time costs (connections, kernels for new shapes) that one measured
-                # pass would otherwise count (at 32: 13.4 s cold against 11.3-11.6 s warm, 64 reqs)
-                asyncio.run(_level(srv.base, "bench", prompts[:c], c, 16))
-                row = asyncio.run(_level(srv.base, "bench", prompts, c, args.max_tokens))
-                rows.append({"server": name, **row})
-                print(f"{name} c={c}: {row['output_tokens_per_s']:.1f} tok/s, "
-                      f"{row['errors']} errors", file=sys.stderr, flush=True)
-        finally:
-            srv.stop()
-    by = {(r["server"], r["concurrency"]): r for r in rows}
     names = list(servers)
-    for r in rows:
-        ref = by.get((names[1], r["concurrency"]))
+    for rnd in range(args.rounds):
+        order = names if rnd % 2 == 0 else names[::-1]  # drift over time hits both alike
+        for name in order:
+            if args.only and (args.only == "ours") != name.startswith("cai-ray"):
+                continue
+            port = free_port()
+            cmd, extra = servers[name](port)
+            srv = Proc(cmd, {**env, **extra}, f"http://127.0.0.1:{port}",
+                       logs / f"{name.split()[0]}.log")
+            try:
+                ready.setdefault(name, []).append(srv.wait_ready())
+                for c in levels:
+                    # warm-up at this concurrency, both servers alike: the first burst at a new
+                    # batch size pays one-time costs (connections, kernels for new shapes) that one
+                    # measured pass would otherwise count (at 32: 13.4 s cold against 11.3-11.6 s
+                    # warm, 64 requests)
+                    asyncio.run(_level(srv.base, "bench", prompts[:c], c, 16))
+                    row = asyncio.run(_level(srv.base, "bench", prompts, c, args.max_tokens))
+                    rows.append({"server": name, "round": rnd + 1, **row})
+                    print(f"round {rnd + 1} {name} c={c}: {row['output_tokens_per_s']:.1f} "
+                          f"tok/s, {row['errors']} errors", file=sys.stderr, flush=True)
+            finally:
+                srv.stop()
+    by = {(r["server"], r["concurrency"], r["round"]): r for r in rows}
+    for r in rows:  # paired: against vllm serve's figure of the same round
+        ref = by.get((names[1], r["concurrency"], r["round"]))
         r["vs_vllm"] = r["output_tokens_per_s"] / ref["output_tokens_per_s"] if ref else None
-    tbl = table(rows, ["server", "concurrency", "requests_per_s", "output_tokens_per_s",
+    summary = []
+    for name in names:
+        for c in levels:
+            mine = [r for r in rows if r["server"] == name and r["concurrency"] == c]
+            if mine and args.rounds > 1:
+                ratios = [r["vs_vllm"] for r in mine if r["vs_vllm"] is not None]
+                summary.append({"server": name, "concurrency": c, "rounds": len(mine),
+                                "output_tokens_per_s_median": statistics.median(
+                                    r["output_tokens_per_s"] for r in mine),
+                                "output_tokens_per_s_min": min(r["output_tokens_per_s"]
+                                                               for r in mine),
+                                "output_tokens_per_s_max": max(r["output_tokens_per_s"]
+                                                               for r in mine),
+                                "vs_vllm_median": statistics.median(ratios) if ratios else None,
+                                "ttft_p95_s_median": statistics.median(r["ttft_p95_s"]
+                                                                       for r in mine)})
+    tbl = table(rows, ["server", "round", "concurrency", "requests_per_s", "output_tokens_per_s",
                        "vs_vllm", "ttft_p50_s", "ttft_p95_s", "latency_p50_s", "latency_p95_s",
                        "errors"])
+    if summary:
+        tbl = table(summary, ["server", "concurrency", "rounds", "output_tokens_per_s_median",
+                              "output_tokens_per_s_min", "output_tokens_per_s_max",
+                              "vs_vllm_median", "ttft_p95_s_median"]) + "\n\n" + tbl
     write("serve", {"model": args.model, "dtype": dtype, "dtype_reason": why,
                     "prompts": args.prompts, "max_tokens": args.max_tokens,
                     "kv_cache_gib": cfg.kv_cache_gib, "ingress": cfg.ingress, "ready_s": ready,
-                    "rows": rows,
+                    "rows": rows, "summary": summary, "rounds": args.rounds,
                     "target": "output tokens/s at concurrency 8 and 32 >= 0.9x vllm serve"},
           tbl, Path(args.out) if args.out else None)
     return 0
