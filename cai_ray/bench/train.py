@@ -199,6 +199,27 @@ def padding(sft_data: str, model: str, batch: int, max_len: int, seed: int = 0) 
     return out
 
 
+RATIOS = ("step_s", "tokens_per_s", "pairs_per_s", "peak_rss_mb", "x_trl", "x_trl_end_to_end",
+          "x_full", "memory_x_full", "x_padded")
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """Per task and runner, the median over rounds of each figure (ratios were paired in-round)."""
+    out = []
+    for key in dict.fromkeys((r["task"], r["runner"]) for r in rows if "step_s" in r):
+        mine = [r for r in rows if (r["task"], r["runner"]) == key and "step_s" in r]
+        row = {"task": key[0], "runner": key[1], "rounds": len(mine)}
+        for k in RATIOS:
+            vals = [r[k] for r in mine if r.get(k) is not None]
+            if vals:
+                row[f"{k} median"] = statistics.median(vals)
+                if k.startswith("x_") or k.startswith("memory_"):
+                    row[f"{k} range"] = f"{min(vals):.2f}-{max(vals):.2f}"
+        out.append(row)
+    keys = list(dict.fromkeys(k for r in out for k in r))
+    return [{k: r.get(k) for k in keys} for r in out]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="cai-ray bench train")
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -211,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sft-data", default="runs/dpo/sl_cai/sft",
                     help="SFT data for the padding figures (the default job's sl_cai output)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the whole list this many times, alternating its order; each ratio is "
+                         "paired within a round, and a table of their medians is added")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from cai_ray import models
@@ -234,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         AutoConfig.from_pretrained(path)).parameters())
     peaks = {t: matmul_peak(t) for t in (1, 2)}
     rows = []
-    for spec in args.runs.split(","):
+    runs = args.runs.split(",")
+    for rnd, spec in [(k, sp) for k in range(args.rounds)
+                      for sp in (runs if k % 2 == 0 else runs[::-1])]:
         task, who, *rest = spec.split(":")
         env = {}
         if who == "trl" and "jemalloc" in rest:  # TRL's process with the allocator ours uses
@@ -247,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--batch", str(args.batch)], env=env)
         except SystemExit as exc:  # one runner failing does not lose the others' figures
             print(exc, file=sys.stderr)
-            rows.append({"task": task, "runner": spec, "error": str(exc)})
+            rows.append({"task": task, "runner": spec, "error": str(exc), "round": rnd + 1})
             continue
         pairs = task in ("reward", "dpo")
         seqs = args.batch * (2 if pairs else 1)
@@ -259,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         alloc += " packed" if "pack" in rest[2:] else ""
         runner = (("TRL jemalloc" if "jemalloc" in rest else "TRL") if who == "trl" else
                   f"cai-ray {rest[0]} worker(s) ZeRO-{rest[1]}{lora}{alloc}")
-        row = {"task": task, "runner": runner, "step_s": r["step_s"],
+        row = {"task": task, "runner": runner, "round": rnd + 1, "step_s": r["step_s"],
                "first_step_s": r["first_step_s"],
                "tokens_per_s": r.get("tokens_per_s") or tokens / r["step_s"],
                "pairs_per_s": args.batch / r["step_s"] if pairs else None,
@@ -271,11 +297,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{spec}: {row['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
     for task in ("sft", "reward", "dpo"):
-        base = [r for r in rows if r["task"] == task and r["runner"] == "TRL"]
         for r in rows:
+            base = [b for b in rows if b["task"] == task and b["runner"] == "TRL"
+                    and b["round"] == r["round"] and "step_s" in b]
             if r["task"] == task and base and "step_s" in r:
                 r["x_trl"] = base[0]["step_s"] / r["step_s"]
-                same = [b for b in rows if b["task"] == task and b["runner"] == "TRL jemalloc"]
+                same = [b for b in rows if b["task"] == task and b["runner"] == "TRL jemalloc"
+                        and b["round"] == r["round"]]
                 if same and "step_s" in same[0]:
                     r["x_trl_jemalloc"] = same[0]["step_s"] / r["step_s"]
                 if r.get("pairs_per_s_end_to_end") and base[0].get("pairs_per_s_end_to_end"):
@@ -283,20 +311,25 @@ def main(argv: list[str] | None = None) -> int:
                                              base[0]["pairs_per_s_end_to_end"])
     for r in rows:  # packed against padded on the same rows
         padded = [f for f in rows if "step_s" in f and f["task"] == r["task"]
-                  and f["runner"] == r["runner"].replace(" packed", "")]
+                  and f["runner"] == r["runner"].replace(" packed", "")
+                  and f["round"] == r["round"]]
         if r["runner"].endswith(" packed") and padded and "step_s" in r:
             r["x_padded"] = r["tokens_per_s"] / padded[0]["tokens_per_s"]
             r["memory_x_padded"] = r["peak_rss_mb"] / padded[0]["peak_rss_mb"]
     for r in rows:  # LoRA against full SFT with the same allocator and checkpointing
         full = [f for f in rows if f["task"] == "sft" and "step_s" in f
-                and f["runner"] == r["runner"].replace(" LoRA r16", "")]
+                and f["runner"] == r["runner"].replace(" LoRA r16", "")
+                and f["round"] == r["round"]]
         if r["task"] == "sft" and "LoRA" in r["runner"] and full and "step_s" in r:
             r["x_full"] = full[0]["step_s"] / r["step_s"]
             r["memory_x_full"] = r["peak_rss_mb"] / full[0]["peak_rss_mb"]
-    tbl = table(rows, ["task", "runner", "step_s", "tokens_per_s", "pairs_per_s",
+    tbl = table(rows, ["task", "runner", "round", "step_s", "tokens_per_s", "pairs_per_s",
                        "pairs_per_s_end_to_end", "peak_rss_mb", "mfu", "x_trl", "x_trl_end_to_end",
                        "x_trl_jemalloc", "x_full", "memory_x_full", "pad_share", "x_padded",
                        "memory_x_padded", "first_step_s"])
+    summary = medians(rows) if args.rounds > 1 else []
+    if summary:
+        tbl = table(summary, list(summary[0])) + "\n\n" + tbl
     from pathlib import Path
 
     pad = None
@@ -316,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             f"in end_to_end). peak_rss_mb: the trainer process (ours: the Ray Train worker).")
     write("train", {"model": args.model, "rows": rows, "matmul_peak_gflops": peaks,
                     "params": n_params, "length": args.length, "batch": args.batch,
-                    "padding": pad}, tbl, args.out)
+                    "padding": pad, "rounds": args.rounds, "summary": summary}, tbl, args.out)
     return 0
 
 
