@@ -28,7 +28,8 @@ def token_values(model, input_ids, attention_mask):
 
     model = unwrap(model)
     backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      use_cache=False).last_hidden_state  # (B, T, H); no KV cache to build
     head = getattr(model, "score", None) or getattr(model, "classifier")
     return head(hidden).squeeze(-1).float()  # (B, T)
 
