@@ -199,6 +199,35 @@ def padding(sft_data: str, model: str, batch: int, max_len: int, seed: int = 0) 
     return out
 
 
+def partner(rows: list[dict], r: dict, task: str, runner: str) -> dict | None:
+    """The measured row of `runner` on `task` in r's round (ratios are paired within a round)."""
+    return next((b for b in rows if b["task"] == task and b["runner"] == runner
+                 and b["round"] == r["round"] and "step_s" in b), None)
+
+
+def compare(rows: list[dict]) -> None:
+    """Adds each row's ratios: against TRL (and TRL on jemalloc) on the same task, packed against
+    padded, LoRA against the full run with the same other flags."""
+    for r in (r for r in rows if "step_s" in r):
+        trl = partner(rows, r, r["task"], "TRL")
+        if trl:
+            r["x_trl"] = trl["step_s"] / r["step_s"]
+            if r.get("pairs_per_s_end_to_end") and trl.get("pairs_per_s_end_to_end"):
+                r["x_trl_end_to_end"] = (r["pairs_per_s_end_to_end"] /
+                                         trl["pairs_per_s_end_to_end"])
+        trl_je = partner(rows, r, r["task"], "TRL jemalloc")
+        if trl_je:
+            r["x_trl_jemalloc"] = trl_je["step_s"] / r["step_s"]
+        padded = partner(rows, r, r["task"], r["runner"].replace(" packed", ""))
+        if r["runner"].endswith(" packed") and padded:
+            r["x_padded"] = r["tokens_per_s"] / padded["tokens_per_s"]
+            r["memory_x_padded"] = r["peak_rss_mb"] / padded["peak_rss_mb"]
+        full = partner(rows, r, "sft", r["runner"].replace(" LoRA r16", ""))
+        if r["task"] == "sft" and "LoRA" in r["runner"] and full:
+            r["x_full"] = full["step_s"] / r["step_s"]
+            r["memory_x_full"] = r["peak_rss_mb"] / full["peak_rss_mb"]
+
+
 RATIOS = ("step_s", "tokens_per_s", "pairs_per_s", "peak_rss_mb", "x_trl", "x_trl_end_to_end",
           "x_full", "memory_x_full", "x_padded")
 
@@ -296,33 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         row["mfu"] = 6 * n_params * row["tokens_per_s"] / (peaks[2] * 1e9)
         rows.append(row)
         print(f"{spec}: {row['tokens_per_s']:.1f} tokens/s", file=sys.stderr)
-    for task in ("sft", "reward", "dpo"):
-        for r in rows:
-            base = [b for b in rows if b["task"] == task and b["runner"] == "TRL"
-                    and b["round"] == r["round"] and "step_s" in b]
-            if r["task"] == task and base and "step_s" in r:
-                r["x_trl"] = base[0]["step_s"] / r["step_s"]
-                same = [b for b in rows if b["task"] == task and b["runner"] == "TRL jemalloc"
-                        and b["round"] == r["round"]]
-                if same and "step_s" in same[0]:
-                    r["x_trl_jemalloc"] = same[0]["step_s"] / r["step_s"]
-                if r.get("pairs_per_s_end_to_end") and base[0].get("pairs_per_s_end_to_end"):
-                    r["x_trl_end_to_end"] = (r["pairs_per_s_end_to_end"] /
-                                             base[0]["pairs_per_s_end_to_end"])
-    for r in rows:  # packed against padded on the same rows
-        padded = [f for f in rows if "step_s" in f and f["task"] == r["task"]
-                  and f["runner"] == r["runner"].replace(" packed", "")
-                  and f["round"] == r["round"]]
-        if r["runner"].endswith(" packed") and padded and "step_s" in r:
-            r["x_padded"] = r["tokens_per_s"] / padded[0]["tokens_per_s"]
-            r["memory_x_padded"] = r["peak_rss_mb"] / padded[0]["peak_rss_mb"]
-    for r in rows:  # LoRA against full SFT with the same allocator and checkpointing
-        full = [f for f in rows if f["task"] == "sft" and "step_s" in f
-                and f["runner"] == r["runner"].replace(" LoRA r16", "")
-                and f["round"] == r["round"]]
-        if r["task"] == "sft" and "LoRA" in r["runner"] and full and "step_s" in r:
-            r["x_full"] = full[0]["step_s"] / r["step_s"]
-            r["memory_x_full"] = r["peak_rss_mb"] / full[0]["peak_rss_mb"]
+    compare(rows)
     tbl = table(rows, ["task", "runner", "round", "step_s", "tokens_per_s", "pairs_per_s",
                        "pairs_per_s_end_to_end", "peak_rss_mb", "mfu", "x_trl", "x_trl_end_to_end",
                        "x_trl_jemalloc", "x_full", "memory_x_full", "pad_share", "x_padded",
