@@ -97,10 +97,15 @@ def _in_priority_group(argv: list[str]) -> int | None:
             return None
     except OSError:
         return None
-    child = subprocess.run([sys.executable, "-m", "cai_ray.bench.serve", *argv,
-                            "--client-priority", "normal", "--_grouped"],
-                           start_new_session=True, preexec_fn=_raise_group)
-    return child.returncode
+    child = subprocess.Popen([sys.executable, "-m", "cai_ray.bench.serve", *argv,
+                              "--client-priority", "normal"],
+                             start_new_session=True, preexec_fn=_raise_group)
+    try:
+        rc = child.wait()
+    except KeyboardInterrupt:  # its own session gets no ^C: pass it on, so it stops its server
+        child.send_signal(signal.SIGINT)
+        rc = child.wait()
+    return 128 - rc if rc < 0 else rc  # killed by signal N: 128 + N, as a shell reports it
 
 
 async def _level(base: str, model: str, prompts, concurrency: int, max_tokens: int) -> dict:
@@ -198,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-priority", choices=["high", "normal"], default="high",
                     help="high: the load generator in its own scheduling group at nice -10 where "
                          "Linux allows (module docstring); normal: as started")
-    ap.add_argument("--_grouped", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.client_priority == "high":
