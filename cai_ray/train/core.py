@@ -143,8 +143,8 @@ def train_loop(config: dict) -> None:
     if config.get("threads"):  # Ray sets OMP_NUM_THREADS to the worker's 1 CPU; use its share
         torch.set_num_threads(config["threads"])
     limit_heap(TRAINER_MMAP_THRESHOLD)  # speed over a lean heap: a trainer has the machine
-    _record_worker(Path(config["out_dir"]), rank)
     init_deepspeed_comm(cfg["use_gpu"])
+    _record_workers(Path(config["out_dir"]), rank, ray.get_runtime_context().get_node_id())
     tok = AutoTokenizer.from_pretrained(config["model_path"])
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train_items = task.encode(_read_rows(config["data_dir"], "train"), tok)
@@ -238,14 +238,21 @@ def train_loop(config: dict) -> None:
             publish(path)
 
 
-def _record_worker(out_dir: Path, rank: int) -> None:
-    """Where each worker ran (node, pid): out_dir/workers.jsonl, one line per worker start."""
-    import ray
+def _record_workers(out_dir: Path, rank: int, node: str) -> None:
+    """Where each worker ran (node, pid): out_dir/workers.jsonl, one line per worker start. Rank 0
+    writes every rank's line: its out_dir is the copy that reaches the run directory (another
+    node's copy never does)."""
+    import torch.distributed as dist
 
+    recs = [{"rank": rank, "node": node, "pid": os.getpid(), "time": time.time()}]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        mine, recs = recs[0], [None] * dist.get_world_size()
+        dist.all_gather_object(recs, mine)
+    if rank != 0:
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "workers.jsonl", "a") as fh:
-        fh.write(json.dumps({"rank": rank, "node": ray.get_runtime_context().get_node_id(),
-                             "pid": os.getpid(), "time": time.time()}) + "\n")
+        fh.writelines(json.dumps(r) + "\n" for r in recs)
 
 
 def _all_mean(x: float) -> float:
