@@ -187,6 +187,10 @@ class DpoCfg(TrainCfg):
     packing: bool = False
     """Each micro-batch's rows back to back in one row, no padding; attention is masked per
     sequence from the position ids (train/packing.py). The loss is the padded batch's."""
+    share_prompt: bool = True
+    """A pair's prompt runs once for both answers: one row of prompt, chosen and rejected, the
+    rejected answer masked from the chosen one (train/packing.py pack_pairs). Same log-probs as
+    the two sequences apart, fewer tokens through the model; false: a sequence per answer."""
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["dpo", "cdpo", "ipo"] = "cdpo"
     """cdpo: conservative DPO whose target is the judge's soft label p_chosen (both orderings

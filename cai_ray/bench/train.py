@@ -11,7 +11,8 @@ one-off reference pass counted).
 
 A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc]; flags: lora, jemalloc (the
 trainer's allocator; else glibc), gc (gradient checkpointing), varied (SFT answers of varied
-length), pack (padding-free packing). LoRA rows are compared with the full run of the same other
+length), pack (padding-free packing), separate (DPO: a sequence per answer, the prompt run twice;
+by default a pair's prompt runs once). LoRA rows are compared with the full run of the same other
 flags, packed rows with the padded one.
 """
 
@@ -58,6 +59,8 @@ def rm_rows(n: int) -> list[dict]:
 
 
 BETA = 0.1
+DPO_DATA = {"filler": "one-line questions, both answers filled to the length",
+            "hh-rlhf": "the first HH-RLHF harmlessness pairs that fit the length"}
 
 
 def fitted(tok, prompt: str, text: str, length: int) -> list[dict]:
@@ -84,9 +87,48 @@ def pair_rows(model: str, n: int, length: int) -> list[dict]:
             for r in rm_rows(n)]
 
 
+def hh_pair_rows(model: str, n: int, length: int) -> list[dict]:
+    """The first n HH-RLHF harmlessness pairs (../shared/data, the conversation before the last
+    turn as prompt) whose conversation with either answer fits `length` tokens, so that no trainer
+    truncates anything. Real preference data: prompts of several turns, answers of varied length."""
+    from transformers import AutoTokenizer
+
+    from cai_ray.evaluate import DEFAULT_HH, hh_pairs
+    from cai_ray.train.reward import conversation
+
+    tok = AutoTokenizer.from_pretrained(model)
+    out = []
+    for p in hh_pairs(DEFAULT_HH, 20 * n):
+        if len(out) == n:
+            break
+        if p["chosen"].strip() and p["rejected"].strip() and all(
+                len(tok.apply_chat_template(conversation(p, a), tokenize=True,
+                                            return_dict=False)) <= length
+                for a in (p["chosen"], p["rejected"])):
+            out.append({"id": p["id"], "conversation": p["conversation"],
+                        "chosen": p["chosen"], "rejected": p["rejected"]})
+    if len(out) < n:
+        raise SystemExit(f"{DEFAULT_HH}: {len(out)} pairs fit {length} tokens, {n} needed")
+    return out
+
+
+def dpo_rows(model: str, n: int, length: int, data: str) -> list[dict]:
+    return hh_pair_rows(model, n, length) if data == "hh-rlhf" else pair_rows(model, n, length)
+
+
+def pair_tokens(model: str, rows: list[dict], length: int) -> int:
+    """Tokens of every pair's two sequences (prompt counted twice, as in the rows)."""
+    from transformers import AutoTokenizer
+
+    from cai_ray.train.dpo import DpoTask
+
+    items = DpoTask(max_len=length).encode(rows, AutoTokenizer.from_pretrained(model))
+    return sum(len(x["chosen"]) + len(x["rejected"]) for x in items)
+
+
 def ours(task: str, model: str, length: int, batch: int, steps: int, workers: int,
          zero: int, lora: bool = False, grad_ckpt: bool = False, varied: bool = False,
-         packing: bool = False) -> dict:
+         packing: bool = False, share_prompt: bool = True, dpo_data: str = "filler") -> dict:
     from cai_ray.cluster import init_ray
     from cai_ray.config import DpoCfg, LoraCfg, RewardCfg, SftCfg
     from cai_ray.rundir import read_jsonl, write_jsonl_atomic
@@ -96,13 +138,15 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
     tmp = scratch()
     n = batch * steps * (1 if task == "dpo" else 2)  # DPO: its reference pass covers these rows
     rows = {"sft": lambda: sft_rows(n, varied), "reward": lambda: rm_rows(n),
-            "dpo": lambda: pair_rows(model, n, length)}[task]()
+            "dpo": lambda: dpo_rows(model, n, length, dpo_data)}[task]()
     write_jsonl_atomic(tmp / "data" / "train.jsonl", rows)
     write_jsonl_atomic(tmp / "data" / "eval.jsonl", rows[:batch] if task != "dpo" else [])
     Cfg = {"sft": SftCfg, "reward": RewardCfg, "dpo": DpoCfg}[task]
     extra = {"loss_type": "dpo", "beta": BETA} if task == "dpo" else {}
     if packing:
         extra["packing"] = True
+    if task == "dpo":
+        extra["share_prompt"] = share_prompt
     cfg = Cfg(num_workers=workers, zero_stage=zero, micro_batch_size=batch // workers,
               max_steps=steps, max_len=length, checkpoint_every=10 ** 6, lr=1e-5,
               lora=LoraCfg() if lora else None, gradient_checkpointing=grad_ckpt,
@@ -120,7 +164,8 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
             "pad_share": statistics.mean(r["perf/pad_share"] for r in recs)}
 
 
-def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
+def trl(task: str, model: str, length: int, batch: int, steps: int,
+        dpo_data: str = "filler") -> dict:
     import datasets
     import torch
     from transformers import AutoTokenizer
@@ -146,10 +191,10 @@ def trl(task: str, model: str, length: int, batch: int, steps: int) -> dict:
         from trl import DPOConfig, DPOTrainer
 
         ds = datasets.Dataset.from_list([
-            {"prompt": [{"role": "user", "content": r["prompt"]}],
+            {"prompt": r.get("conversation") or [{"role": "user", "content": r["prompt"]}],
              "chosen": [{"role": "assistant", "content": r["chosen"]}],
              "rejected": [{"role": "assistant", "content": r["rejected"]}]}
-            for r in pair_rows(model, batch * steps, length)])
+            for r in dpo_rows(model, batch * steps, length, dpo_data)])
         m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         tr = DPOTrainer(model=m, args=DPOConfig(beta=BETA, loss_type=["sigmoid"], **common),
                         train_dataset=ds, processing_class=tok, callbacks=[stamp])
@@ -264,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the whole list this many times, alternating its order; each ratio is "
                          "paired within a round, and a table of their medians is added")
+    ap.add_argument("--dpo-data", choices=["filler", "hh-rlhf"], default="filler",
+                    help="DPO pairs: filler (a one-line question, both answers filled to the "
+                         "length: no padding, a short prompt) or hh-rlhf (the first HH-RLHF "
+                         "harmlessness pairs that fit the length: multi-turn prompts, varied "
+                         "answers)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from cai_ray import models
@@ -275,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["CAI_RAY_ALLOCATOR"] = "jemalloc" if "jemalloc" in rest[2:] else "glibc"
         res = (ours(task, path, args.length, args.batch, args.steps, int(rest[0]), int(rest[1]),
                     lora="lora" in rest[2:], grad_ckpt="gc" in rest[2:],
-                    varied="varied" in rest[2:], packing="pack" in rest[2:])
-               if who == "ours" else trl(task, path, args.length, args.batch, args.steps))
+                    varied="varied" in rest[2:], packing="pack" in rest[2:],
+                    share_prompt="separate" not in rest[2:], dpo_data=args.dpo_data)
+               if who == "ours" else trl(task, path, args.length, args.batch, args.steps,
+                                         args.dpo_data))
         print("RESULT " + json.dumps(res))
         return 0
     from transformers import AutoConfig
@@ -286,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(
         AutoConfig.from_pretrained(path)).parameters())
     peaks = {t: matmul_peak(t) for t in (1, 2)}
-    rows = []
+    rows, hh_tokens = [], {}
     runs = args.runs.split(",")
     for rnd, spec in [(k, sp) for k in range(args.rounds)
                       for sp in (runs if k % 2 == 0 else runs[::-1])]:
@@ -299,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             r = run_child("cai_ray.bench.train", spec, [
                 "--model", args.model, "--steps", str(args.steps), "--length", str(args.length),
-                "--batch", str(args.batch)], env=env)
+                "--batch", str(args.batch), "--dpo-data", args.dpo_data], env=env)
         except SystemExit as exc:  # one runner failing does not lose the others' figures
             print(exc, file=sys.stderr)
             rows.append({"task": task, "runner": spec, "error": str(exc), "round": rnd + 1})
@@ -307,11 +359,16 @@ def main(argv: list[str] | None = None) -> int:
         pairs = task in ("reward", "dpo")
         seqs = args.batch * (2 if pairs else 1)
         tokens = seqs * args.length
+        if task == "dpo" and args.dpo_data == "hh-rlhf":  # varied lengths: the pairs' own tokens
+            tokens = hh_tokens.setdefault(0, pair_tokens(path, dpo_rows(
+                path, args.batch * args.steps, args.length, args.dpo_data), args.length)
+                ) / args.steps
         lora = " LoRA r16" if "lora" in rest[2:] else ""
         alloc = " jemalloc" if "jemalloc" in rest[2:] else ""
         alloc += " grad-ckpt" if "gc" in rest[2:] else ""
         alloc += " varied lengths" if "varied" in rest[2:] else ""
         alloc += " packed" if "pack" in rest[2:] else ""
+        alloc += " prompt per answer" if "separate" in rest[2:] else ""
         runner = (("TRL jemalloc" if "jemalloc" in rest else "TRL") if who == "trl" else
                   f"cai-ray {rest[0]} worker(s) ZeRO-{rest[1]}{lora}{alloc}")
         row = {"task": task, "runner": runner, "round": rnd + 1, "step_s": r["step_s"],
@@ -346,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     tbl += (f"\n\nfp32 matmul peak measured here: {peaks[1]:.0f} GFLOP/s (1 thread), "
             f"{peaks[2]:.0f} GFLOP/s (2 threads); MFU = 6 x {n_params / 1e6:.0f}M params x tokens/s"
             f" / 2-thread peak. Batch {args.batch}, length {args.length}, fp32, {args.steps} steps."
-            f" DPO: beta {BETA}, sigmoid loss, the same {args.batch * args.steps} pairs; TRL with "
+            f" DPO: beta {BETA}, sigmoid loss, the same {args.batch * args.steps} pairs "
+            f"({DPO_DATA[args.dpo_data]}; DPO tokens_per_s counts both sequences of a pair, "
+            f"prompt twice, shared or not); TRL with "
             f"its defaults (a frozen reference copy run at every step, precompute_ref_log_probs "
             f"off); ours computes the reference once before the first step (reference_s, counted "
             f"in end_to_end). peak_rss_mb: the trainer process (ours: the Ray Train worker).")

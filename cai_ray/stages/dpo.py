@@ -65,7 +65,7 @@ def run(ctx: Context) -> dict:
     start = ctx.policy_model()
     task = {"max_len": cfg.max_len, "beta": cfg.beta, "loss_type": cfg.loss_type,
             "label_smoothing": cfg.label_smoothing, "soft_labels": cfg.soft_labels,
-            "packing": cfg.packing}
+            "packing": cfg.packing, "share_prompt": cfg.share_prompt}
     m = fit("dpo", start, data, cfg.model_dump(), out, seed=ctx.job.seed, task_kwargs=task)
     keys = ("eval/loss", "eval/rewards/accuracy", "eval/rewards/margin", "eval/rewards/chosen",
             "eval/rewards/rejected", "eval/logps/chosen", "eval/logps/rejected",

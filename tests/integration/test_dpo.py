@@ -27,18 +27,26 @@ def test_dpo_learns_a_marker_and_stores_the_reference(ray_cluster, tiny_model, t
     data = write_data(tmp_path / "data", marker_rows(64, 0), marker_rows(32, 1))
     task = {"max_len": 128, "beta": 0.5, "loss_type": "cdpo"}
     m = fit("dpo", tiny_model, data, dpo_cfg(), tmp_path / "out", task_kwargs=task)
-    first = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
-    # held-out pairs: chosen over rejected above chance, and a wider margin than at the start
+    recs = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    first = recs[0]
+    # held-out pairs: chosen over rejected above chance, and a wider margin than at the start (0:
+    # the policy is the reference there)
     assert m["eval/rewards/accuracy"] > 0.8, m
-    assert m["eval/rewards/margin"] > 0.05 and m["train/loss"] < first["train/loss"], m
+    assert m["eval/rewards/margin"] > 0.05, m
+    # and the training pairs, step by step after the first (the last step's loss alone is no
+    # measure: at this learning rate it swings between 0.3 and 4 from step to step, and with soft
+    # labels the loss rises again once margins overshoot the target)
+    acc = [r["train/rewards/accuracy"] for r in recs[1:]]
+    assert sum(acc) / len(acc) > 0.7, acc
     assert 0 <= first["perf/pad_share"] < 1
 
-    # the stored reference log-probs equal a fresh forward of the reference (initial) model
+    # the stored reference log-probs (computed with each pair's prompt run once, the default)
+    # equal a fresh forward of the reference (initial) model, each sequence on its own
     refs = [json.loads(x) for x in ref_path(data).read_text().splitlines()]
     assert len(refs) == 96
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ref = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    t = DpoTask(**task)
+    t = DpoTask(**task, share_prompt=False)  # each answer a sequence of its own: the plain way
     rows = marker_rows(32, 1)[:6]
     batch = t.collate(t.encode(rows, tok), tok.pad_token_id or 0)
 

@@ -1,12 +1,13 @@
-"""Padding-free packing (cai_ray/train/packing.py): the layout by hand, and on the tiny model the
-packed batch gives the padded batch's SFT loss and gradients and DPO's sequence log-probs, with no
-attention across sequences."""
+"""Padding-free packing and shared DPO prompts (cai_ray/train/packing.py): the layouts by hand,
+and on the tiny model the packed batch gives the padded batch's SFT loss and gradients and DPO's
+sequence log-probs, with no attention across sequences; a pair whose prompt runs once gives the
+same log-probs, DPO loss and gradients as its two sequences apart."""
 
 import pytest
 import torch
 
 from cai_ray.algos.losses import IGNORE
-from cai_ray.train.packing import forward_inputs, pack
+from cai_ray.train.packing import forward_inputs, pack, pack_pairs, shared_len
 
 
 def test_layout_by_hand():
@@ -38,11 +39,12 @@ class Eng:
         self.module = module
 
 
-def model(tiny_model):
+def model(tiny_model, attn: str = "sdpa"):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).train()
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32,
+                                                attn_implementation=attn).train()
 
 
 def sft_loss_grads(tiny_model, packing: bool):
@@ -92,7 +94,82 @@ def test_dpo_sequence_logprobs_packed_equal_padded(tiny_model):
               "p": 1.0, "ref": None} for i in range(2)]
     m = model(tiny_model).eval()
     with torch.no_grad():
-        padded = sequence_logprobs(m, DpoTask(packing=False).collate(items, 0), "cpu")
-        packed = sequence_logprobs(m, DpoTask(packing=True).collate(items, 0), "cpu")
+        padded = sequence_logprobs(m, DpoTask(share_prompt=False).collate(items, 0), "cpu")
+        packed = sequence_logprobs(m, DpoTask(packing=True, share_prompt=False).collate(items, 0),
+                                   "cpu")
     assert padded.shape == packed.shape == (4,)
     assert torch.allclose(packed, padded, atol=1e-4)
+
+
+def test_shared_prompt_layout_by_hand():
+    X = IGNORE
+    b = pack_pairs([([1, 2, 3], [X, X, 3], [1, 2, 4, 5], [X, X, 4, 5]),
+                    ([6, 7], [X, 7], [8, 9, 9], [X, 9, 9])], X, pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 9]]  # pair 2 shares nothing
+    assert b["position_ids"].tolist() == [[0, 1, 2, 2, 3], [0, 1, 0, 1, 2]]
+    m = b["mask4d"][0, 0].int().tolist()
+    assert m == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0],
+                 [1, 1, 0, 1, 0], [1, 1, 0, 1, 1]]  # the rejected tail skips the chosen token 3
+    assert b["mask4d"][1, 0].int().tolist()[2] == [0, 0, 1, 0, 0]  # nor anything of pair 2's chosen
+    rows_, cols = b["pred"]
+    assert list(zip(rows_.tolist(), cols.tolist(), b["targets"].tolist(), b["seq"].tolist())) == [
+        (0, 1, 3, 0), (0, 1, 4, 2), (0, 3, 5, 2),  # the prompt's last token predicts both answers
+        (1, 0, 7, 1), (1, 2, 9, 3), (1, 3, 9, 3)]
+    one = pack_pairs([([1, 2, 3], [X, X, 3], [1, 2, 4], [X, X, 4])] * 2, X, 0, one_row=True)
+    assert one["input_ids"].tolist() == [[1, 2, 3, 4, 1, 2, 3, 4]]
+    assert not one["mask4d"][0, 0, 4:, :4].any()  # the second pair never sees the first
+    assert shared_len([1, 2], [1, 2], [X, X], [X, X], X) == 1  # a token of each is left
+
+
+def pairs(n: int = 3, seed: int = 1) -> list[dict]:
+    """Pairs with prompts of 4 to 12 tokens, answers of varied length, and one pair whose answers
+    begin alike (the shared prompt stops where the labels start)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        prompt = torch.randint(3, 200, (4 + 4 * i,), generator=g).tolist()
+        a = torch.randint(3, 200, (5 + 3 * i,), generator=g).tolist()
+        b = (a[:2] if i == 1 else []) + torch.randint(3, 200, (9 - 2 * i,), generator=g).tolist()
+        out.append({"chosen": prompt + a, "chosen_labels": [IGNORE] * len(prompt) + a,
+                    "rejected": prompt + b, "rejected_labels": [IGNORE] * len(prompt) + b,
+                    "p": 0.8, "ref": [-30.0 - i, -31.0 + i]})
+    return out
+
+
+@pytest.mark.parametrize("one_row,attn", [(False, "sdpa"), (True, "sdpa"), (False, "eager")])
+def test_dpo_shared_prompt_equals_separate_sequences(tiny_model, one_row, attn):
+    from cai_ray.train.dpo import DpoTask
+
+    def loss_grads(share: bool):
+        m = model(tiny_model, attn)
+        task = DpoTask(beta=0.5, share_prompt=share, packing=one_row and share)
+        batch = task.collate(pairs(), pad_id=0)
+        lp = task.policy_logprobs(Eng(m), batch)
+        loss, _ = task.step(Eng(m), batch)
+        loss.backward()
+        return batch, torch.cat(lp).detach(), float(loss), {
+            n: p.grad.clone() for n, p in m.named_parameters()}
+
+    sep, lp, loss, grads = loss_grads(False)
+    shared, lp_s, loss_s, grads_s = loss_grads(True)
+    assert shared["input_ids"].numel() < sep["input_ids"].numel()  # the prompts ran once
+    assert int(shared["attention_mask"].sum()) == int(sep["attention_mask"].sum()) - 24
+    assert torch.allclose(lp_s, lp, atol=1e-4), (lp_s, lp)
+    assert loss_s == pytest.approx(loss, rel=1e-5)
+    for n, g in grads.items():
+        assert torch.allclose(grads_s[n], g, atol=1e-5, rtol=1e-4), n
+
+
+def test_rejected_answer_never_sees_the_chosen_one(tiny_model):
+    from cai_ray.train.dpo import DpoTask, sequence_logprobs
+
+    m = model(tiny_model).eval()
+    p = pairs()
+    other = [dict(x) for x in p]
+    other[0]["chosen"] = other[0]["chosen"][:4] + [7] * (len(other[0]["chosen"]) - 4)
+    task = DpoTask()
+    with torch.no_grad():
+        a = sequence_logprobs(m, task.collate(p, 0), "cpu")
+        b = sequence_logprobs(m, task.collate(other, 0), "cpu")
+    assert not torch.isclose(a[0], b[0], atol=1e-3)  # the chosen answer changed
+    assert torch.allclose(a[1:], b[1:], atol=1e-5)  # its rejected twin and the others did not
