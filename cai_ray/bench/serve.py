@@ -44,10 +44,13 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))] if xs else float("nan")
 
 
-async def _one(client, url: str, model: str, msgs, max_tokens: int) -> dict:
+async def _one(client, url: str, model: str, msgs, max_tokens: int,
+               stream_interval: int = 1) -> dict:
     body = {"model": model, "messages": msgs, "max_tokens": max_tokens, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True},
             "ignore_eos": True, "min_tokens": max_tokens}
+    if stream_interval > 1:  # vLLM's request field: a streamed chunk every this many tokens
+        body["stream_interval"] = stream_interval
     t0 = time.perf_counter()
     ttft, tokens = None, 0
     async with client.stream("POST", url, json=body) as r:
@@ -108,7 +111,8 @@ def _in_priority_group(argv: list[str]) -> int | None:
     return 128 - rc if rc < 0 else rc  # killed by signal N: 128 + N, as a shell reports it
 
 
-async def _level(base: str, model: str, prompts, concurrency: int, max_tokens: int) -> dict:
+async def _level(base: str, model: str, prompts, concurrency: int, max_tokens: int,
+                 stream_interval: int = 1) -> dict:
     import httpx
 
     sem = asyncio.Semaphore(concurrency)
@@ -117,7 +121,7 @@ async def _level(base: str, model: str, prompts, concurrency: int, max_tokens: i
             max_connections=concurrency + 4)) as client:
         async def run(m):
             async with sem:
-                return await _one(client, url, model, m, max_tokens)
+                return await _one(client, url, model, m, max_tokens, stream_interval)
 
         t0, w0 = time.perf_counter(), _run_queue_wait_s()
         res = await asyncio.gather(*(run(m) for m in prompts))
@@ -203,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-priority", choices=["high", "normal"], default="high",
                     help="high: the load generator in its own scheduling group at nice -10 where "
                          "Linux allows (module docstring); normal: as started")
+    ap.add_argument("--stream-interval", type=int, default=1,
+                    help="every request asks both servers for a streamed chunk every N tokens "
+                         "(vLLM's stream_interval; 1: a chunk per token, as by default)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.client_priority == "high":
@@ -246,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                     # batch size pays one-time costs (connections, kernels for new shapes) that one
                     # measured pass would otherwise count (at 32: 13.4 s cold against 11.3-11.6 s
                     # warm, 64 requests)
-                    asyncio.run(_level(srv.base, "bench", prompts[:c], c, 16))
-                    row = asyncio.run(_level(srv.base, "bench", prompts, c, args.max_tokens))
+                    asyncio.run(_level(srv.base, "bench", prompts[:c], c, 16,
+                                       args.stream_interval))
+                    row = asyncio.run(_level(srv.base, "bench", prompts, c, args.max_tokens,
+                                             args.stream_interval))
                     rows.append({"server": name, "round": rnd + 1, **row})
                     print(f"round {rnd + 1} {name} c={c}: {row['output_tokens_per_s']:.1f} "
                           f"tok/s, {row['errors']} errors", file=sys.stderr, flush=True)
@@ -283,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     write("serve", {"model": args.model, "dtype": dtype, "dtype_reason": why,
                     "prompts": args.prompts, "max_tokens": args.max_tokens,
                     "kv_cache_gib": cfg.kv_cache_gib, "ingress": cfg.ingress, "ready_s": ready,
-                    "client_group": _autogroup(),
+                    "client_group": _autogroup(), "stream_interval": args.stream_interval,
                     "rows": rows, "summary": summary, "rounds": args.rounds,
                     "target": "output tokens/s at concurrency 8 and 32 >= 0.9x vllm serve"},
           tbl, Path(args.out) if args.out else None)

@@ -5,9 +5,11 @@ length, batch, steps, beta) as the baseline; peak resident memory of each traine
 FLOPs utilisation against this machine's fp32 matrix-multiply peak, measured in the same command;
 and the padding share of the default job's SFT data with and without length grouping. Throughput
 is the steady state: the median step time after the first step (DPO also end to end, with our
-one-off reference pass counted).
+one-off reference pass counted). DPO trains on HH-RLHF harmlessness pairs by default (real
+preference data: multi-turn prompts, answers of varied length), or on filler pairs (--dpo-data).
 
     cai-ray bench train [--steps 6] [--length 256] [--batch 4] [--sft-data RUN/sl_cai/sft]
+                        [--dpo-data hh-rlhf|filler]
 
 A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc]; flags: lora, jemalloc (the
 trainer's allocator; else glibc), gc (gradient checkpointing), varied (SFT answers of varied
@@ -128,7 +130,7 @@ def pair_tokens(model: str, rows: list[dict], length: int) -> int:
 
 def ours(task: str, model: str, length: int, batch: int, steps: int, workers: int,
          zero: int, lora: bool = False, grad_ckpt: bool = False, varied: bool = False,
-         packing: bool = False, share_prompt: bool = True, dpo_data: str = "filler") -> dict:
+         packing: bool = False, share_prompt: bool = True, dpo_data: str = "hh-rlhf") -> dict:
     from cai_ray.cluster import init_ray
     from cai_ray.config import DpoCfg, LoraCfg, RewardCfg, SftCfg
     from cai_ray.rundir import read_jsonl, write_jsonl_atomic
@@ -165,7 +167,7 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
 
 
 def trl(task: str, model: str, length: int, batch: int, steps: int,
-        dpo_data: str = "filler") -> dict:
+        dpo_data: str = "hh-rlhf") -> dict:
     import datasets
     import torch
     from transformers import AutoTokenizer
@@ -309,11 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the whole list this many times, alternating its order; each ratio is "
                          "paired within a round, and a table of their medians is added")
-    ap.add_argument("--dpo-data", choices=["filler", "hh-rlhf"], default="filler",
-                    help="DPO pairs: filler (a one-line question, both answers filled to the "
-                         "length: no padding, a short prompt) or hh-rlhf (the first HH-RLHF "
-                         "harmlessness pairs that fit the length: multi-turn prompts, varied "
-                         "answers)")
+    ap.add_argument("--dpo-data", choices=["hh-rlhf", "filler"], default="hh-rlhf",
+                    help="DPO pairs: hh-rlhf (the first HH-RLHF harmlessness pairs of "
+                         "../shared/data that fit the length: multi-turn prompts, varied answers) "
+                         "or filler (a one-line question, both answers filled to the length: no "
+                         "padding and a short prompt, the worst case for length grouping and "
+                         "a shared prompt)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from cai_ray import models
