@@ -363,9 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         seqs = args.batch * (2 if pairs else 1)
         tokens = seqs * args.length
         if task == "dpo" and args.dpo_data == "hh-rlhf":  # varied lengths: the pairs' own tokens
-            tokens = hh_tokens.setdefault(0, pair_tokens(path, dpo_rows(
-                path, args.batch * args.steps, args.length, args.dpo_data), args.length)
-                ) / args.steps
+            if "dpo" not in hh_tokens:
+                hh_tokens["dpo"] = pair_tokens(path, dpo_rows(
+                    path, args.batch * args.steps, args.length, args.dpo_data), args.length)
+            tokens = hh_tokens["dpo"] / args.steps
         lora = " LoRA r16" if "lora" in rest[2:] else ""
         alloc = " jemalloc" if "jemalloc" in rest[2:] else ""
         alloc += " grad-ckpt" if "gc" in rest[2:] else ""

@@ -32,10 +32,10 @@ def pack(seqs: list[list[int]], labels: list[list[int]], ignore: int) -> dict:
 
 
 def attention_4d(mask: torch.Tensor, attn: str, dtype: torch.dtype) -> torch.Tensor:
-    """pack_pairs' (B, 1, T, T) mask (True: may attend) as the model's attention takes it: sdpa and
-    flex as it is; eager adds it to the scores, so 0 / the dtype's minimum; flash-attention kernels
-    take no such mask."""
-    if attn in ("sdpa", "flex_attention"):
+    """pack_pairs' (B, 1, T, T) mask (True: may attend) as the model's attention takes it: sdpa as
+    it is; eager (and flex) add it to the scores, so 0 / the dtype's minimum; flash-attention
+    kernels take no such mask."""
+    if attn == "sdpa":
         return mask
     if "flash" in attn:
         raise ValueError(f"a shared DPO prompt needs sdpa or eager attention, not {attn}: set "
@@ -90,8 +90,9 @@ def pack_pairs(pairs: list[tuple[list[int], list[int], list[int], list[int]]], i
     pr, pc, tg, sq = [], [], [], []
     npairs = len(pairs)
     for i, (c, cl, r, rl) in enumerate(pairs):
-        if rows[-1] and not one_row:
-            rows.append([]), pos.append([]), blocks.append([])
+        if rows[-1] and not one_row:  # a new row for each pair
+            for x in (rows, pos, blocks):
+                x.append([])
         row, o = len(rows) - 1, len(rows[-1])
         s = shared_len(c, r, cl, rl, ignore)
         rows[-1] += c + r[s:]
