@@ -70,29 +70,32 @@ def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
+def scored_positions(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                            torch.Tensor, int]:
+    """Where each scored token is predicted from, for a padded batch (S rows), a packed one
+    (train/packing.py pack: S sequences in one row) or a prompt-sharing one (pack_pairs, which
+    lists them itself): rows (N,), columns (N,), target tokens (N,), sequence of each (N,), S."""
+    if "targets" in batch:
+        rows, cols = batch["pred"]
+        return rows, cols, batch["targets"], batch["seq"], batch["n_seqs"]
+    sel, targets = label_positions(batch["labels"])  # (B, T) bool, (N,)
+    rows, cols = sel.nonzero(as_tuple=True)  # row-major, as sel selects
+    if "seq" in batch:  # packed
+        return rows, cols, targets, batch["seq"][cols], int(batch["seq"][-1]) + 1
+    return rows, cols, targets, rows, batch["labels"].shape[0]
+
+
 def sequence_logprobs(model, batch: dict, dev, chunk: int = 256):
-    """Sum of log p(label) over each sequence's labelled tokens: (S,), for a padded batch (S rows)
-    or a packed one (train/packing.py: S sequences in one row). The LM head runs only at the
-    positions that predict a labelled token (train/logprobs.py)."""
+    """Sum of log p(label) over each sequence's labelled tokens: (S,). The LM head runs only at
+    the positions that predict a labelled token (train/logprobs.py)."""
     m = unwrap(model)
     backbone, head = getattr(m, m.base_model_prefix), m.get_output_embeddings()
-    if "targets" in batch:  # pack_pairs: where each scored token is predicted from, given
-        attn = getattr(m.config, "_attn_implementation", None) or "sdpa"
-        hidden = backbone(**forward_inputs(batch, dev, attn, m.dtype)).last_hidden_state  # (B,T,H)
-        rows, cols = batch["pred"]
-        logp, _ = head_logprobs(head, hidden[rows.to(dev), cols.to(dev)], batch["targets"],
-                                chunk=chunk)  # (N,)
-        out = torch.zeros(batch["n_seqs"], dtype=logp.dtype, device=logp.device)
-        return out.index_add(0, batch["seq"].to(dev), logp)
-    labels = batch["labels"].to(dev)
-    sel, targets = label_positions(labels)  # (B, T) bool, (N,)
-    hidden = backbone(**forward_inputs(batch, dev)).last_hidden_state  # (B, T, H)
-    logp, _ = head_logprobs(head, hidden[sel], targets, chunk=chunk)  # (N,)
-    if "seq" in batch:  # packed: the sequence of each selected position
-        seqs, n = batch["seq"].to(dev)[sel[0]], int(batch["seq"][-1]) + 1
-    else:
-        seqs, n = sel.nonzero()[:, 0], labels.shape[0]  # (N,) row of each selected position
-    return torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, seqs, logp)
+    attn = getattr(m.config, "_attn_implementation", None) or "sdpa"
+    hidden = backbone(**forward_inputs(batch, dev, attn, m.dtype)).last_hidden_state  # (B, T, H)
+    rows, cols, targets, seqs, n = scored_positions(batch)
+    logp, _ = head_logprobs(head, hidden[rows.to(dev), cols.to(dev)], targets,
+                            chunk=chunk)  # (N,)
+    return torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, seqs.to(dev), logp)
 
 
 class DpoTask:
@@ -129,18 +132,19 @@ class DpoTask:
         return max(len(c), len(r))
 
     def collate(self, items: list[dict], pad_id: int) -> dict:
-        seqs = [x["chosen"] for x in items] + [x["rejected"] for x in items]  # (2B,)
-        labels = [x["chosen_labels"] for x in items] + [x["rejected_labels"] for x in items]
         ref = [x["ref"] or [0.0, 0.0] for x in items]
         if self.share_prompt:  # a pair's prompt runs once for both answers (train/packing.py)
             out = pack_pairs([(x["chosen"], x["chosen_labels"], x["rejected"],
                                x["rejected_labels"]) for x in items], IGNORE, pad_id,
                              one_row=self.packing)
-        elif self.packing:  # the 2B sequences in one row, no padding (train/packing.py)
-            out = pack(seqs, labels, IGNORE)
         else:
-            ids, mask = pad_right(seqs, pad_id)
-            out = {"input_ids": ids, "attention_mask": mask, "labels": pad(labels, IGNORE)}
+            seqs = [x["chosen"] for x in items] + [x["rejected"] for x in items]  # (2B,)
+            labels = [x["chosen_labels"] for x in items] + [x["rejected_labels"] for x in items]
+            if self.packing:  # the 2B sequences in one row, no padding (train/packing.py)
+                out = pack(seqs, labels, IGNORE)
+            else:
+                ids, mask = pad_right(seqs, pad_id)
+                out = {"input_ids": ids, "attention_mask": mask, "labels": pad(labels, IGNORE)}
         return {**out, "p": torch.tensor([x["p"] for x in items]),
                 "ref": torch.tensor(ref, dtype=torch.float32)}  # (B, 2): chosen, rejected
 
