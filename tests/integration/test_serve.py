@@ -331,8 +331,8 @@ def _chat(server, max_tokens: int = 16, timeout: float = 90):
         return r.status_code, time.time() - t
     except httpx.TimeoutException:
         return "client_timeout", time.time() - t
-    except httpx.HTTPError as exc:
-        return type(exc).__name__, time.time() - t
+    except httpx.HTTPError as exc:  # its message says which: refused, reset, closed unanswered
+        return f"{type(exc).__name__}: {exc}", time.time() - t
 
 
 def test_load_200_requests_at_concurrency_16_then_a_killed_replica_is_replaced(server):
