@@ -6,6 +6,13 @@ cluster starts (a cluster at --address keeps its own):
 
 - Ray starts every worker at niceness 15 (`RAY_worker_niceness`), so the replica and its vLLM
   engine yield the CPU to anything else on the machine; a server's replicas are the work: 0.
+- Ray's own background work, which on a CPU node preempts the model's OpenMP threads (a preempted
+  thread leaves its partner spinning at the next barrier, so each CPU-second taken costs the model
+  about two): Serve's controller reconciles every 0.5 s instead of 0.1 s
+  (`RAY_SERVE_CONTROL_LOOP_INTERVAL_S`; a dead replica is noticed up to 0.4 s later), and Ray's
+  metrics collection is off (`RAY_enable_metrics_collection=0`, and HAProxy's per-request metrics
+  log). Under HAProxy at concurrency 32 the controller used 0.20 instead of 0.43 CPU-seconds per
+  4,096 tokens. Set either variable yourself to keep Ray's default (Prometheus metrics included).
 - `ingress: haproxy`: Ray's HAProxy ingress. HAProxy (the binary the ray[serve] wheel
   ships) forwards each HTTP connection to the replica, which runs vLLM's app on its own HTTP server
   (Ray's direct ingress), so no Python proxy copies every streamed chunk across a Ray call; with
@@ -21,8 +28,12 @@ cluster starts (a cluster at --address keeps its own):
   `http-reuse aggressive` (a connection is reused once it has proven reusable), under which the
   same failure is a 502 (Ray's error file turns it into 500), and HAProxy retries a request whose
   server closed without answering (`empty-response`) on another replica when one is up. That
-  removed the cut connections from 128 manual kills (9 of 96 and 9 of 160 before), but one full
-  suite still saw one (1 of 32, after 3.1 s), so this is not the default.
+  removed the cut connections from 128 manual kills (9 of 96 and 9 of 160 before) and from 1,024
+  more requests in 32 kills by a standalone loop (2026-11-29), but test_serve.py's kill test, run
+  12 times with HAProxy as the ingress, saw one request of 32 closed unanswered ("Server
+  disconnected without sending a response", 1.0 and 2.9 s after it was sent where recorded) in 3
+  runs, and HAProxy's access log has no line for it (benchmarks/results/serve_haproxy_kill.md). So this is not the
+  default.
 - `ingress: proxy` (default): Ray's Python HTTP proxy (one more hop per chunk). A replica that
   dies ends its requests with a status (500, or 408 after `request_timeout_s`).
 """
@@ -95,12 +106,14 @@ def haproxy_env(workdir: Path, request_timeout_s: float) -> dict[str, str]:
 
 def local_cluster_env(cfg) -> dict[str, str]:
     """Everything above for a local cluster serving `cfg` (ServeCfg)."""
-    env = {"RAY_worker_niceness": "0"}
+    env = {"RAY_worker_niceness": "0", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+           "RAY_enable_metrics_collection": "0"}
     if cfg.ingress == "haproxy":
         # 0700; short, since HAProxy caps socket paths at 97 bytes and Ray adds the node's id (56)
         workdir = Path(tempfile.mkdtemp(prefix="cai-hap-", dir="/tmp" if os.path.isdir("/tmp")
                                         else None))
         env.update(haproxy_env(workdir, cfg.request_timeout_s))
+        env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
     return env
 
 
