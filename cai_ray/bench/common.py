@@ -43,14 +43,18 @@ def table(rows: list[dict], cols: list[str]) -> str:
 
 
 def write(name: str, payload: dict, tbl: str, out_dir: Path | None = None) -> Path:
+    """NAME.json and NAME.md in `out_dir` (default benchmarks/results); an `out_dir` ending in .json
+    is the JSON file itself, with the table beside it as .md."""
     out = Path(out_dir or RESULTS)
-    out.mkdir(parents=True, exist_ok=True)
+    js, md = ((out, out.with_suffix(".md")) if out.suffix == ".json"
+              else (out / f"{name}.json", out / f"{name}.md"))
+    js.parent.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "machine": machine(), **payload}
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / f"{name}.md").write_text(f"# {name}\n\n{tbl}\n")
+    js.write_text(json.dumps(payload, indent=2) + "\n")
+    md.write_text(f"# {name}\n\n{tbl}\n")
     print(tbl)
-    print(f"\nwritten: {out / f'{name}.json'}")
-    return out / f"{name}.json"
+    print(f"\nwritten: {js}")
+    return js
 
 
 class Timer:
