@@ -32,8 +32,8 @@ cluster starts (a cluster at --address keeps its own):
   more requests in 32 kills by a standalone loop (2026-11-29), but test_serve.py's kill test, run
   12 times with HAProxy as the ingress, saw one request of 32 closed unanswered ("Server
   disconnected without sending a response", 1.0 and 2.9 s after it was sent where recorded) in 3
-  runs, and HAProxy's access log has no line for it (benchmarks/results/serve_haproxy_kill.md). So this is not the
-  default.
+  runs, and HAProxy's access log has no line for it (benchmarks/results/serve_haproxy_kill.md).
+  So this is not the default.
 - `ingress: proxy` (default): Ray's Python HTTP proxy (one more hop per chunk). A replica that
   dies ends its requests with a status (500, or 408 after `request_timeout_s`).
 """
