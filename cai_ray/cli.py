@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(serve.request_timeout_s, default 300)")
     v.add_argument("--ingress", choices=["proxy", "haproxy"], help="how HTTP reaches the "
                    "replicas of a local cluster (serve.ingress, default proxy)")
+    v.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with a local "
+                   "cluster (serve.dashboard; off by default: it takes the model's cores)")
     v.add_argument("--score", action="store_true", help="also serve the reward model at /v1/score")
     v.add_argument("--judge", action="store_true", help="also serve the judge at /v1/judge")
     v.add_argument("--api-key-file", help="file holding the API key (else $CAI_RAY_API_KEY)")

@@ -28,9 +28,10 @@ def default_env() -> None:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             temp_dir: str | None = None) -> None:
+             temp_dir: str | None = None, dashboard: bool = True) -> None:
     """Start (or join) Ray once per process. A local cluster binds to 127.0.0.1 and keeps Ray's
-    token authentication as Ray configures it (on by default in 2.60)."""
+    token authentication as Ray configures it (on by default in 2.60); `dashboard` says whether it
+    starts Ray's dashboard (the pipeline needs it, see below)."""
     import ray
 
     default_env()
@@ -53,7 +54,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH"))
                                         if p)
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls.
-    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", _temp_dir=temp_dir, **kwargs)
 
 

@@ -310,6 +310,11 @@ class ServeCfg(_Section):
     Ray's HAProxy ingress (requests go straight to the replica's own HTTP server: one hop less per
     streamed chunk, but a replica killed mid-request can still leave a client a cut connection
     instead of a status, see cai_ray/serve/ingress.py). A cluster at --address keeps its own."""
+    dashboard: bool = False
+    """Start Ray's dashboard (on 127.0.0.1) with a cluster `cai-ray serve` starts. Off by default:
+    its processes take about 0.02 of a core while idle, and on a CPU node every CPU-second taken
+    from the model costs its OpenMP threads about two (cai_ray/serve/ingress.py). Without it no
+    usage statistics are reported either, so Ray's LLM usage-telemetry actor is not started."""
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(1, ge=1)
     """Autoscaling bounds of the policy deployment (equal: a fixed number of replicas)."""

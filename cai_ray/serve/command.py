@@ -49,7 +49,8 @@ def serve_cfg(target, args):
              "num_gpus_per_replica": args.gpus_per_replica,
              "tensor_parallel_size": args.tensor_parallel_size, "max_tokens": args.max_tokens,
              "request_timeout_s": args.request_timeout, "ingress": args.ingress,
-             "score": args.score or None, "judge": args.judge or None}
+             "score": args.score or None, "judge": args.judge or None,
+             "dashboard": args.dashboard or None}
     data = {**base, **{k: v for k, v in flags.items() if v is not None}}
     if args.replicas and not args.max_replicas:  # --replicas N alone: at least N, job max kept
         data["max_replicas"] = max(data.get("max_replicas", 1), args.replicas)
@@ -134,7 +135,8 @@ def connect(address: str | None, cfg=None) -> None:
     if address:
         init_ray(address=address)
         return
-    init_ray(num_cpus=max(num_cores(), int(needed_cpus(cfg) + 0.999)) if cfg else None)
+    init_ray(num_cpus=max(num_cores(), int(needed_cpus(cfg) + 0.999)) if cfg else None,
+             dashboard=cfg.dashboard if cfg else True)
 
 
 def check_resources(cfg, on_gpu: bool) -> None:

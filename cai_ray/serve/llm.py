@@ -38,6 +38,15 @@ class CaiLLMServer(LLMServer):
         replica_grpc_on_node_ip()
         await super().__init__(llm_config, **kw)
 
+    async def _start_engine(self):
+        """Ray's, less its LLM usage-telemetry actor (a process of its own) where usage statistics
+        are off: the cluster `cai-ray serve` starts has no dashboard to report them."""
+        from ray._common.usage.usage_lib import usage_stats_enabled
+
+        if usage_stats_enabled():
+            return await super()._start_engine()
+        await self.engine.start()
+
     async def __serve_build_asgi_app__(self):
         app = await super().__serve_build_asgi_app__()
         keep_routes(app)
