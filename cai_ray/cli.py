@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask")
     v.add_argument("--request-timeout", type=float, help="seconds before a request gets 408 "
                    "(serve.request_timeout_s, default 300)")
-    v.add_argument("--ingress", choices=["proxy", "haproxy"], help="how HTTP reaches the "
-                   "replicas of a local cluster (serve.ingress, default proxy)")
+    v.add_argument("--ingress", choices=["auto", "proxy", "haproxy"], help="how HTTP reaches "
+                   "the replicas of a local cluster (serve.ingress; default auto: HAProxy where "
+                   "installed, else Ray's proxy)")
     v.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with a local "
                    "cluster (serve.dashboard; off by default: it takes the model's cores)")
     v.add_argument("--score", action="store_true", help="also serve the reward model at /v1/score")

@@ -305,11 +305,12 @@ class ServeCfg(_Section):
     host: str = "127.0.0.1"
     """Where Serve's HTTP proxy listens. Anything but a loopback address needs an API key."""
     port: int = Field(8000, ge=1, le=65535)
-    ingress: Literal["proxy", "haproxy"] = "proxy"
-    """How HTTP reaches the replicas of a cluster `cai-ray serve` starts: Ray's Python proxy, or
-    Ray's HAProxy ingress (requests go straight to the replica's own HTTP server: one hop less per
-    streamed chunk, but a replica killed mid-request can still leave a client a cut connection
-    instead of a status, see cai_ray/serve/ingress.py). A cluster at --address keeps its own."""
+    ingress: Literal["auto", "proxy", "haproxy"] = "auto"
+    """How HTTP reaches the replicas of a cluster `cai-ray serve` starts: `haproxy`, Ray's HAProxy
+    ingress (HAProxy hands each request to the replica's own HTTP server: no Python proxy copying
+    every streamed chunk across a Ray call); `proxy`, Ray's Python proxy; `auto`, HAProxy where its
+    binary is installed (the ray[serve] wheel ships one on Linux), else the proxy. A cluster at
+    --address keeps its own (cai_ray/serve/ingress.py)."""
     dashboard: bool = False
     """Start Ray's dashboard (on 127.0.0.1) with a cluster `cai-ray serve` starts. Off by default:
     its processes take about 0.02 of a core while idle, and on a CPU node every CPU-second taken

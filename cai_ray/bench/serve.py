@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--only", choices=["ours", "vllm"], help="one server (debugging)")
-    ap.add_argument("--ingress", choices=["proxy", "haproxy"],
+    ap.add_argument("--ingress", choices=["auto", "proxy", "haproxy"],
                     help="how HTTP reaches our replicas (default: serve.ingress's)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="start and measure each server this many times, alternating which goes "
@@ -225,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     dtype, why = engine_dtype("auto")
     prompts = _prompts(args.prompts)
     levels = [int(c) for c in args.concurrency.split(",")]
+    from cai_ray.serve.ingress import resolve_ingress
+
     cfg = ServeCfg(**({"ingress": args.ingress} if args.ingress else {}))
+    cfg = cfg.model_copy(update={"ingress": resolve_ingress(cfg.ingress)})
     env = {**os.environ, **_serve_env(cfg), "CAI_RAY_API_KEY": ""}
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / "cai-ray-bench-serve"
     logs.mkdir(exist_ok=True)

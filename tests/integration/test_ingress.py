@@ -134,7 +134,8 @@ def test_a_replica_killed_mid_request_leaves_every_client_a_status(tmp_path, hap
     cut = {k: n for k, n in ended.items() if not isinstance(k, int)}
     assert not cut, f"requests ended without a status: {dict(ended)}"
     assert sum(ended.values()) == 32 and all(k >= 400 or k == 200 for k in ended)
-    assert "http-reuse aggressive" in ran and "bind 127.0.0.1:" in ran and "bind :" not in ran
+    assert "http-reuse never" in ran and "option http-server-close" in ran
+    assert "bind 127.0.0.1:" in ran and "bind :" not in ran
 
 
 def test_ray_s_own_config_cuts_those_connections(tmp_path, haproxy):

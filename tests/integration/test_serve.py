@@ -151,12 +151,14 @@ def _loopback(ip: str) -> bool:
 
 
 def test_every_socket_the_server_listens_on_is_loopback(server):
-    """Ray binds every replica's gRPC server (and, under --ingress haproxy, HAProxy's stats and
-    Prometheus ports: test_ingress.py) to all interfaces; `cai-ray serve` on 127.0.0.1 keeps every
+    """Ray binds every replica's gRPC server (and, under HAProxy, HAProxy's stats and Prometheus
+    ports: test_ingress.py) to all interfaces; `cai-ray serve` on 127.0.0.1 keeps every
     listener of its processes on loopback."""
     import psutil
 
-    assert server.info["ingress"] == "proxy"  # the default
+    from cai_ray.serve.ingress import resolve_ingress
+
+    assert server.info["ingress"] == resolve_ingress("auto")  # the default: HAProxy here
     procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(True)]
     names = {p.pid: p.name() for p in procs}
     listening = [(names[c.pid], c.laddr) for c in psutil.net_connections("inet")
