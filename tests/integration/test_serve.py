@@ -114,30 +114,18 @@ def test_serves_the_runs_newest_policy(server, client):
     assert [m.id for m in client.models.list().data] == ["cai-tiny-sft"]
 
 
-def _descendants(pid: int) -> list[str]:
-    """Command lines of every process under `pid` (the server's Ray cluster: GCS, raylet, workers)."""
-    parent, cmd = {}, {}
-    for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = open(f"/proc/{p}/stat").read()
-            parent[int(p)] = int(stat[stat.rindex(")") + 2:].split()[1])
-            cmd[int(p)] = open(f"/proc/{p}/cmdline").read().replace("\0", " ")
-        except (OSError, ValueError):
-            continue
-    found, todo = [], [pid]
-    while todo:
-        kids = [p for p, pp in parent.items() if pp == todo[-1]]
-        todo.pop()
-        found += kids
-        todo += kids
-    return [cmd[p] for p in found]
-
-
 def test_the_local_cluster_runs_no_dashboard_and_no_usage_telemetry(server):
     """serve.dashboard is off by default, so none of the dashboard's module processes run, and
     usage statistics are off with it, so Ray's LLM usage-telemetry actor does not either: on a CPU
     node each would take the model's cores."""
-    procs = _descendants(server.proc.pid)
+    import psutil
+
+    procs = []
+    for p in psutil.Process(server.proc.pid).children(recursive=True):  # the server's cluster
+        try:
+            procs.append(" ".join(p.cmdline()))
+        except psutil.Error:  # gone meanwhile
+            continue
     assert any("ServeReplica:cai-policy" in c for c in procs), procs  # the walk sees the cluster
     extra = [c[:80] for c in procs if "ray-dashboard-" in c or "TelemetryAgent" in c]
     assert not extra, extra
