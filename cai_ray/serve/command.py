@@ -60,10 +60,9 @@ def serve_cfg(target, args):
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise InputError(f"serve.{field}: {first['msg']}") from None
-    if cfg.ingress == "auto":
-        from cai_ray.serve.ingress import resolve_ingress
+    from cai_ray.serve.ingress import resolve_ingress
 
-        cfg = cfg.model_copy(update={"ingress": resolve_ingress(cfg.ingress)})
+    cfg = cfg.model_copy(update={"ingress": resolve_ingress(cfg.ingress)})  # auto -> which
     if cfg.max_replicas < cfg.min_replicas:
         raise InputError(f"serve: max_replicas {cfg.max_replicas} is below min_replicas "
                          f"{cfg.min_replicas}")
