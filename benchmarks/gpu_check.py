@@ -376,6 +376,10 @@ def main() -> None:
             res["sft"][z]["x_plain_loop"] = res["sft"][z]["tokens_per_s"] / base
     (out / "gpu_check.json").write_text(json.dumps(res, indent=1))
     log(json.dumps(res, indent=1))
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # a gloo/NCCL group left to interpreter exit can abort it
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

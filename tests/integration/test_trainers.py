@@ -143,7 +143,10 @@ def test_reward_model_learns_a_marker(ray_cluster, tiny_model, tmp_path, lora):
 def test_deepspeed_starts_on_cpu_without_building_an_op(tmp_path):
     """DeepSpeed's CPU start JIT-builds a shared-memory op that training never uses, under a
     lock that a killed build leaves behind for every later start to wait on forever (this hung
-    CI). init_deepspeed_comm starts the gloo group without building it."""
+    CI). init_deepspeed_comm starts the gloo group without building it. The script ends its group
+    as a worker's teardown does: a gloo group left to interpreter exit can abort the process
+    (SIGABRT, 'terminate called without an active exception'; pytorch issue 190489), which
+    failed this test once in CI."""
     import os
     import subprocess
     import sys
@@ -154,7 +157,8 @@ def test_deepspeed_starts_on_cpu_without_building_an_op(tmp_path):
               "import deepspeed.comm as dist, torch\n"
               "init_deepspeed_comm(use_gpu=False)\n"
               "print('shm op:', dist.comm.cdb.shm_comm_op)\n"
-              "t = torch.ones(2); dist.all_reduce(t); assert t.tolist() == [1.0, 1.0]\n")
+              "t = torch.ones(2); dist.all_reduce(t); assert t.tolist() == [1.0, 1.0]\n"
+              "dist.destroy_process_group()\n")
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
            "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
