@@ -50,10 +50,11 @@ def make_run_dir(root: Path, tiny_model: str) -> Path:
 
 
 class Server:
-    def __init__(self, run: Path, port: int, key_file: Path, log: Path):
+    def __init__(self, run: Path, port: int, key_file: Path, log: Path,
+                 flags: tuple[str, ...] = ("--score", "--judge")):
         self.port, self.base = port, f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "cai_ray.cli", "serve", str(run), "--port", str(port),
-               "--score", "--judge", "--api-key-file", str(key_file), "--request-timeout", "30"]
+               "--api-key-file", str(key_file), "--request-timeout", "30", *flags]
         self.log = open(log, "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      start_new_session=True)
@@ -81,13 +82,12 @@ class Server:
         subprocess.run(["pkill", "-9", "-f", "--", f"--port {self.port}"], check=False)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model):
+def _serving(tmp_path_factory, tiny_model, flags: tuple[str, ...] = ("--score", "--judge")):
     root = tmp_path_factory.mktemp("serve")
     run = make_run_dir(root, tiny_model)
     key_file = root / "key"
     key_file.write_text(KEY + "\n")
-    srv = Server(run, free_port(), key_file, root / "server.log")
+    srv = Server(run, free_port(), key_file, root / "server.log", flags)
     srv.run, srv.tiny = run, tiny_model
     yield srv
     if srv.proc.poll() is None:  # the last test stops it; this is for an early failure
@@ -96,6 +96,11 @@ def server(tmp_path_factory, tiny_model):
         srv.proc.wait(60)
     finally:
         srv.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model):
+    yield from _serving(tmp_path_factory, tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -142,19 +147,23 @@ def test_every_socket_the_server_listens_on_is_loopback(server):
     """Ray binds every replica's gRPC server (and, under HAProxy, HAProxy's stats and Prometheus
     ports: test_ingress.py) to all interfaces; `cai-ray serve` on 127.0.0.1 keeps every
     listener of its processes on loopback."""
-    import psutil
-
     from cai_ray.serve.ingress import resolve_ingress
 
     assert server.info["ingress"] == resolve_ingress("auto")  # the default: HAProxy here
+    wide = _listening_beyond_loopback(server)
+    assert not wide, f"listening beyond loopback: {wide}"
+
+
+def _listening_beyond_loopback(server) -> list[tuple[str, str]]:
+    import psutil
+
     procs = [psutil.Process(server.proc.pid), *psutil.Process(server.proc.pid).children(True)]
     names = {p.pid: p.name() for p in procs}
     listening = [(names[c.pid], c.laddr) for c in psutil.net_connections("inet")
                  if c.status == psutil.CONN_LISTEN and c.pid in names]
     assert {"raylet", "gcs_server"} <= {n for n, _ in listening}
     assert any(n.startswith("ray::ServeRepli") for n, _ in listening)
-    wide = [(n, f"{a.ip}:{a.port}") for n, a in listening if not _loopback(a.ip)]
-    assert not wide, f"listening beyond loopback: {wide}"
+    return [(n, f"{a.ip}:{a.port}") for n, a in listening if not _loopback(a.ip)]
 
 
 def test_openai_client_chat_stream_equals_plain_and_usage_matches_tokenizer(server, client):
@@ -355,6 +364,10 @@ def _chat(server, max_tokens: int = 16, timeout: float = 90):
 
 
 def test_load_200_requests_at_concurrency_16_then_a_killed_replica_is_replaced(server):
+    _load_then_kill_a_replica(server)
+
+
+def _load_then_kill_a_replica(server) -> None:
     t0 = time.time()
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda _: _chat(server), range(200)))
@@ -401,3 +414,29 @@ def test_status_then_stop_ends_the_foreground_server(server):
     stop = server.cli("--stop")
     assert stop.returncode == 0 and "cai-policy" in stop.stdout
     assert server.proc.wait(90) == 0
+
+
+@pytest.fixture(scope="module")
+def proxy_server(tmp_path_factory, tiny_model):
+    yield from _serving(tmp_path_factory, tiny_model, ("--ingress", "proxy"))
+
+
+@pytest.mark.slow
+def test_ray_s_proxy_ingress_serves_keeps_to_loopback_and_survives_a_killed_replica(proxy_server):
+    """`--ingress proxy` (the default where no HAProxy binary is installed): the same client
+    answers, listeners and kill test as the default ingress above. Slow target: CI runs the
+    default ingress only, to keep its time."""
+    from openai import OpenAI
+
+    srv = proxy_server
+    assert srv.info["ingress"] == "proxy"
+    client = OpenAI(base_url=f"{srv.base}/v1", api_key=KEY, timeout=60, max_retries=0)
+    out = client.chat.completions.create(model="cai-tiny-sft", messages=MSGS, max_tokens=8,
+                                         temperature=0)
+    assert out.choices[0].message.content and out.usage.completion_tokens <= 8
+    assert httpx.post(f"{srv.base}/v1/chat/completions", json={}, timeout=30).status_code == 401
+    assert not _listening_beyond_loopback(srv)
+    _load_then_kill_a_replica(srv)
+    stop = srv.cli("--stop")
+    assert stop.returncode == 0 and "cai-policy" in stop.stdout
+    assert srv.proc.wait(90) == 0
