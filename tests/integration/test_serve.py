@@ -364,10 +364,10 @@ def _chat(server, max_tokens: int = 16, timeout: float = 90):
 
 
 def test_load_200_requests_at_concurrency_16_then_a_killed_replica_is_replaced(server):
-    _load_then_kill_a_replica(server)
+    _check_load_then_a_killed_replica(server)
 
 
-def _load_then_kill_a_replica(server) -> None:
+def _check_load_then_a_killed_replica(server) -> None:
     t0 = time.time()
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda _: _chat(server), range(200)))
@@ -436,7 +436,7 @@ def test_ray_s_proxy_ingress_serves_keeps_to_loopback_and_survives_a_killed_repl
     assert out.choices[0].message.content and out.usage.completion_tokens <= 8
     assert httpx.post(f"{srv.base}/v1/chat/completions", json={}, timeout=30).status_code == 401
     assert not _listening_beyond_loopback(srv)
-    _load_then_kill_a_replica(srv)
+    _check_load_then_a_killed_replica(srv)
     stop = srv.cli("--stop")
     assert stop.returncode == 0 and "cai-policy" in stop.stdout
     assert srv.proc.wait(90) == 0
