@@ -50,8 +50,7 @@ def make_run_dir(root: Path, tiny_model: str) -> Path:
 
 
 class Server:
-    def __init__(self, run: Path, port: int, key_file: Path, log: Path,
-                 flags: tuple[str, ...] = ("--score", "--judge")):
+    def __init__(self, run: Path, port: int, key_file: Path, log: Path, flags: tuple[str, ...]):
         self.port, self.base = port, f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "cai_ray.cli", "serve", str(run), "--port", str(port),
                "--api-key-file", str(key_file), "--request-timeout", "30", *flags]
