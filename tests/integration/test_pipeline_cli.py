@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from cai_ray.prompts.sources import SHARED_DATA
 from cai_ray.rundir import read_jsonl
 
 pytestmark = pytest.mark.integration
@@ -84,16 +85,20 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
         assert all(e["low"] <= e["elo"] <= e["high"] for e in elo.values())
         assert ev["elo"][kind]["comparisons"] == 6 * ev["prompts"]["red_team" if kind ==
                                                                   "harmless" else "helpful"]
-    sets = ev["refusals"]["sets"]
-    assert {"red_team", "all_harmful", "all_benign"} <= set(sets)
-    for name in ("harmbench", "xstest-safe"):  # public sets from ../shared/data
-        assert sets[name]["n"] == 6 and set(sets[name]["policies"]) == {"base", "sft", "rl@1",
-                                                                        "rl"}
+    sets, public = ev["refusals"]["sets"], SHARED_DATA.is_dir()
+    if public:  # the public sets of ../shared/data (always there in CI)
+        assert {"red_team", "all_harmful", "all_benign"} <= set(sets)
+        for name in ("harmbench", "xstest-safe"):
+            assert sets[name]["n"] == 6 and set(sets[name]["policies"]) == {"base", "sft",
+                                                                            "rl@1", "rl"}
+    else:  # a default public set that is absent is skipped (with a warning), not an error
+        assert "red_team" in sets and not {"harmbench", "xstest-safe", "all_benign"} & set(sets)
     summary = json.loads((run / "eval" / "result.json").read_text())
     lo, hi = summary["refusal/difference/final_vs_base_ci"]
     assert lo <= summary["refusal/difference/final_vs_base"] <= hi
     page = (run / "eval" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 3 and "Elo" in page and "xstest-safe" in page
+    assert page.count("data:image/png;base64,") >= 3 and "Elo" in page
+    assert ("xstest-safe" in page) == public
     answers = read_jsonl(run / "eval" / "answers.jsonl")
     assert all({"base", "sft", "rl@1", "rl"} <= set(a) for a in answers)
 
