@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--ingress", choices=["auto", "proxy", "haproxy"], help="how HTTP reaches "
                    "the replicas of a local cluster (serve.ingress; default auto: HAProxy where "
                    "installed, else Ray's proxy)")
+    v.add_argument("--reserved-cpus", type=int, help="on CPU, cores kept off the model for "
+                   "Ray's processes and the HTTP path (serve.reserved_cpus, default 0)")
     v.add_argument("--dashboard", action="store_true", help="start Ray's dashboard with a local "
                    "cluster (serve.dashboard; off by default: it takes the model's cores)")
     v.add_argument("--score", action="store_true", help="also serve the reward model at /v1/score")

@@ -223,11 +223,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream-interval", type=int, default=1,
                     help="every request asks both servers for a streamed chunk every N tokens "
                          "(vLLM's stream_interval; 1: a chunk per token, as by default)")
+    ap.add_argument("--reserved-cpus", type=int, default=0,
+                    help="cores kept off the model's threads in both servers (serve.reserved_cpus;"
+                         " vllm serve gets the same VLLM_CPU_OMP_THREADS_BIND)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     for flag in ("rounds", "passes"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag} must be at least 1, not {getattr(args, flag)}")
+    from cai_ray.platform import num_cores
+
+    if not 0 <= args.reserved_cpus < num_cores():
+        ap.error(f"--reserved-cpus must be 0-{num_cores() - 1} on this machine, "
+                 f"not {args.reserved_cpus}")
     if args.client_priority == "high":
         rc = _in_priority_group(sys.argv[1:] if argv is None else list(argv))
         if rc is not None:
@@ -243,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     from cai_ray.serve.ingress import resolve_ingress
 
-    cfg = ServeCfg(**({"ingress": args.ingress} if args.ingress else {}))
+    cfg = ServeCfg(**({"ingress": args.ingress} if args.ingress else {}),
+                   reserved_cpus=args.reserved_cpus)
     cfg = cfg.model_copy(update={"ingress": resolve_ingress(cfg.ingress)})
     env = {**os.environ, **_serve_env(cfg), "CAI_RAY_API_KEY": ""}
     logs = Path(os.environ.get("TMPDIR", "/tmp")) / "cai-ray-bench-serve"
@@ -252,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     servers = {
         "cai-ray serve (Ray Serve LLM)": lambda port: ([
             sys.executable, "-m", "cai_ray.cli", "serve", path, "--name", "bench",
-            "--port", str(port), "--ingress", cfg.ingress], {}),
+            "--port", str(port), "--ingress", cfg.ingress,
+            "--reserved-cpus", str(cfg.reserved_cpus)], {}),
         "vllm serve": lambda port: _vllm_cmd(path, port, dtype, 2048),
     }
     names = list(servers)
@@ -313,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                     "prompts": args.prompts, "max_tokens": args.max_tokens,
                     "kv_cache_gib": cfg.kv_cache_gib, "ingress": cfg.ingress, "ready_s": ready,
                     "client_group": _autogroup(), "stream_interval": args.stream_interval,
-                    "passes": args.passes,
+                    "passes": args.passes, "reserved_cpus": cfg.reserved_cpus,
+                    "model_cores": env.get("VLLM_CPU_OMP_THREADS_BIND"),
                     "rows": rows, "summary": summary, "rounds": args.rounds,
                     "target": "output tokens/s at concurrency 8 and 32 >= 0.9x vllm serve"},
           tbl, Path(args.out) if args.out else None)

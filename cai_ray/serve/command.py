@@ -49,6 +49,7 @@ def serve_cfg(target, args):
              "num_gpus_per_replica": args.gpus_per_replica,
              "tensor_parallel_size": args.tensor_parallel_size, "max_tokens": args.max_tokens,
              "request_timeout_s": args.request_timeout, "ingress": args.ingress,
+             "reserved_cpus": args.reserved_cpus,
              "score": args.score or None, "judge": args.judge or None,
              "dashboard": args.dashboard or None}
     data = {**base, **{k: v for k, v in flags.items() if v is not None}}
@@ -98,6 +99,15 @@ def check_port(host: str, port: int) -> None:
                              f"(`cai-ray serve --stop`)") from None
 
 
+def check_reserved(cfg) -> None:
+    """serve.reserved_cpus must leave the model a core."""
+    from cai_ray.platform import num_cores
+
+    if cfg.reserved_cpus and cfg.reserved_cpus >= num_cores():
+        raise InputError(f"--reserved-cpus {cfg.reserved_cpus}: this machine has {num_cores()} "
+                         f"core(s) and the model needs one; use 0-{num_cores() - 1}")
+
+
 def plan(args) -> Plan:
     from cai_ray.platform import engine_dtype, has_cuda
     from cai_ray.serve.target import resolve_target
@@ -118,6 +128,8 @@ def plan(args) -> Plan:
     if not args.address:
         check_port(cfg.host, cfg.port)
     on_gpu = cfg.num_gpus_per_replica > 0 or (not args.address and has_cuda())
+    if not on_gpu:
+        check_reserved(cfg)
     job = target.job
     dtype, _ = engine_dtype(job.model.dtype if job else "auto")
     max_len = job.model.max_model_len if job else 2048

@@ -64,11 +64,20 @@ def engine_env(cfg, on_gpu: bool) -> dict[str, str]:
     if os.environ.get("VLLM_HOST_IP"):
         env["VLLM_HOST_IP"] = os.environ["VLLM_HOST_IP"]  # a multi-node cluster sets its own
     if not on_gpu:
-        from cai_ray.platform import num_cores
-
-        cores = f"0-{num_cores() - 1}" if cfg.max_replicas == 1 and num_cores() > 1 else None
-        env.update(cpu_kv_env(cores, cfg.kv_cache_gib))
+        env.update(cpu_kv_env(model_cores(cfg), cfg.kv_cache_gib))
     return env
+
+
+def model_cores(cfg) -> str | None:
+    """The cores a single CPU replica's model binds ('1-3': all but the reserved ones); None with
+    several replicas (they share the node unbound) or a single core."""
+    from cai_ray.platform import num_cores
+
+    n = num_cores()
+    if cfg.max_replicas != 1 or n - cfg.reserved_cpus < 1 or n == 1:
+        return None
+    first, last = cfg.reserved_cpus, n - 1
+    return f"{first}-{last}" if last > first else str(first)
 
 
 def llm_config(target, cfg, *, on_gpu: bool, max_model_len: int, dtype: str):

@@ -27,3 +27,11 @@ def test_a_count_below_one_is_refused_with_exit_2(flag, capsys):
     with pytest.raises(SystemExit) as exc:
         main([flag, "0", "--client-priority", "normal"])
     assert exc.value.code == 2 and f"{flag} must be at least 1" in capsys.readouterr().err
+
+
+def test_reserving_every_core_is_refused_with_exit_2(capsys):
+    from cai_ray.platform import num_cores
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--reserved-cpus", str(num_cores()), "--client-priority", "normal"])
+    assert exc.value.code == 2 and "--reserved-cpus must be 0-" in capsys.readouterr().err

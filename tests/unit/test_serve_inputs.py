@@ -99,6 +99,8 @@ def run_dir(tmp_path_factory, tiny_model):
 
 
 def test_bad_inputs_exit_2_with_one_line(run_dir, tmp_path):
+    from cai_ray.platform import num_cores
+
     empty = tmp_path / "empty-key"
     empty.write_text("\n")
     with socket.socket() as busy:
@@ -121,6 +123,8 @@ def test_bad_inputs_exit_2_with_one_line(run_dir, tmp_path):
             "replicas zero": ([str(run_dir), "--replicas", "0"], "serve.min_replicas"),
             "max below min": ([str(run_dir), "--replicas", "3", "--max-replicas", "2"],
                               "max_replicas 2 is below"),
+            "every core reserved": ([str(run_dir), "--reserved-cpus", str(num_cores())],
+                                    f"--reserved-cpus {num_cores()}: this machine has"),
         }
         for name, (args, expect) in cases.items():
             r = cli(*args)
@@ -148,3 +152,20 @@ def test_ingress_auto_is_haproxy_where_installed_else_ray_s_proxy(monkeypatch):
     monkeypatch.setattr(ingress, "haproxy_binary", missing)
     assert ingress.resolve_ingress("auto") == "proxy"
     assert ingress.resolve_ingress("haproxy") == "haproxy"  # asked for: haproxy_env says why not
+
+
+def test_reserved_cpus_keep_cores_off_a_single_replica_s_model(monkeypatch):
+    """serve.reserved_cpus: the model of a lone CPU replica binds the cores after the reserved
+    ones (vLLM's VLLM_CPU_OMP_THREADS_BIND); several replicas stay unbound."""
+    from cai_ray import platform
+    from cai_ray.config import ServeCfg
+    from cai_ray.serve import llm
+
+    monkeypatch.setattr(platform, "num_cores", lambda: 4)
+    assert llm.model_cores(ServeCfg()) == "0-3"
+    assert llm.model_cores(ServeCfg(reserved_cpus=1)) == "1-3"
+    assert llm.model_cores(ServeCfg(reserved_cpus=3)) == "3"
+    assert llm.model_cores(ServeCfg(reserved_cpus=1, max_replicas=2)) is None
+    env = llm.engine_env(ServeCfg(reserved_cpus=2), on_gpu=False)
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "2-3"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in llm.engine_env(ServeCfg(reserved_cpus=2), True)
