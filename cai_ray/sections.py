@@ -328,8 +328,8 @@ class ServeCfg(_Section):
     """On a CPU node serving one replica: cores kept off the model's OpenMP threads, left to Ray's
     processes and the HTTP path (the model binds cores reserved_cpus..N-1). 0 (the default): the
     model takes every core, and every CPU-second those processes use stalls its threads. On a
-    2-core node 1 costs a third of the tokens/s at concurrency 32 but leaves the serving path a
-    core of its own (benchmarks/results/serve_reserved.md); with more cores 1 costs less."""
+    2-core node 1 costs about 14% of the tokens/s at concurrency 32 (3% at 8) but leaves the
+    serving path a core of its own (benchmarks/results/serve_reserved.md)."""
     num_gpus_per_replica: float = Field(0.0, ge=0)
     tensor_parallel_size: int = Field(1, ge=1)
     kv_cache_gib: float = Field(1.0, gt=0)
