@@ -100,12 +100,17 @@ def check_port(host: str, port: int) -> None:
 
 
 def check_reserved(cfg) -> None:
-    """serve.reserved_cpus must leave the model a core."""
+    """serve.reserved_cpus binds one replica's model, and must leave it a core."""
     from cai_ray.platform import num_cores
 
+    what = f"serve.reserved_cpus (--reserved-cpus) {cfg.reserved_cpus}"
+    if cfg.reserved_cpus and cfg.max_replicas > 1:
+        raise InputError(f"{what}: binds the model of a single replica, and max_replicas is "
+                         f"{cfg.max_replicas} (several replicas share the cores unbound); "
+                         f"set one or the other")
     if cfg.reserved_cpus and cfg.reserved_cpus >= num_cores():
-        raise InputError(f"--reserved-cpus {cfg.reserved_cpus}: this machine has {num_cores()} "
-                         f"core(s) and the model needs one; use 0-{num_cores() - 1}")
+        raise InputError(f"{what}: this machine has {num_cores()} core(s) and the model needs "
+                         f"one; use 0-{num_cores() - 1}")
 
 
 def plan(args) -> Plan:

@@ -74,7 +74,7 @@ def model_cores(cfg) -> str | None:
     from cai_ray.platform import num_cores
 
     n = num_cores()
-    if cfg.max_replicas != 1 or n - cfg.reserved_cpus < 1 or n == 1:
+    if cfg.max_replicas != 1 or n == 1 or n <= cfg.reserved_cpus:
         return None
     first, last = cfg.reserved_cpus, n - 1
     return f"{first}-{last}" if last > first else str(first)

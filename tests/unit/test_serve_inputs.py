@@ -124,7 +124,9 @@ def test_bad_inputs_exit_2_with_one_line(run_dir, tmp_path):
             "max below min": ([str(run_dir), "--replicas", "3", "--max-replicas", "2"],
                               "max_replicas 2 is below"),
             "every core reserved": ([str(run_dir), "--reserved-cpus", str(num_cores())],
-                                    f"--reserved-cpus {num_cores()}: this machine has"),
+                                    f"(--reserved-cpus) {num_cores()}: this machine has"),
+            "reserved for replicas": ([str(run_dir), "--reserved-cpus", "1", "--max-replicas",
+                                       "2"], "binds the model of a single replica"),
         }
         for name, (args, expect) in cases.items():
             r = cli(*args)
