@@ -11,6 +11,7 @@ starts; a bad value is one line and exit 2.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -156,7 +157,7 @@ def connect(address: str | None, cfg=None) -> None:
         init_ray(address=address)
         return
     init_ray(num_cpus=max(num_cores(), int(needed_cpus(cfg) + 0.999)) if cfg else None,
-             dashboard=cfg.dashboard if cfg else True)
+             dashboard=cfg.dashboard if cfg else True, monitors=False)
 
 
 def check_resources(cfg, on_gpu: bool) -> None:
@@ -208,6 +209,12 @@ def deploy(p: Plan) -> dict:
     serve.run_many([RunTarget(app, name=APPS[k][0], route_prefix=APPS[k][1],
                               logging_config=quiet)
                     for k, app in apps.items()], wait_for_applications_running=False)
+    # What this process has imported (vLLM, torch, transformers: ~700,000 objects) leaves the
+    # garbage collector's view (as in Serve's replicas): each status poll's garbage set off full
+    # collections of it, 0.75 CPU-seconds per 20 s of this driver while the server was already
+    # answering, CPU that the model's cores lose
+    gc.collect()
+    gc.freeze()
     _wait_running([APPS[k][0] for k in apps])
     info = {"url": f"http://{_url_host(cfg.host)}:{cfg.port}/v1", "model": t.model_id,
             "source": t.source, "stage": t.stage, "path": t.model,
@@ -247,23 +254,30 @@ def _wait_running(names: list[str], timeout_s: float = 900) -> None:
 
 
 def foreground(info: dict) -> int:
-    """Serve until Ctrl-C, SIGTERM, or `cai-ray serve --stop` deletes the applications."""
+    """Serve until Ctrl-C, SIGTERM, or `cai-ray serve --stop` (which deletes the applications,
+    then the cluster's record of what is served)."""
     from ray import serve
+    from ray.experimental import internal_kv
 
     stop = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.append(1))
-    last = 0.0
+    last, asked = 0.0, time.time()
     while not stop:
         time.sleep(0.5)
-        if time.time() - last < 5:  # asking Serve costs its controller CPU the model could use
+        if time.time() - last < 2:
             continue
         last = time.time()
         try:
-            apps = serve.status().applications
+            # the record is one GCS read; Serve's status (its controller's work, and objects for
+            # this process to collect) only now and then, for applications deleted another way
+            gone = internal_kv._internal_kv_get(KV_KEY) is None
+            if not gone and last - asked > 30:
+                asked = last
+                gone = not any(n in serve.status().applications for n in info["apps"])
         except Exception:  # the cluster went away
             break
-        if not any(n in apps for n in info["apps"]):
+        if gone:
             print("cai-ray serve: stopped (--stop)", file=sys.stderr)
             time.sleep(3)  # let the stopping command leave before this cluster goes
             return 0
@@ -304,9 +318,9 @@ def stop(address: str | None) -> int:
 
     apps = serve.status().applications
     ours = [name for name, _ in APPS.values() if name in apps]
-    internal_kv._internal_kv_del(KV_KEY)
     for name in ours:
         serve.delete(name)
+    internal_kv._internal_kv_del(KV_KEY)  # last: a foreground server ends its cluster on this
     print(f"cai-ray serve: stopped {', '.join(ours) or 'nothing (none running)'}", flush=True)
     sys.stderr.flush()
     # A foreground server ends its local cluster once its applications are gone; leave without

@@ -171,3 +171,13 @@ def test_reserved_cpus_keep_cores_off_a_single_replica_s_model(monkeypatch):
     env = llm.engine_env(ServeCfg(reserved_cpus=2), on_gpu=False)
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "2-3"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in llm.engine_env(ServeCfg(reserved_cpus=2), True)
+
+
+def test_a_local_serving_cluster_keeps_no_idle_pool_workers():
+    """Ray keeps one idle pool worker per CPU by default; on a serving node the one left from
+    start-up woke 150 times a second doing nothing (serve/ingress.py). The environment of the
+    local cluster `cai-ray serve` starts sets the limit to 0."""
+    from cai_ray.config import ServeCfg
+    from cai_ray.serve import ingress
+
+    assert ingress.local_cluster_env(ServeCfg(ingress="proxy"))["RAY_num_workers_soft_limit"] == "0"
