@@ -29,12 +29,11 @@ def default_env() -> None:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             temp_dir: str | None = None, dashboard: bool = True, monitors: bool = True) -> None:
+             temp_dir: str | None = None, dashboard: bool = True, autoscaler: bool = True) -> None:
     """Start (or join) Ray once per process. A local cluster binds to 127.0.0.1 and keeps Ray's
     token authentication as Ray configures it (on by default in 2.60); `dashboard` says whether it
-    starts Ray's dashboard (the pipeline needs it, see below); `monitors=False` leaves out Ray's log
-    monitor and autoscaler monitor (see `_without_monitors`), and with them workers' output in this
-    process's terminal (it stays in the session's log files)."""
+    starts Ray's dashboard (the pipeline needs it, see below); `autoscaler=False` leaves out Ray's
+    autoscaler monitor (see `_without_autoscaler`)."""
     import ray
 
     default_env()
@@ -57,30 +56,26 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH"))
                                         if p)
     # The dashboard (on 127.0.0.1) serves the state API that Ray Train's controller polls.
-    if not monitors:
-        kwargs["log_to_driver"] = False  # nothing would forward it
-    with contextlib.nullcontext() if monitors else _without_monitors():
+    with contextlib.nullcontext() if autoscaler else _without_autoscaler():
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", _temp_dir=temp_dir, **kwargs)
 
 
 @contextlib.contextmanager
-def _without_monitors():
-    """While ray.init starts a local head here: no log monitor (a Python process that scans the
-    session's log folder ten times a second to forward workers' output to drivers) and no
-    autoscaler monitor (a single local node has nothing to scale). A long-lived server's node
-    wants neither: every CPU-second they take on a CPU node costs the model about two (serve/
-    ingress.py). ray.init has no switch for them; `ray start` has (--no-monitor,
-    --include-log-monitor=false), and both end in these two RayParams fields, set here after
-    RayParams' own constructor. A Ray without the fields starts the monitors as before."""
+def _without_autoscaler():
+    """While ray.init starts a local head here: no autoscaler monitor, a Python process that a
+    single local node, with nothing to scale, does not need (on a serving CPU node, CPU that the
+    model's cores lose: serve/ingress.py). ray.init has no switch for it; `ray start` has
+    (--no-monitor), which ends in this RayParams field, set here after RayParams' own
+    constructor. A Ray without the field starts the monitor as before."""
     from ray._private import parameter
 
     init = parameter.RayParams.__init__
 
     def lean(self, *args, **kwargs):
         init(self, *args, **kwargs)
-        if hasattr(self, "include_log_monitor") and hasattr(self, "no_monitor"):
-            self.include_log_monitor, self.no_monitor = False, True
+        if hasattr(self, "no_monitor"):
+            self.no_monitor = True
 
     parameter.RayParams.__init__ = lean
     try:

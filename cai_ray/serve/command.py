@@ -157,7 +157,7 @@ def connect(address: str | None, cfg=None) -> None:
         init_ray(address=address)
         return
     init_ray(num_cpus=max(num_cores(), int(needed_cpus(cfg) + 0.999)) if cfg else None,
-             dashboard=cfg.dashboard if cfg else True, monitors=False)
+             dashboard=cfg.dashboard if cfg else True, autoscaler=False)
 
 
 def check_resources(cfg, on_gpu: bool) -> None:
@@ -210,9 +210,9 @@ def deploy(p: Plan) -> dict:
                               logging_config=quiet)
                     for k, app in apps.items()], wait_for_applications_running=False)
     # What this process has imported (vLLM, torch, transformers: ~700,000 objects) leaves the
-    # garbage collector's view (as in Serve's replicas): each status poll's garbage set off full
-    # collections of it, 0.75 CPU-seconds per 20 s of this driver while the server was already
-    # answering, CPU that the model's cores lose
+    # garbage collector's view (as in Serve's replicas): the status polls' garbage set off full
+    # collections of it, two thirds of this driver's CPU in one sample (0.75 CPU-seconds per 20
+    # s while the server already answered), CPU that the model's cores lose
     gc.collect()
     gc.freeze()
     _wait_running([APPS[k][0] for k in apps])

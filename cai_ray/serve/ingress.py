@@ -19,8 +19,11 @@ cluster starts (a cluster at --address keeps its own):
   Idle pool workers are not kept (`RAY_num_workers_soft_limit=0`; by default Ray keeps one per
   CPU): the one left from start-up woke 150 times a second and took 0.52 CPU-seconds in 74 s of
   load, doing nothing (a replica that Serve replaces starts a worker of its own, about a second).
-  `cai-ray serve` also starts its cluster without Ray's log monitor and autoscaler monitor
-  (cluster.init_ray's `monitors`): 0.77 CPU-seconds in the same 74 s.
+  `cai-ray serve` also starts its cluster without Ray's autoscaler monitor (cluster.init_ray's
+  `autoscaler`). Ray's log monitor stays: it took 0.69 CPU-seconds in the same 74 s, but it is
+  what brings replicas' warnings and errors to the terminal of a foreground `cai-ray serve`, and
+  leaving it out (with the rest of this paragraph) moved the benchmark by less than its noise
+  (benchmarks/results/serve_lean.md).
 - `ingress: haproxy` (what `auto`, the default, picks where the binary is installed): Ray's
   HAProxy ingress. HAProxy (the binary the ray[serve] wheel ships on Linux) forwards each request
   to the replica, which runs vLLM's app on its own HTTP server (Ray's direct ingress), so no Python

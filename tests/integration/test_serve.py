@@ -118,10 +118,10 @@ def test_serves_the_runs_newest_policy(server, client):
     assert [m.id for m in client.models.list().data] == ["cai-tiny-sft"]
 
 
-def test_the_local_cluster_runs_no_dashboard_monitors_or_usage_telemetry(server):
+def test_the_local_cluster_runs_no_dashboard_autoscaler_or_usage_telemetry(server):
     """serve.dashboard is off by default, so none of the dashboard's module processes run, and
-    usage statistics are off with it, so Ray's LLM usage-telemetry actor does not either; nor do
-    Ray's log and autoscaler monitors: on a CPU node each would take the model's cores."""
+    usage statistics are off with it, so Ray's LLM usage-telemetry actor does not either; nor does
+    Ray's autoscaler monitor: on a CPU node each would take the model's cores."""
     import psutil
 
     procs = []
@@ -130,7 +130,7 @@ def test_the_local_cluster_runs_no_dashboard_monitors_or_usage_telemetry(server)
             procs.append(" ".join(p.cmdline()))
         except psutil.Error:  # gone meanwhile
             continue
-    unwanted = ("ray-dashboard-", "TelemetryAgent", "log_monitor.py", "autoscaler/_private/monitor")
+    unwanted = ("ray-dashboard-", "TelemetryAgent", "autoscaler/_private/monitor")
     assert any("ServeReplica:cai-policy" in c for c in procs), procs  # the walk sees the cluster
     extra = [u for c in procs for u in unwanted if u in c]
     assert not extra, extra
