@@ -209,10 +209,8 @@ def deploy(p: Plan) -> dict:
     serve.run_many([RunTarget(app, name=APPS[k][0], route_prefix=APPS[k][1],
                               logging_config=quiet)
                     for k, app in apps.items()], wait_for_applications_running=False)
-    # What this process has imported (vLLM, torch, transformers: ~700,000 objects) leaves the
-    # garbage collector's view (as in Serve's replicas): the status polls' garbage set off full
-    # collections of it, two thirds of this driver's CPU in one sample (0.75 CPU-seconds per 20
-    # s while the server already answered), CPU that the model's cores lose
+    # The ~700,000 objects of this process's imports leave the garbage collector's view (as in
+    # Serve's replicas): status polls set off collections of them, 0.75 CPU-s per 20 s (perf)
     gc.collect()
     gc.freeze()
     _wait_running([APPS[k][0] for k in apps])
