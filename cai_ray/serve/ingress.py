@@ -22,8 +22,8 @@ cluster starts (a cluster at --address keeps its own):
   `cai-ray serve` also starts its cluster without Ray's autoscaler monitor (cluster.init_ray's
   `autoscaler`). Ray's log monitor stays: it took 0.69 CPU-seconds in the same 74 s, but it is
   what brings replicas' warnings and errors to the terminal of a foreground `cai-ray serve`, and
-  leaving it out (with the rest of this paragraph) moved the benchmark by less than its noise
-  (benchmarks/results/serve_lean.md).
+  with it off as well the benchmark measured 0.85x / 0.89x vllm serve at 8 / 32, no better than
+  before within its noise (benchmarks/results/serve_lean.md).
 - `ingress: haproxy` (what `auto`, the default, picks where the binary is installed): Ray's
   HAProxy ingress. HAProxy (the binary the ray[serve] wheel ships on Linux) forwards each request
   to the replica, which runs vLLM's app on its own HTTP server (Ray's direct ingress), so no Python
