@@ -19,13 +19,14 @@ padding, and returns (B, T) for the critic's target, or None when there is no cr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Callable
 
 from cai_ray.algos.kl import token_rewards
+from cai_ray.algos.lazy import torch
 from cai_ray.algos.stats import group_stats, whiten
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass
@@ -56,7 +57,7 @@ class AdvantageParams:
     eps: float = 1e-6      # added to a group's std
 
 
-Estimator = Callable[[AdvantageInput, AdvantageParams], tuple[Tensor, Tensor | None]]
+Estimator = Callable[[AdvantageInput, AdvantageParams], "tuple[Tensor, Tensor | None]"]
 
 
 @dataclass(frozen=True)

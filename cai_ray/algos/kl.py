@@ -7,8 +7,12 @@ Schulman 2020, "Approximating KL divergence". Shapes: B rollouts, T response tok
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+from cai_ray.algos.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k1") -> Tensor:

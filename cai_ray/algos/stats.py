@@ -6,8 +6,12 @@ long tensor, equal for rollouts of the same prompt (the samples a group estimato
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+from cai_ray.algos.lazy import torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim=None) -> Tensor:

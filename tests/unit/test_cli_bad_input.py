@@ -150,6 +150,18 @@ def test_bad_input_exit_2(tmp_path, run_dir, case):
     assert tree_digest(run_dir) == before
 
 
+def test_a_bad_job_file_is_answered_before_torch_is_imported():
+    """Validating a job reads the RL registries (which algorithm needs a critic, which compares
+    samples of a prompt) but imports no torch: a bad `--set` is answered in well under a second,
+    not after torch's 1.5-second import. A good job loads without it too."""
+    code = ("import sys\nfrom cai_ray.cli import main\nfrom cai_ray.config import load_job\n"
+            "load_job('default')\nrc = main(['run', 'tiny', '--set', 'rl.algorithm=ppo',\n"
+            "          '--set', 'rl.samples_per_prompt=1', '--set', 'sft.lr=-1'])\n"
+            "print(rc, 'torch' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "sft.lr" in res.stderr and res.stdout.split() == ["2", "False"], res.stderr[-2000:]
+
+
 def test_constitution_validate_cli(tmp_path):
     assert cli("constitution", "validate", "default").returncode == 0
     bad = tmp_path / "bad.yaml"
