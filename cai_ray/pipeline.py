@@ -164,6 +164,9 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
     rd = ctx.run
     rd.check_identity(identity(job), job.name, force=force)
     digests = ctx.plan.digests
+    if resume and all(rd.is_complete(s, digests[s]) for s in job.stages):
+        # nothing to run: answered from the manifest, with no cluster started or joined
+        return {s: run_stage(ctx, s, digests[s], resume) for s in job.stages}
     start_cluster(job)
     lock = RunLock(rd.path)
     sync = None

@@ -103,8 +103,10 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
     assert all({"base", "sft", "rl@1", "rl"} <= set(a) for a in answers)
 
     before_sft_seconds = manifest["stages"]["sft"]["seconds"]
-    # --resume: every stage is complete under the same config, so nothing runs again
-    again = cai("run", "tiny", "--run-dir", str(run), "--quiet", "--resume")
+    # --resume: every stage is complete under the same config, so nothing runs again, and no
+    # cluster is started or joined (an address nobody listens on is never contacted)
+    again = cai("run", "tiny", "--run-dir", str(run), "--quiet", "--resume", "--set",
+                "ray.address=127.0.0.1:9", timeout=120)
     assert again.returncode == 0 and again.stdout.count("skipped (complete)") == len(STAGES)
 
     # then `--stages dpo` on the SL-CAI pairs (the HF recipe's data) in the same run directory:
