@@ -7,6 +7,8 @@ import logging
 import os
 import socket
 
+from cai_ray.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # Environment every Ray worker needs: quiet vLLM, DeepSpeed on CPU where there is no GPU, caches in
@@ -47,6 +49,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         ray.init(address=os.environ["RAY_ADDRESS"], logging_level=logging.WARNING)
         return
     if address:
+        check_answers(address)
         if is_loopback(address.rsplit(":", 1)[0].removeprefix("ray://")):
             loopback_only()  # a cluster on this machine's 127.0.0.1: this node's address is too
         ray.init(address=address, **kwargs)
@@ -82,6 +85,21 @@ def _without_autoscaler():
         yield
     finally:
         parameter.RayParams.__init__ = init
+
+
+def check_answers(address: str | None, hint: str = "start its head or fix the address "
+                  "(ray.address, --address)", timeout_s: float = 5.0) -> None:
+    """A cluster address HOST:PORT (or ray://HOST:PORT) must accept a TCP connection within
+    seconds; Ray itself waits minutes on an address nobody listens on. InputError (exit 2, with
+    `hint`) if not; other forms ("auto", "local") are left to Ray."""
+    host, sep, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or "://" in host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InputError(f"Ray address {address}: no cluster answers there "
+                         f"({exc.strerror or exc}); {hint}") from None
 
 
 def is_loopback(host: str) -> bool:

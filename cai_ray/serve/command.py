@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from cai_ray.cluster import is_loopback, ray_token_available
+from cai_ray.cluster import check_answers, is_loopback, ray_token_available
 from cai_ray.errors import InputError
 
 APPS = {"policy": ("cai-policy", "/"), "score": ("cai-score", "/v1/score"),
@@ -326,26 +326,13 @@ def stop(address: str | None) -> int:
     os._exit(0)
 
 
-def _reachable(address: str | None) -> None:
-    """A named HOST:PORT that refuses connections fails at once (Ray would retry for a minute)."""
-    if not address or "://" in address or ":" not in address:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--address {address}: no Ray cluster answers there "
-                         f"({getattr(exc, 'strerror', None) or exc}); is `cai-ray serve` "
-                         f"running?") from None
-
-
 def _attach(address: str | None) -> None:
     """--status / --stop: the cluster at --address, else the local one `cai-ray serve` started."""
     if ray_token_available():
         # Ray sends its token to a cluster it finds itself, but to a named address only in token
         # mode, which it reads when it is imported: so before `import ray`
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    _reachable(address)
+    check_answers(address, hint="is `cai-ray serve` running? (--address)")
     import ray
 
     from cai_ray.cluster import default_env

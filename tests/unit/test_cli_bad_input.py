@@ -10,8 +10,10 @@ import pytest
 
 
 def cli(*args, cwd=None):
+    """A bad input is answered in seconds: one that hangs fails the test at 120 s."""
     return subprocess.run([sys.executable, "-m", "cai_ray.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, "CAI_RAY_FORCE_CPU": "1"})
+                          text=True, cwd=cwd, env={**os.environ, "CAI_RAY_FORCE_CPU": "1"},
+                          timeout=120)
 
 
 def tree_digest(path: Path) -> str:
@@ -130,6 +132,9 @@ CASES = {
     "run directory on storage nobody serves": (
         ["--run-dir", "s3://bucket/run?endpoint_override=127.0.0.1:1&scheme=http"],
         "cannot use this storage"),
+    "ray address nobody listens on": (
+        ["--force", "--set", "ray.address=127.0.0.1:9"],
+        "Ray address 127.0.0.1:9: no cluster answers there"),
     "run directory URI with an unknown option": (
         ["--run-dir", "s3://bucket/run?endpoint=127.0.0.1:1"], "unknown option(s) ['endpoint']"),
 }

@@ -127,6 +127,9 @@ def test_bad_inputs_exit_2_with_one_line(run_dir, tmp_path):
                                     f"(--reserved-cpus) {num_cores()}: this machine has"),
             "reserved for replicas": ([str(run_dir), "--reserved-cpus", "1", "--max-replicas",
                                        "2"], "binds the model of a single replica"),
+            "status of nobody": (["--status", "--address", "127.0.0.1:9"],
+                                 "no cluster answers there (Connection refused); is `cai-ray "
+                                 "serve` running?"),
         }
         for name, (args, expect) in cases.items():
             r = cli(*args)
