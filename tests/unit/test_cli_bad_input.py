@@ -163,7 +163,8 @@ def test_a_bad_job_file_is_answered_before_torch_is_imported():
             "load_job('default')\nrc = main(['run', 'tiny', '--set', 'rl.algorithm=ppo',\n"
             "          '--set', 'rl.samples_per_prompt=1', '--set', 'sft.lr=-1'])\n"
             "print(rc, 'torch' in sys.modules)\n")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
     assert "sft.lr" in res.stderr and res.stdout.split() == ["2", "False"], res.stderr[-2000:]
 
 
