@@ -26,5 +26,9 @@ bench: setup                   ## every benchmark; JSON + tables under benchmark
 	CAI_RAY_EXTRAS=test,bench bash scripts/setup.sh
 	bash benchmarks/run_all.sh
 
+lint: setup                    ## ruff, and the import layers (import-linter contracts in pyproject.toml)
+	$(VENV)/bin/ruff check cai_ray tests benchmarks
+	$(VENV)/bin/lint-imports
+
 clean:
 	rm -rf runs .pytest_cache

@@ -133,20 +133,20 @@ def sft(model_dir: str, zero: int, steps: int, peak: float, batch: int = 8,
     import deepspeed
     from transformers import AutoTokenizer
 
-    from cai_ray.config import SftCfg
-    from cai_ray.train.core import deepspeed_config
+    from cai_ray.train.dist import deepspeed_config
+    from cai_ray.train.spec import TrainSpec
     from cai_ray.train.tasks import make_task
 
     init_dist()
-    cfg = SftCfg(zero_stage=zero, precision="bf16", micro_batch_size=batch, lr=1e-4,
-                 use_gpu=CUDA, max_len=max_len).model_dump()
-    task = make_task(task_name, {"max_len": max_len})
+    cfg = TrainSpec(zero_stage=zero, precision="bf16", micro_batch_size=batch, lr=1e-4,
+                    use_gpu=CUDA)
+    task = make_task(task_name, max_len=max_len)
     tok = AutoTokenizer.from_pretrained(model_dir)
     rows = chat_rows(batch * 4) if task_name == "sft" else pair_rows(batch * 4)
     items = task.encode(rows, tok)
     model = task.build_model(model_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"])
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                       optimizer=opt, config=deepspeed_config(cfg, 1))
     reset_mem()
@@ -210,16 +210,16 @@ def learner(model_dir: str) -> dict:
     """The RL learner with a critic (PPO: policy and critic, each a DeepSpeed ZeRO-2 engine, bf16)
     on CUDA: the old log-probs and values, two epochs of updates, the weights streamed out."""
     from cai_ray.algos.stats import whiten
-    from cai_ray.config import RlCfg
+    from cai_ray.config.rl import RlCfg
     from cai_ray.rl.experience import Experience, pad_responses
     from cai_ray.rl.learner import Learner, step_plan
-    from cai_ray.rl.trainer import learner_config
+    from cai_ray.rl.spec import LearnerSpec
 
     init_dist()
     cfg = RlCfg(algorithm="ppo", use_gpu=CUDA, precision="bf16", zero_stage=2, update_epochs=2,
                 mini_batch_size=8, micro_batch_size=8)
     t = time.time()
-    ln = Learner(model_dir, learner_config(cfg, cfg.resolved()), critic_path=model_dir)
+    ln = Learner(model_dir, LearnerSpec.of(cfg), critic_path=model_dir)
     ln.join(*ln.listen())
     start_s = time.time() - t
     g = torch.Generator().manual_seed(0)
@@ -257,8 +257,8 @@ def learner(model_dir: str) -> dict:
 
 
 def engine(model_dir: str) -> dict:
-    from cai_ray.engines.base import Request, Sampling
     from cai_ray.engines.hf_engine import HfEngine
+    from cai_ray.generation import Request, Sampling
 
     eng = HfEngine(model_dir, dtype="bfloat16", batch_size=64)
     reqs = [Request(str(i), messages=[{"role": "user", "content": r["messages"][0]["content"]}])
@@ -289,7 +289,7 @@ def _nccl_rank(rank: int, port: int, model_dir: str, q) -> None:
     try:
         from safetensors.torch import load_file
 
-        from cai_ray import collective as C
+        from cai_ray.engines import collective as C
 
         if CUDA:
             torch.cuda.set_device(0)
@@ -314,7 +314,7 @@ def nccl(model_dir: str) -> dict:
     records whether the broadcast runs here; on two GPUs the same code runs one rank per GPU."""
     import multiprocessing as mp
 
-    from cai_ray.collective import free_port
+    from cai_ray.engines.collective import free_port
 
     ctx = mp.get_context("spawn")
     q, port = ctx.Queue(), free_port()

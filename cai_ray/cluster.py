@@ -12,9 +12,10 @@ from cai_ray.errors import InputError
 log = logging.getLogger(__name__)
 
 # Environment every Ray worker needs: quiet vLLM, DeepSpeed on CPU where there is no GPU, caches in
-# folders we control (STACK-NOTES pitfall 8).
+# folders we control (vLLM, DeepSpeed and Ray otherwise write under ~/.cache and /tmp).
 WORKER_ENV_KEYS = ("CAI_RAY_CACHE", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT", "DS_ACCELERATOR",
-                   "CAI_RAY_FORCE_CPU", "HF_HUB_OFFLINE", "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM")
+                   "CAI_RAY_FORCE_CPU", "HF_HUB_OFFLINE", "VLLM_LOGGING_LEVEL",
+                   "TOKENIZERS_PARALLELISM")
 
 
 def default_env() -> None:

@@ -1,19 +1,17 @@
-"""Constitutions: principles plus few-shot examples, loaded from our YAML or from published formats.
+"""Constitutions: principles plus few-shot examples, from our YAML or from published formats.
 
 Our schema (constitutions/*.yaml):
 
     name: harmless-v1
-    critique_revision:            # Bai et al. 2022 sec. 3: a critique request and a revision request
+    critique_revision:   # Bai et al. 2022 sec. 3: a critique request and a revision request
       - {id: harm-general, critique: "...", revision: "..."}
-    critique_fewshot:             # worked examples shown before the request
-      - {prompt: "...", response: "...", critique: "...", revision: "...", principle: harm-general}
-    judge:                        # sec. 4: "choose the response that ..." principles
+    critique_fewshot:    # worked examples shown before the request
+      - {prompt, response, critique, revision, principle: harm-general}
+    judge:               # sec. 4: "choose the response that ..." principles
       - {id: harmless-ethical, text: "Which response is ..."}
-    judge_fewshot:
-      - {prompt: "...", options: ["...", "..."], answer: A, reasoning: "...", principle: harmless-ethical}
+    judge_fewshot: [{prompt, options: [a, b], answer: A, reasoning, principle}]
 
-Also read: the CAI paper's JSON folder (CritiqueRevisionInstructions.json, ...) and the Hugging Face
-CAI recipe's JSON ({"constitutions": [{"critic", "revision"}], "system_chat": [...]}).
+Also read: the CAI paper's JSON folder and the Hugging Face CAI recipe's JSON.
 """
 
 from __future__ import annotations

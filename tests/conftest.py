@@ -1,6 +1,6 @@
 """Test tiers: tests/unit (no Ray, no vLLM start; seconds), tests/integration (a real local Ray
-cluster, real vLLM and DeepSpeed on the tiny model; minutes). Marked `slow`: SmolLM2 runs, not in CI.
-Marked `gpu`: needs CUDA, skipped here."""
+cluster, real vLLM and DeepSpeed on the tiny model; minutes). Marked `slow`: SmolLM2 runs, not in
+CI. Marked `gpu`: needs CUDA, skipped here."""
 
 from __future__ import annotations
 

@@ -1,18 +1,16 @@
-"""Advantage estimators, pure tensors (no ray, deepspeed or vllm), registered by name.
+"""Advantage estimators, pure tensors (no ray, deepspeed or vllm), registered by name
+(register_estimator). Shapes: B rollouts, T response tokens; `mask` (B, T) is 1 on answer tokens;
+`group` (B,) equal for the samples of one prompt. Each returns advantages (B, T), 0 on padding,
+and returns (B, T) for the critic's target, or None without a critic.
 
     spec = ESTIMATORS["grpo"]                  # .fn, .needs_critic, .grouped
     adv, returns = spec.fn(AdvantageInput(score, mask, group), AdvantageParams())
-
-Shapes: B rollouts, T response tokens; `mask` (B, T) is 1 on real response tokens (right-padded);
-`group` (B,) is equal for the samples of one prompt. Every estimator returns advantages (B, T), 0 on
-padding, and returns (B, T) for the critic's target, or None when there is no critic.
 
     gae                    Schulman et al. 2016, with a critic (PPO)
     grpo                   Shao et al. 2024: (r - group mean) / group std, one value per sequence
     dr_grpo                Liu et al. 2025 ("Dr. GRPO"): r - group mean, no std
     rloo                   Ahmadian et al. 2024: r minus the mean of the other samples of its prompt
-    reinforce_pp           Hu 2025 (REINFORCE++): token returns of the KL-penalised reward,
-                           normalised over the whole batch
+    reinforce_pp           Hu 2025 (REINFORCE++): KL-penalised token returns, batch-normalised
     reinforce_pp_baseline  REINFORCE++ with the group mean subtracted from the score first
 """
 

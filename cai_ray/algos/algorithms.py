@@ -6,7 +6,8 @@ estimator, a reference model only when the KL coefficient is above 0.
     alg = resolve("grpo", clip_high=0.28)      # Algorithm(advantage="grpo", ...)
     alg.needs_critic, alg.needs_reference      # False, True
 
-Adding one is a registration: register_algorithm(Algorithm("mine", advantage="rloo", ...)).
+Adding one is a registration: register_algorithm(Algorithm("mine", advantage="rloo", ...)); its
+estimator and policy loss are names in their own registries (advantages.py, policy_loss.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from cai_ray.algos.advantages import ESTIMATORS
+from cai_ray.algos.policy_loss import POLICY_LOSSES
 
 KL_PLACES = ("reward", "loss")
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -32,6 +34,7 @@ class Algorithm:
     ratio_level: str = "token"         # "sequence": GSPO
     loss_agg: str = "token_mean"
     dynamic_sampling: bool = False     # drop groups whose rewards are all equal (DAPO)
+    policy_loss: str = "ppo_clip"      # a loss in algos.policy_loss.POLICY_LOSSES
     about: str = ""
 
     @property
@@ -54,6 +57,8 @@ KNOBS = tuple(f.name for f in fields(Algorithm) if f.name not in ("name", "about
 def register_algorithm(alg: Algorithm) -> Algorithm:
     if alg.advantage not in ESTIMATORS:
         raise ValueError(f"algorithm {alg.name}: unknown estimator {alg.advantage!r}")
+    if alg.policy_loss not in POLICY_LOSSES:
+        raise ValueError(f"algorithm {alg.name}: unknown policy loss {alg.policy_loss!r}")
     ALGORITHMS[alg.name] = alg
     return alg
 

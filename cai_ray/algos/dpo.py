@@ -1,19 +1,15 @@
 """Direct preference losses (no reward model, no RL), pure torch; tested against hand numbers.
 
-Every loss here is a function of the log-ratio difference of a pair,
+Every loss is a function of the pair's log-ratio difference and of a target q, the probability
+that `chosen` is better; both orderings are weighed by it: loss = q * l(h) + (1 - q) * l(-h),
 
     h = (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))    (B,)
-
-and of a target q, the probability that `chosen` is the better answer. Both orderings are weighed
-by it: loss = q * l(h) + (1 - q) * l(-h), with l the per-ordering loss of the type:
-
     dpo   l(h) = -log sigmoid(beta * h)                       Rafailov et al. 2023
     ipo   l(h) = (h - 1 / (2 * beta)) ** 2                    Azar et al. 2023
     cdpo  dpo's l, with q = the judge's soft label p_chosen   (conservative DPO: Mitchell 2023)
 
 q is 1 for hard labels (dpo, ipo) or p_chosen (cdpo, or soft_labels on), then smoothed:
-q <- q (1 - eps) + (1 - q) eps. With q = 1 and eps = 0 every type is its plain form, and cdpo at
-p = 1 is exactly DPO.
+q <- q (1 - eps) + (1 - q) eps. With q = 1 and eps = 0 every type is its plain form.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The judge sees (A) and (B) and we read the log-probabilities of the two option tokens. A soft label
 is the normalised probability that the first answer is better; both presentation orders are averaged
-to cancel position bias; principles are ensembled by averaging; chain-of-thought labels are clamped to
-[0.4, 0.6] because reasoning makes the judge over-confident.
+to cancel position bias; principles are ensembled by averaging; chain-of-thought labels are clamped
+to [0.4, 0.6] because reasoning makes the judge over-confident.
 """
 
 from __future__ import annotations

@@ -1,24 +1,28 @@
 """Policy and value losses, their aggregation, and rollout correction. Pure tensors (no ray,
-deepspeed or vllm); tested against numbers computed by hand.
+deepspeed or vllm); tested against numbers computed by hand. Shapes: B rollouts, T response
+tokens; `mask` (B, T) is 1 on response tokens.
 
-Shapes: B rollouts, T response tokens; `mask` (B, T) is 1 on response tokens.
+    loss, m = policy_loss(logp, old_logp, adv, mask, clip_low=0.2, clip_high=0.28)
+    loss, m = POLICY_LOSSES["ppo_clip"](logp, old_logp, adv, mask, **knobs)   # by name
 
-    loss, m = policy_loss(logp, old_logp, adv, mask, clip_low=0.2, clip_high=0.28,
-                          agg="token_mean")
+Registered by name (rl.policy_loss): register_policy_loss("mine") on a function with
+policy_loss's signature (knobs it does not use arrive as keywords it may ignore).
 
 References: Schulman et al. 2017 (clipped surrogate); Ye et al. 2020 (dual clip); Yu et al. 2025
-(DAPO: clip-higher, token-mean aggregation); Zheng et al. 2025 (GSPO: sequence-level ratio); Liu
-et al. 2025 (Dr. GRPO: sum over tokens / a constant); Yao et al. 2025 (truncated importance sampling
-against the sampler/learner mismatch).
+(DAPO: clip-higher, token mean); Zheng et al. 2025 (GSPO: sequence-level ratio); Liu et al. 2025
+(Dr. GRPO); Yao et al. 2025 (truncated importance sampling against sampler/learner mismatch).
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Callable
 
 from cai_ray.algos.kl import kl_estimate
+from cai_ray.algos.lazy import torch
 from cai_ray.algos.stats import masked_mean
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 RATIO_LEVELS = ("token", "sequence")
@@ -70,6 +74,18 @@ def log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor, level: str = "token"
     raise ValueError(f"unknown importance ratio level {level!r}; choose from {RATIO_LEVELS}")
 
 
+PolicyLoss = Callable[..., "tuple[Tensor, dict]"]
+POLICY_LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_policy_loss(name: str):
+    def deco(fn: PolicyLoss) -> PolicyLoss:
+        POLICY_LOSSES[name] = fn
+        return fn
+    return deco
+
+
+@register_policy_loss("ppo_clip")
 def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *,
                 clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
                 ratio_level: str = "token", agg: str = "token_mean",

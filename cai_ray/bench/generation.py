@@ -1,6 +1,7 @@
 """`cai-ray bench generation`: generated tokens/s of the vLLM engine (an engine actor, as the stages
-use it), of the transformers engine batched, and of a batch-1 transformers loop, on the same prompts,
-in one command; peak resident memory of each; greedy agreement of vLLM and transformers in fp32.
+use it), of the transformers engine batched, and of a batch-1 transformers loop, on the same
+prompts, in one command; peak resident memory of each; greedy agreement of vLLM and transformers in
+fp32.
 
     cai-ray bench generation [--model smollm2-135m-instruct] [--prompts 64] [--max-tokens 64]
 """
@@ -14,7 +15,7 @@ from cai_ray.bench.common import Timer, table, write
 
 
 def _requests(n: int):
-    from cai_ray.engines.base import Request
+    from cai_ray.generation import Request
     from cai_ray.prompts.sources import load_prompts
 
     ps = load_prompts(["builtin:red_team", "builtin:helpful"]).prompts[:n]
@@ -41,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from cai_ray import models
     from cai_ray.cluster import init_ray
-    from cai_ray.engines.base import Sampling, make_engine
+    from cai_ray.engines.factory import make_engine
     from cai_ray.engines.pool import EnginePool
+    from cai_ray.generation import Sampling
     from cai_ray.platform import peak_rss_mb
 
     path = models.resolve(args.model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from cai_ray.bench.common import Timer, table, write
-from cai_ray.config import JudgeCfg
+from cai_ray.config.sections import JudgeCfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop-pairs", type=int, default=8)
     ap.add_argument("--principles", type=int, default=JudgeCfg().principles_per_pair,
                     help="principles per pair (default: the judge section's default)")
-    ap.add_argument("--kind", default="logprob", choices=["logprob", "generative"],
-                    help="judge kind (cai_ray/judges)")
+    ap.add_argument("--method", default="logprob", choices=["logprob", "generative"],
+                    help="judge method (cai_ray/judges)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -32,16 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     from cai_ray.engines.hf_engine import HfEngine
     from cai_ray.engines.local import LocalPool
     from cai_ray.engines.pool import EnginePool
-    from cai_ray.evaluate import DEFAULT_HH, hh_pairs
-    from cai_ray.feedback import JudgeItem
-    from cai_ray.judges import build
+    from cai_ray.eval.instruments import DEFAULT_HH, hh_pairs
+    from cai_ray.judges import JudgeItem, build
 
     path = models.resolve(args.model)
     const, tok = load_constitution("default"), AutoTokenizer.from_pretrained(path)
     pairs = hh_pairs(DEFAULT_HH, args.pairs)
     items = [JudgeItem(p["id"], p["conversation"], p["chosen"], p["rejected"]) for p in pairs]
     rows, labels = [], {}
-    cfg = JudgeCfg(kind=args.kind, principles_per_pair=args.principles)
+    cfg = JudgeCfg(method=args.method, principles_per_pair=args.principles)
     tokens = _prompt_tokens(build(cfg, const, pool=None, tokenizer=tok, seed=0), items, tok)
 
     init_ray()

@@ -36,7 +36,8 @@ def ours(model: str, algorithm: str, iterations: int, prompts: int, answers: int
     from cai_ray.config import load_job
     from cai_ray.constitution import load_constitution
     from cai_ray.prompts.sources import PromptSet, load_prompts
-    from cai_ray.rundir import RunDir, read_jsonl
+    from cai_ray.rundir.files import read_jsonl
+    from cai_ray.rundir.layout import RunDir
     from cai_ray.stages import rl
     from cai_ray.stages.context import Context
 
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             row["x_memory"] = row["learner_peak_mb"] / by_spec[base]["learner_peak_mb"]
     tbl = table(rows, ["runner", "iteration_s", "generate_s", "score_s", "train_s",
                        "weight_sync_s", "sync_share", "learner_peak_mb", "reference_peak_mb",
-                       "engine_peak_mb", "total_peak_mb", "mismatch_kl", "vs", "x_time", "x_memory"])
+                       "engine_peak_mb", "total_peak_mb", "mismatch_kl", "vs", "x_time",
+                       "x_memory"])
     tbl += (f"\n\n{args.prompts} prompts x {args.answers} answers x {args.max_tokens} new tokens "
             f"per iteration, one optimizer step, KL coefficient {KL_COEF} on both sides; mean of "
             f"iterations 2..{args.iterations}. x_time < 1 is faster than the TRL runner named in "

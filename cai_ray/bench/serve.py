@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             return rc
 
     from cai_ray import models
-    from cai_ray.config import ServeCfg
+    from cai_ray.config.sections import ServeCfg
     from cai_ray.platform import engine_dtype
 
     path = models.resolve(args.model)

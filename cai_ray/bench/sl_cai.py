@@ -31,7 +31,7 @@ def _ctx(model: str, max_tokens: int, actors: int, run_dir: Path):
     from cai_ray.config import load_job
     from cai_ray.constitution import load_constitution
     from cai_ray.prompts.sources import PromptSet
-    from cai_ray.rundir import RunDir
+    from cai_ray.rundir.layout import RunDir
     from cai_ray.stages.context import Context
 
     job = load_job(None, [f"sl_cai.max_new_tokens={max_tokens}", "sl_cai.num_rounds=1",
@@ -46,7 +46,7 @@ def run_one(mode: str, model: str, prompts_file: str, n: int, max_tokens: int) -
     """One runner, in this process; returns its figures."""
     from cai_ray.platform import peak_rss_mb
     from cai_ray.prompts.sources import load_prompts
-    from cai_ray.rundir import ProgressLog
+    from cai_ray.rundir.files import ProgressLog
     from cai_ray.stages.sl_cai import SlCaiRunner
 
     t0 = time.time()
@@ -60,7 +60,7 @@ def run_one(mode: str, model: str, prompts_file: str, n: int, max_tokens: int) -
         init_ray()
         pool = ctx.engine_pool(ctx.base_model, name="bench")
     else:
-        from cai_ray.engines.base import make_engine
+        from cai_ray.engines.factory import make_engine
         from cai_ray.engines.local import LocalPool
 
         backend = "hf" if mode == "hf_loop" else "vllm"
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--loop-prompts", type=int, default=6,
-                    help="prompts for the slow one-at-a-time loop (a rate; a subset keeps it short)")
+                    help="prompts for the slow one-at-a-time loop (a rate; a subset keeps it "
+                    "short)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--data", default=str(HARMBENCH))
     ap.add_argument("--modes", default="hf_loop,vllm_script,stage_1_actor,stage_2_actors")

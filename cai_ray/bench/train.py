@@ -1,20 +1,15 @@
-"""`cai-ray bench train`: SFT tokens/s, reward-model and DPO pairs/s on SmolLM2-135M through our
-training core (DeepSpeed ZeRO under Ray Train): 1 vs 2 workers, ZeRO-2 vs ZeRO-3, LoRA vs full
-weights; the same jobs with TRL's SFTTrainer / RewardTrainer / DPOTrainer (same model, pairs,
-length, batch, steps, beta) as the baseline; peak resident memory of each trainer process; model
-FLOPs utilisation against this machine's fp32 matrix-multiply peak, measured in the same command;
-and the padding share of the default job's SFT data with and without length grouping. Throughput
-is the steady state: the median step time after the first step (DPO also end to end, with our
-one-off reference pass counted). DPO trains on HH-RLHF harmlessness pairs by default (real
-preference data: multi-turn prompts, answers of varied length), or on filler pairs (--dpo-data).
+"""`cai-ray bench train`: SFT tokens/s, reward-model and DPO pairs/s through our training core
+(DeepSpeed ZeRO under Ray Train) against TRL's SFTTrainer / RewardTrainer / DPOTrainer on the same
+model, data, length, batch and steps; peak memory of each trainer process; MFU against the matmul
+peak measured in the same command; the padding share of SFT data with and without length
+grouping. Throughput is the median step after the first (DPO also end to end).
 
-    cai-ray bench train [--steps 6] [--length 256] [--batch 4] [--sft-data RUN/sl_cai/sft]
-                        [--dpo-data hh-rlhf|filler]
+    cai-ray bench train [--steps 6] [--length 256] [--batch 4] [--rounds N]
+                        [--sft-data RUN/sl_cai/sft] [--dpo-data hh-rlhf|filler]
 
-A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc]; flags: lora, jemalloc (the
-trainer's allocator; else glibc), gc (gradient checkpointing), varied (SFT answers of varied
-length), pack (padding-free packing), separate (DPO: a sequence per answer, the prompt run twice;
-by default a pair's prompt runs once). LoRA rows are compared with the full run of the same other
+A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc]; flags: lora, jemalloc, gc
+(gradient checkpointing), varied (SFT answers of varied length), pack (padding-free packing),
+separate (DPO: a sequence per answer). LoRA rows are compared with the full run of the same other
 flags, packed rows with the padded one.
 """
 
@@ -28,8 +23,7 @@ import sys
 import time
 
 from cai_ray.bench.common import run_child, scratch, step_timer, table, write
-from cai_ray.bench.train_data import (DPO_DATA, dpo_rows, fitted, pair_tokens, rm_rows,
-                                     sft_rows)
+from cai_ray.bench.train_data import DPO_DATA, dpo_rows, fitted, pair_tokens, rm_rows, sft_rows
 
 
 def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> float:
@@ -52,9 +46,11 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
          zero: int, lora: bool = False, grad_ckpt: bool = False, varied: bool = False,
          packing: bool = False, share_prompt: bool = True, dpo_data: str = "hh-rlhf") -> dict:
     from cai_ray.cluster import init_ray
-    from cai_ray.config import DpoCfg, LoraCfg, RewardCfg, SftCfg
-    from cai_ray.rundir import read_jsonl, write_jsonl_atomic
+    from cai_ray.config.sections import DpoCfg, LoraCfg, RewardCfg, SftCfg
+    from cai_ray.rundir.files import read_jsonl, write_jsonl_atomic
     from cai_ray.train.core import fit
+    from cai_ray.train.spec import TrainSpec
+    from cai_ray.train.tasks import make_task
 
     init_ray()
     tmp = scratch()
@@ -72,8 +68,9 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
     cfg = Cfg(num_workers=workers, zero_stage=zero, micro_batch_size=batch // workers,
               max_steps=steps, max_len=length, checkpoint_every=10 ** 6, lr=1e-5,
               lora=LoraCfg() if lora else None, gradient_checkpointing=grad_ckpt,
-              **extra).model_dump()
-    fit(task, model, tmp / "data", cfg, tmp / "out", task_kwargs={"max_len": length, **extra})
+              **extra)
+    fit(make_task(task, max_len=length, **extra), model, tmp / "data", TrainSpec.of(cfg),
+        tmp / "out")
     recs = read_jsonl(tmp / "out" / "metrics.jsonl")
     steps_s = [r["perf/step_s"] for r in recs]
     return {"step_s": statistics.median(steps_s[1:]), "first_step_s": steps_s[0],
@@ -103,7 +100,8 @@ def trl(task: str, model: str, length: int, batch: int, steps: int,
         from transformers import AutoModelForCausalLM
         from trl import SFTConfig, SFTTrainer
 
-        ds = datasets.Dataset.from_list([{"messages": r["messages"]} for r in sft_rows(batch * steps)])
+        ds = datasets.Dataset.from_list([{"messages": r["messages"]}
+                                         for r in sft_rows(batch * steps)])
         m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         tr = SFTTrainer(model=m, args=SFTConfig(packing=False, **common), train_dataset=ds,
                         processing_class=tok, callbacks=[stamp])
@@ -254,9 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                                          args.dpo_data))
         print("RESULT " + json.dumps(res))
         return 0
-    from transformers import AutoConfig
-
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(
         AutoConfig.from_pretrained(path)).parameters())

@@ -1,4 +1,5 @@
-"""The command line (the contract in DESIGN.md). Parses, validates, dispatches; nothing else.
+"""The command line: `cai-ray run | eval | serve | submit | jobs | models | constitution | bench`.
+Parses, validates, dispatches; nothing else (run.py, eval.py, jobs.py hold the longer commands).
 
 Exit codes: 0 success, 2 bad input or configuration (one line on stderr naming the field, file or
 line), 1 anything else.
@@ -7,7 +8,6 @@ line), 1 anything else.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -16,28 +16,9 @@ from cai_ray.errors import InputError
 
 
 def _run(args) -> int:
-    from cai_ray import pipeline
-    from cai_ray.config import load_job
+    from cai_ray.cli.run import run_command
 
-    job = load_job(args.job, args.set or [], model=args.model, prompts=args.prompts,
-                   limit=args.limit, run_dir=args.run_dir, stages=args.stages)
-    if args.dry_run:
-        ctx = pipeline.build_context(job, quiet=True)
-        from dataclasses import asdict
-
-        info = {"job": job.name, "run_dir": job.run_dir, "stages": job.stages,
-                "model": ctx.base_model, "constitution": ctx.constitution.name,
-                "red_team": len(ctx.red_team), "helpful": len(ctx.helpful),
-                "inputs": {s: ctx.plan.inputs.get(s, {}) for s in job.stages}}
-        if "rl" in job.stages:  # the algorithm with every knob resolved
-            info["rl"] = {**asdict(job.rl.resolved()), "reward": job.rl.reward,
-                          "weight_sync": job.weight_sync()}
-        print(json.dumps(info, indent=2))
-        return 0
-    summary = pipeline.run(job, resume=args.resume, force=args.force, quiet=args.quiet)
-    print(pipeline.format_summary(summary))
-    print(f"run directory: {job.run_dir}")
-    return 1 if any(s["status"] == "failed" for s in summary.values()) else 0
+    return run_command(args)
 
 
 def _constitution(args) -> int:
@@ -75,30 +56,13 @@ def _bench(args) -> int:
 
 
 def _eval(args) -> int:
-    from cai_ray import evaluate
+    from cai_ray.cli.eval import main
 
-    if args.target in ("judge", "reward", "refusals", "compare"):
-        return evaluate.main(args.target, args.rest)
-    from cai_ray import pipeline
-    from cai_ray.config import JobConfig
-
-    run = pipeline.open_run_dir(args.target)  # a folder, or a URI: its manifest pulled (exit 2
-    manifest = run.path / "manifest.json"     # when the storage cannot be reached)
-    if not manifest.exists():
-        raise InputError(f"eval {args.target}: give `judge`, `reward`, `refusals`, `compare` "
-                         f"or a run directory (no {manifest})")
-    cfg = run.manifest().get("config")  # InputError for a damaged manifest
-    if not isinstance(cfg, dict):
-        raise InputError(f"{manifest}: no job config recorded; run `cai-ray run` on this "
-                         f"run directory first")
-    job = JobConfig.model_validate({**cfg, "stages": ["eval"], "run_dir": args.target})
-    summary = pipeline.run(job, quiet=True)
-    print(pipeline.format_summary(summary))
-    return 1 if summary["eval"]["status"] == "failed" else 0
+    return main(args.target, args.rest)
 
 
 def _submit(args) -> int:
-    from cai_ray.jobs_api import submit
+    from cai_ray.cli.jobs import submit
 
     bad = [kv for kv in args.env or [] if "=" not in kv or kv.startswith("=")]
     if bad:
@@ -112,7 +76,7 @@ def _submit(args) -> int:
 
 
 def _jobs(args) -> int:
-    from cai_ray.jobs_api import jobs_command
+    from cai_ray.cli.jobs import jobs_command
 
     return jobs_command(args.action, args.address, args.id, args.token, args.token_file,
                         args.insecure)
@@ -122,6 +86,12 @@ def _serve(args) -> int:
     from cai_ray.serve.command import main
 
     return main(args)
+
+
+def _stages():
+    from cai_ray.stages import registry
+
+    return registry.STAGES.values()
 
 
 def _auth_args(p) -> None:
@@ -146,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prompts", help="red-team prompt source (prompts.red_team)")
     r.add_argument("--limit", type=int, help="at most N prompts (prompts.limit)")
     r.add_argument("--run-dir", help="run directory (run_dir)")
-    r.add_argument("--stages", help="comma-separated stages: sl_cai,sft,preferences,reward,dpo,rl,"
-                   "eval (ppo: the old name of rl)")
+    r.add_argument("--stages", help="comma-separated stages, run in the order data flows: "
+                   + "; ".join(f"{s.name}: {s.about}" for s in _stages())
+                   + " (ppo: the old name of rl)")
     r.add_argument("--resume", action="store_true", help="skip stages already complete")
     r.add_argument("--force", action="store_true", help="reuse a run directory of another job")
     r.add_argument("--dry-run", action="store_true", help="validate and load inputs, then stop")
@@ -245,6 +216,3 @@ def main(argv: list[str] | None = None) -> int:
         print("cai-ray: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

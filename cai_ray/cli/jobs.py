@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cai_ray.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXCLUDES = [".venv", "runs", ".git", "**/__pycache__", "*.egg-info", "benchmarks/results",
             ".pytest_cache"]
 FORWARD_ENV = ("CAI_RAY_CACHE", "HF_HUB_OFFLINE", "VLLM_LOGGING_LEVEL")
@@ -72,7 +72,8 @@ def client(address: str, token: str | None = None, token_file: str | None = None
         return JobSubmissionClient(address, headers=headers or None)
     except Exception as exc:  # connection refused, DNS, 401: all mean "cannot use this cluster"
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        if any(w in msg.lower() for w in ("401", "403", "unauthori", "authentication", "forbidden")):
+        denied = ("401", "403", "unauthori", "authentication", "forbidden")
+        if any(w in msg.lower() for w in denied):
             where = ("--token-file" if token_file else "--token" if token
                      else "no token was sent: give --token-file or set RAY_AUTH_TOKEN")
             raise InputError(f"{address}: the Ray Jobs API refused our credentials ({msg}); "
@@ -85,7 +86,8 @@ def submit(job_file: str | None, address: str, run_args: list[str], *, follow: b
            token: str | None = None, token_file: str | None = None,
            env: dict | None = None, submission_id: str | None = None,
            insecure: bool = False) -> str:
-    from cai_ray.config import load_job, read_job_file
+    from cai_ray.config import load_job
+    from cai_ray.config.load import read_job_file
 
     load_job(job_file, _sets(run_args))  # validate before anything is sent
     _, source = read_job_file(job_file)

@@ -1,5 +1,5 @@
-"""The `rl:` section of the job file (the RL stage's typed config; cai_ray/config.py assembles it
-with the others of cai_ray/sections.py)."""
+"""The `rl:` section of the job file: the RL stage's algorithm (a preset of cai_ray/algos) and
+every knob it may override, plus rollout, reward and weight-sync settings."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from cai_ray.sections import TrainCfg
-
+from cai_ray.config.sections import TrainCfg
 
 CRITIC_FIELDS = ("critic_lr", "value_clip", "lam", "whiten_advantages")
 
@@ -22,6 +21,9 @@ class RlCfg(TrainCfg):
     """ppo (with a critic), grpo, dr_grpo, dapo, gspo, rloo, reinforce_pp, reinforce_pp_baseline."""
     advantage: str | None = None
     """Advantage estimator: gae, grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline."""
+    policy_loss: str | None = None
+    """Policy loss (cai_ray/algos/policy_loss.py registry): ppo_clip, the clipped surrogate that
+    every built-in algorithm uses (clip-higher, dual clip and GSPO's ratio level are its knobs)."""
     clip_low: float | None = Field(None, gt=0)
     clip_high: float | None = Field(None, gt=0)
     """Above clip_low: clip-higher (DAPO uses 0.28 with 0.2)."""
@@ -129,6 +131,15 @@ class RlCfg(TrainCfg):
             raise ValueError(f"unknown advantage estimator {v!r}; choose from {sorted(ESTIMATORS)}")
         return v
 
+    @field_validator("policy_loss")
+    @classmethod
+    def _known_loss(cls, v: str | None) -> str | None:
+        from cai_ray.algos.policy_loss import POLICY_LOSSES
+
+        if v is not None and v not in POLICY_LOSSES:
+            raise ValueError(f"unknown policy loss {v!r}; choose from {sorted(POLICY_LOSSES)}")
+        return v
+
     def resolved(self):
         """The algorithm preset with this section's knobs over it (cai_ray.algos.algorithms)."""
         from cai_ray.algos.algorithms import KNOBS, resolve
@@ -138,12 +149,6 @@ class RlCfg(TrainCfg):
     def learner_zero_stage(self) -> int:
         return self.zero_stage if self.zero_stage is not None else (0 if self.num_workers == 1
                                                                     else 2)
-
-    def critic_settings(self) -> dict:
-        return {"critic_lr": self.critic_lr or 5e-6, "value_clip": self.value_clip or 0.2,
-                "lam": 0.95 if self.lam is None else self.lam,
-                "whiten_advantages": True if self.whiten_advantages is None
-                else self.whiten_advantages}
 
     @model_validator(mode="after")
     def _consistent(self) -> "RlCfg":

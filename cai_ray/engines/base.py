@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from cai_ray.generation import TOO_LONG, Completion, Request, Sampling  # noqa: F401  (re-exported)
+from cai_ray.generation import TOO_LONG, Completion, Request, Sampling
 
 
 def account(stats: dict, out) -> None:
@@ -27,7 +27,8 @@ def account(stats: dict, out) -> None:
 
 
 class Engine(ABC):
-    """Shared logic: tokenisation, length checks. Backends implement _generate_ids and _score_ids."""
+    """Shared logic: tokenisation, length checks. Backends implement _generate_ids and
+    _score_ids."""
 
     backend = "base"
 
@@ -85,7 +86,8 @@ class Engine(ABC):
         """Per-token log-probabilities of each continuation given its prompt (teacher forcing)."""
         return self._score_ids(pairs)
 
-    def next_token_logprobs(self, requests: list[Request], token_ids: list[int]) -> list[list[float]]:
+    def next_token_logprobs(self, requests: list[Request],
+                            token_ids: list[int]) -> list[list[float]]:
         """Log-probability of each candidate single token at the next position, per request."""
         return [[lp[0] for lp in self._score_ids([(self.encode(r), [t])
                                                    for t in token_ids])] for r in requests]
@@ -111,7 +113,7 @@ class Engine(ABC):
         """A LoRA policy's adapter (train/lora.py adapter_payload) merged into the base model's
         weights here, on the engine: only the adapter crossed the network. Returns the new weights
         version."""
-        from cai_ray.adapter import merged_pairs
+        from cai_ray.engines.adapter import merged_pairs
 
         self._load_stream(merged_pairs(base, payload))
         self.weights_version += 1
@@ -119,8 +121,8 @@ class Engine(ABC):
 
     # -- weight sync over a collective group (RL, rl.weight_sync = nccl | gloo) ---------------
     def join_sync(self, host: str, port: int, rank: int, world: int, backend: str) -> bool:
-        """Join the learner's broadcast group as `rank` (see cai_ray.collective)."""
-        from cai_ray.collective import open_group
+        """Join the learner's broadcast group as `rank` (see cai_ray/engines/collective.py)."""
+        from cai_ray.engines.collective import open_group
 
         self._sync_group = open_group(host, port, rank, world, backend)
         return True
@@ -128,7 +130,7 @@ class Engine(ABC):
     def receive_weights(self, meta, bucket_mb: float = 64) -> int:
         """Receive the learner's broadcast (meta: its tensor list) bucket by bucket and load it
         as it arrives; the new version."""
-        from cai_ray.collective import drop_on_failure, receive
+        from cai_ray.engines.collective import drop_on_failure, receive
 
         drop_on_failure(self, "_sync_group", lambda group: self._load_stream(
             receive(group, meta, self.sync_device(), bucket_mb)))
@@ -211,17 +213,3 @@ def state_dict_to_bytes(state_dict: dict) -> bytes:
     from safetensors.torch import save
 
     return save({k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()})
-
-
-def make_engine(backend: str, model_path: str, **kwargs) -> Engine:
-    if backend == "vllm":
-        from cai_ray.engines.vllm_engine import VllmEngine
-
-        return VllmEngine(model_path, **kwargs)
-    if backend == "hf":
-        from cai_ray.engines.hf_engine import HfEngine
-
-        hf_keys = {"max_model_len", "dtype", "trust_remote_code", "device", "batch_size", "seed"}
-        return HfEngine(model_path, **{k: v for k, v in kwargs.items() if k in hf_keys})
-    raise ValueError(f"unknown engine backend {backend!r} (vllm or hf)")
-

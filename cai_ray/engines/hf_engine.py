@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from cai_ray.engines.base import Completion, Engine, Sampling
+from cai_ray.engines.base import Engine
+from cai_ray.generation import Completion, Sampling
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from cai_ray.engines.base import Completion, Engine, Sampling
+from cai_ray.engines.base import Engine
 from cai_ray.errors import InputError
+from cai_ray.generation import Completion, Sampling
 
 TOP_LOGPROBS = 20
 """vLLM's default max_logprobs."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Hashable, Iterator
 
-from cai_ray.engines.base import Completion, Engine, Request, Sampling, account
+from cai_ray.engines.base import Engine, account
+from cai_ray.generation import Completion, Request, Sampling
 
 
 class LocalPool:

@@ -26,9 +26,11 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cai_ray.engines.base import Completion, Request, Sampling, account, make_engine
-from cai_ray.nodeview import on_node
+from cai_ray.engines.base import account
+from cai_ray.engines.factory import engine_kwargs, make_engine
+from cai_ray.generation import Completion, Request, Sampling
 from cai_ray.platform import core_ranges, has_cuda
+from cai_ray.rundir.nodeview import on_node
 
 log = logging.getLogger(__name__)
 ACTOR_ERRORS = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -66,9 +68,9 @@ def alive(actor, timeout_s: float = RESTART_WAIT_S, died_for_s: float = 5.0) -> 
 class EngineWorker:
     """What an engine actor holds: one Engine, its methods, nothing else."""
 
-    def __init__(self, backend: str, model_path: str, engine_kwargs: dict):
+    def __init__(self, backend: str, model_path: str, kwargs: dict):
         # a model of the run (sft/model, ...) on this node, pulled from the run's storage if needed
-        self.engine = make_engine(backend, on_node(model_path), **engine_kwargs)
+        self.engine = make_engine(backend, on_node(model_path), **kwargs)
 
     def generate(self, requests: list[Request], sampling: Sampling) -> list[list[Completion]]:
         return self.engine.generate(requests, sampling)
@@ -168,6 +170,18 @@ class EnginePool:
         self._starting = [a.ping.remote() for a in self.actors]
         if wait:
             self.ready()
+
+    @classmethod
+    def from_cfg(cls, engine, model, model_path: str, *, seed: int = 0, name: str = "engine",
+                 num_actors: int | None = None, shared: dict | None = None,
+                 wait: bool = True) -> "EnginePool":
+        """Engine actors for a model on an EngineCfg's resources, with a ModelCfg's settings."""
+        return cls(num_actors or engine.num_actors, engine.backend, model_path,
+                   num_cpus=engine.num_cpus_per_actor, num_gpus=engine.num_gpus_per_actor,
+                   strategy=engine.placement_strategy, max_restarts=engine.max_restarts,
+                   engine_kwargs=engine_kwargs(engine, model, seed), name=name, shared=shared,
+                   wait=wait, call_timeout_s=engine.call_timeout_s,
+                   timeout_floor_s=engine.timeout_floor_s)
 
     def ready(self) -> "EnginePool":
         """Wait until every actor has loaded its model (once; later calls return at once)."""

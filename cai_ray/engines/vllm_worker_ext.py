@@ -16,14 +16,14 @@ class WeightSyncExtension:
     def cai_join(self, host: str, port: int, rank: int, world: int, backend: str) -> None:
         """Join the learner's weight-sync group: this worker's rank is the engine's first rank
         plus its own tensor-parallel rank."""
-        from cai_ray.collective import open_group
+        from cai_ray.engines.collective import open_group
 
         self._cai_sync = open_group(host, port, rank + getattr(self, "rank", 0), world, backend)
 
     def cai_receive(self, meta: list, bucket_mb: float) -> None:
         """Receive the broadcast into this worker's device bucket by bucket, reloading as it
         comes; a failure drops the group (the others fail at once, not at the timeout)."""
-        from cai_ray.collective import drop_on_failure, receive
+        from cai_ray.engines.collective import drop_on_failure, receive
 
         device = "cuda" if _has_cuda_device() else "cpu"
         drop_on_failure(self, "_cai_sync", lambda group: self.cai_reload(

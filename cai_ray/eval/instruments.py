@@ -1,9 +1,9 @@
-"""Instruments that measure the parts of the method against labels.
+"""Instruments that measure the parts of the method against labels (`cai-ray eval judge |
+reward | refusals`, cli/eval.py):
 
-    cai-ray eval judge    [--job FILE] [--data FILE] [--n 64]   judge accuracy, calibration, bias
-    cai-ray eval reward   MODEL [--data FILE] [--n 256]         reward-model pairwise accuracy
-    cai-ray eval refusals --data FILE [--answer-field F]        refusal rate, each row's label
-    cai-ray eval compare  RUN_A RUN_B [--out DIR]               two runs' final policies
+    judge_quality(judge, labelled_pairs(path, 64))     accuracy, calibration, position bias
+    reward_accuracy(model_path, pairs)                 a reward model's pairwise accuracy
+    refusal_labels(data, answer_field)                 refusal rate, each row's label
 
 --data takes HH-RLHF (`chosen` and `rejected` transcripts that share every turn but the last
 assistant one; the human preferred `chosen`), a JSONL of `prompt` (or `conversation`, a list of
@@ -13,10 +13,8 @@ and `answer_b`, or `answers: [a, b]`) and a `label` naming the better (a/b, 0/1,
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
-import json
 from pathlib import Path
 
 from cai_ray.errors import InputError
@@ -107,7 +105,7 @@ def judge_quality(judge, pairs: list[dict]) -> dict:
     (principle-level pairs whose two orders pick different answers)."""
     from cai_ray.algos.labels import calibration
     from cai_ray.algos.ratings import expected_calibration_error, rate
-    from cai_ray.feedback import JudgeItem
+    from cai_ray.judges import JudgeItem
 
     jds = judge.label([JudgeItem(p["id"], p["conversation"], p["first"], p["second"])
                        for p in pairs])
@@ -119,6 +117,7 @@ def judge_quality(judge, pairs: list[dict]) -> dict:
     p_truth = [q if t else 1 - q for q, t in zip(preds, truths)]
     return {"pairs": len(pairs), "accuracy": rate([(q > 0.5) == t for q, t in decided]),
             "ties": len(pairs) - len(decided),
+            "verdicts": sum(len(v) for j in jds for v in j.orders.values()),
             "position_bias": disagreements / n_orders if n_orders else None,
             "unparsed_verdicts": sum(getattr(j, "unparsed", 0) for j in jds),
             "mean_p_label": sum(p_truth) / len(p_truth),
@@ -127,7 +126,7 @@ def judge_quality(judge, pairs: list[dict]) -> dict:
 
 def reward_accuracy(model_path: str, pairs: list[dict]) -> dict:
     from cai_ray.algos.ratings import rate
-    from cai_ray.train.reward import RewardScorer
+    from cai_ray.rewards.model import RewardScorer
 
     scorer = RewardScorer(model_path)
     first = scorer.score([p["conversation"] + [{"role": "assistant", "content": p["first"]}]
@@ -172,120 +171,45 @@ def _flag(value, where: str) -> bool:
                      f"an answer (false/0/no/compliance)")
 
 
-def refusal_labels(args) -> dict:
-    """Label every row of --data with the refusal detector; compare with --label-field if given."""
-    from cai_ray import refusals as R
+def refusal_labels(data: str, answer_field: str = "answer", label_field: str | None = None,
+                   labels_out: str | None = None) -> dict:
+    """Label every row of `data` with the refusal detector; against label_field if given."""
     from cai_ray.algos.ratings import rate
+    from cai_ray.eval import refusals as R
 
-    rows = read_rows(args.data)
+    rows = read_rows(data)
     if not rows:
-        raise InputError(f"{args.data}: no rows")
-    missing = [f for f in (args.answer_field,) if f not in rows[0][1]]
+        raise InputError(f"{data}: no rows")
+    missing = [f for f in (answer_field,) if f not in rows[0][1]]
     if missing:
-        raise InputError(f"{args.data}: line {rows[0][0]}: no field {missing[0]!r} (fields: "
+        raise InputError(f"{data}: line {rows[0][0]}: no field {missing[0]!r} (fields: "
                          f"{', '.join(rows[0][1])}); name the answer column with --answer-field")
-    label_field = args.label_field
     out, preds, truths = [], [], []
     for line, row in rows:
-        if args.answer_field not in row:
-            raise InputError(f"{args.data}: line {line}: no field {args.answer_field!r}")
-        answer = row[args.answer_field] or ""
+        if answer_field not in row:
+            raise InputError(f"{data}: line {line}: no field {answer_field!r}")
+        answer = row[answer_field] or ""
         pred = R.is_refusal(answer)
         preds.append(pred)
         rec = {**row, "refusal_pred": pred, "refusal_pattern": R.matched(answer),
                "empty": R.is_empty(answer)}
         if label_field:
             if label_field not in row:
-                raise InputError(f"{args.data}: line {line}: no field {label_field!r} "
+                raise InputError(f"{data}: line {line}: no field {label_field!r} "
                                  f"(--label-field)")
-            truths.append(_flag(row[label_field], f"{args.data}: line {line}"))
+            truths.append(_flag(row[label_field], f"{data}: line {line}"))
         out.append(rec)
-    res = {"data": str(args.data), "rows": len(out), "refusal": rate(preds),
+    res = {"data": str(data), "rows": len(out), "refusal": rate(preds),
            "empty": rate([r["empty"] for r in out]),
-           "mean_answer_chars": sum(len(r[args.answer_field] or "") for r in out) / len(out)}
+           "mean_answer_chars": sum(len(r[answer_field] or "") for r in out) / len(out)}
     if truths:
         res["against_labels"] = R.scores(preds, truths)
-    from cai_ray.rundir import write_jsonl_atomic
+    from cai_ray.rundir.files import write_jsonl_atomic
 
-    dest = Path(args.labels_out or Path(args.data).with_suffix(".refusals.jsonl"))
+    dest = Path(labels_out or Path(data).with_suffix(".refusals.jsonl"))
     write_jsonl_atomic(dest, out)
     res["labels_written"] = str(dest)
     return res
-
-
-def _print_refusals(res: dict) -> None:
-    r = res["refusal"]
-    print(f"refusal rate {r['rate']:.3f} ({r['k']}/{r['n']}, 95% CI {r['low']:.3f}-"
-          f"{r['high']:.3f}); empty answers {res['empty']['k']}; mean answer "
-          f"{res['mean_answer_chars']:.0f} chars; labels in {res['labels_written']}")
-    s = res.get("against_labels")
-    if s:
-        f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-        print(f"against your labels: precision {f(s['precision'])} recall {f(s['recall'])} "
-              f"false-positive rate {f(s['false_positive_rate'])} (n={s['n']})")
-
-
-def main(target: str, argv: list[str]) -> int:
-    if target == "refusals":
-        return _refusals_main(argv)
-    if target == "compare":
-        from cai_ray import compare
-
-        return compare.main(argv)
-    ap = argparse.ArgumentParser(prog=f"cai-ray eval {target}")
-    if target == "reward":
-        ap.add_argument("model")
-    else:
-        ap.add_argument("--job", help="take the judge from this job file's `judge:` section")
-        ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a job field, e.g. judge.kind=generative")
-        ap.add_argument("--model", help="judge model (judge.model; default: the job's judge, "
-                        "else its base model)")
-        ap.add_argument("--actors", type=int, help="judge engine actors")
-        ap.add_argument("--backend", choices=["vllm", "hf"], help="engine backend")
-    ap.add_argument("--data", default=str(DEFAULT_HH))
-    ap.add_argument("--n", type=int, default=64 if target == "judge" else 256)
-    ap.add_argument("--out", help="write the figures as JSON here")
-    args = ap.parse_args(argv)
-    job = _judge_job(args) if target == "judge" else None
-    pairs = labelled_pairs(args.data, args.n)
-    if not pairs:
-        raise InputError(f"{args.data}: no usable labelled pairs")
-    if target == "reward":
-        from cai_ray import models
-
-        res = reward_accuracy(models.resolve(args.model), pairs)
-        a = res["accuracy"]
-        print(f"reward model {args.model}: pairwise accuracy {a['rate']:.3f} (95% CI "
-              f"{a['low']:.3f}-{a['high']:.3f}) on {res['pairs']} pairs of {args.data}")
-    else:
-        res = _judge(job, pairs)
-        a, f = res["accuracy"], lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-        print(f"judge {res['judge']}: accuracy {f(a['rate'])} (95% CI {f(a['low'])}-"
-              f"{f(a['high'])}) on the {a['n']} of {res['pairs']} pairs of {args.data} it "
-              f"decided (ties {res['ties']}); ECE {f(res['ece'])}; position bias "
-              f"{f(res['position_bias'])}; unparsed verdicts {res['unparsed_verdicts']}")
-        for row in res["calibration"]:
-            acc = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
-            print(f"  confidence {row['bucket']}: n={row['n']:4d} accuracy={acc}")
-    res["data"] = str(args.data)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    return 0
-
-
-def _judge_job(args):
-    """The job whose `judge:` section is measured (the packaged default job without --job)."""
-    from cai_ray.config import load_job
-
-    sets = list(args.set)
-    if args.model:
-        sets.append(f"judge.model={args.model}")
-    if args.actors:
-        sets.append(f"engine.num_actors={args.actors}")
-    if args.backend:
-        sets.append(f"engine.backend={args.backend}")
-    return load_job(args.job, sets)
 
 
 def judge_for(job, actors=None):
@@ -302,41 +226,26 @@ def judge_for(job, actors=None):
                              actors=actors)
 
 
-def _judge(job, pairs: list[dict]) -> dict:
+def judge_on_pairs(job, pairs: list[dict]) -> dict:
+    """The job's judge measured on labelled pairs (`cai-ray eval judge`): judge_quality."""
     from cai_ray import judges, models
-    from cai_ray.stages.context import engine_pool_for, model_label
+    from cai_ray.engines.pool import EnginePool
 
     base = models.resolve(job.model.name)
     actors = None
-    if job.judge.kind != "http":
+    judges.check(job.judge)  # before Ray starts
+    if judges.own_engines(job.judge):
         from cai_ray.cluster import init_ray
 
-        judges.check(job.judge)  # before Ray starts
         init_ray()
-        actors = lambda path: engine_pool_for(job, path, name="judge",  # noqa: E731
-                                              engine=job.judge_engine() if job.judge.model
-                                              else job.engine)
+        engine = job.judge_engine() if job.judge.model else job.engine
+        actors = lambda path: EnginePool.from_cfg(engine, job.model, path,  # noqa: E731
+                                                  seed=job.seed, name="judge")
     setup = judge_for(job, actors)
     try:
-        return {"judge": judges.describe(job.judge, model_label(base)),
-                "kind": job.judge.kind, **judge_quality(setup.judge, pairs)}
+        return {"judge": judges.describe(job.judge, Path(base).name),
+                "method": job.judge.method, **judge_quality(setup.judge, pairs)}
     finally:
         setup.close()
 
 
-def _refusals_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="cai-ray eval refusals", description="Label answers "
-                                 "with the refusal detector (cai_ray/refusals.py).")
-    ap.add_argument("--data", required=True, help="JSONL or CSV with an answer column")
-    ap.add_argument("--answer-field", default="answer")
-    ap.add_argument("--label-field", help="column with your refusal labels (true/false): adds "
-                    "precision, recall and false-positive rate")
-    ap.add_argument("--labels-out", help="where each row's label goes (default: next to --data, "
-                    ".refusals.jsonl)")
-    ap.add_argument("--out", help="write the figures as JSON here")
-    args = ap.parse_args(argv)
-    res = refusal_labels(args)
-    _print_refusals(res)
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
-    return 0

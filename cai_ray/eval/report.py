@@ -69,20 +69,17 @@ def attribution_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def stage_table(run_path: Path) -> tuple[list[str], list[list[str]]]:
-    """The run's per-stage key figures (each stage's KEY_FIGURES from its result.json)."""
-    from cai_ray.stages.graph import stage_module
-    from cai_ray.stages.registry import STAGES
-
+def stage_table(run_path: Path, key_figures: dict[str, tuple]) -> tuple[list[str], list[list[str]]]:
+    """The run's per-stage key figures: key_figures, stage -> its keys in its result.json (the
+    stages in the order data flows, cai_ray/stages registry)."""
     rows = []
-    for stage in STAGES:
+    for stage, keys in key_figures.items():
         if stage == "eval":
             continue
         res = run_path / stage / "result.json"
         if not res.exists():
             continue
         data = json.loads(res.read_text())
-        keys = getattr(stage_module(stage), "KEY_FIGURES", ())
         figs = ", ".join(f"{k} {_f(data.get(k))}" for k in keys if k in data)
         secs = data.get("timing/total_s") or data.get("timing/stage_s")
         rows.append([stage, figs, _f(secs, 0) if secs else "-"])
@@ -170,7 +167,8 @@ def examples(pols, answers, red, helpful, n: int) -> list[dict]:
 
 
 def write(out: Path, run_path: Path, result: dict, pols, answers, red, helpful, n_examples: int,
-          title: str | None = None):
+          title: str | None = None, key_figures: dict[str, tuple] | None = None):
+    """report.md and report.html in out; key_figures: the stage table's (stage -> keys)."""
     plot_refusals(result, pols, out / "refusals.png")
     plot_elo(result, pols, out / "elo.png")
     tables = [("Refusals on held-out prompts (no judge)", refusal_table(result, pols), "refusals"),
@@ -178,12 +176,12 @@ def write(out: Path, run_path: Path, result: dict, pols, answers, red, helpful, 
               ("Harmlessness and helpfulness Elo (judge)", elo_table(result, pols), "elo"),
               ("Win rates of the final policy (judge)", win_table(result), "wins"),
               ("Per-principle attribution", attribution_table(result), "attribution"),
-              ("Stages of the run", stage_table(run_path), "stages")]
+              ("Stages of the run", stage_table(run_path, key_figures or {}), "stages")]
     ex = examples(pols, answers, red, helpful, n_examples)
     title = title or f"cai-ray evaluation: {run_path.name}"
     note = (f"Policies: {', '.join(p.name for p in pols)}. Judge: {result['judge']}. Intervals "
             f"are 95%: Wilson for rates, bootstrap over prompts for Elo, soft win rates and "
-            f"differences. Refusals by cai_ray/refusals.py (a phrase detector).")
+            f"differences. Refusals by cai_ray/eval/refusals.py (a phrase detector).")
     md = [f"# {title}", "", note, ""]
     for name, (head, rows), _ in tables:
         md += [f"## {name}", "", _md(head, rows) if rows else "(none)", ""]

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from cai_ray.engines.base import Sampling
-from cai_ray.feedback import Judge, JudgeItem, Judgement
+from cai_ray.generation import Sampling
+from cai_ray.judges.base import Judge, JudgeItem, Judgement
 from cai_ray.prompts import templates as T
 
 _VERDICTS = [re.compile(r"\(([AB])\)"),
@@ -26,6 +26,12 @@ def parse_verdict(text: str) -> str | None:
 
 
 class GenerativeJudge(Judge):
+    method = "generative"
+
+    @classmethod
+    def options(cls, cfg) -> dict:
+        return {"verdict_max_new_tokens": cfg.verdict_max_new_tokens}
+
     def __init__(self, *args, verdict_max_new_tokens: int = 24, **kw):
         super().__init__(*args, **kw)
         self.verdict_tokens = verdict_max_new_tokens
@@ -38,8 +44,7 @@ class GenerativeJudge(Judge):
                                open_answer=False)
 
     def label(self, items: list[JudgeItem]) -> list[Judgement]:
-        jobs = [(it, p, o) for it in items
-                for p in self.const.sample_judges(self.seed, it.id, self.k) for o in self.orders]
+        jobs = self.jobs(items)
         budget = self.verdict_tokens + (self.cot_tokens if self.cot else 0)
         sched = self.pool.scheduler(Sampling(max_tokens=budget, temperature=0.0),
                                     self.batch_size, self.max_in_flight)

@@ -3,8 +3,8 @@
 A source spec is `builtin:red_team`, `builtin:helpful`, a file path (.jsonl .json .csv .parquet .txt
 .yaml .jsonl.gz), a typed path (`hh-rlhf:FILE`, `harmbench:FILE`, `advbench:FILE`,
 `donotanswer:FILE_OR_DIR`) or `hf:NAME[:SPLIT[:FIELD]]` for a `datasets` hub name where a network
-allows it. Every prompt gets a stable id (a hash of its normalised text), so the same prompt from two
-files is one prompt, and a rerun finds the same ids.
+allows it. Every prompt gets a stable id (a hash of its normalised text), so the same prompt from
+two files is one prompt, and a rerun finds the same ids.
 """
 
 from __future__ import annotations

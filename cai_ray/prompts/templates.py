@@ -100,7 +100,9 @@ def transcript_revision(rid: str, critique_req: Request, turn: Turn) -> Request:
 
 
 def answer_request(form: str, rid: str, conversation: list[dict]) -> Request:
-    return chat_answer(rid, conversation) if form == "chat" else transcript_answer(rid, conversation)
+    if form == "chat":
+        return chat_answer(rid, conversation)
+    return transcript_answer(rid, conversation)
 
 
 def critique_request(form: str, rid: str, conversation: list[dict], answer: str, turn: Turn,
@@ -133,7 +135,7 @@ def judge_request(rid: str, conversation: list[dict], principle: JudgePrinciple,
                   cot: str | None = None, chain_of_thought: bool = False,
                   answer_prefix: str = "The answer is: (", open_answer: bool = True) -> Request:
     """A multiple-choice request whose next token is the option letter: the assistant's turn is
-    left open after `answer_prefix` (feedback.option_format picks one that tokenizes cleanly).
+    left open after `answer_prefix` (judges/base.py option_format picks one that tokenizes cleanly).
     With chain_of_thought, the first call (cot None) asks for reasoning; the second appends it
     and asks for the letter. open_answer False (the generative judge): the assistant's turn is
     left for the judge to write (after "Let's think step by step:" with chain_of_thought).
@@ -141,9 +143,8 @@ def judge_request(rid: str, conversation: list[dict], principle: JudgePrinciple,
     Laid out so that the engines' prefix cache shares what it can: the few-shot block is the same
     for every judgement (example i asks `fewshot_principles[i]`, not this request's), then the
     conversation (shared by both orders and every principle), then Bai et al.'s principle and
-    options. Asking the principle after the options would let one order's principles share the
-    options too (1.35x faster at 2 principles), but with SmolLM2-135M it agreed with HH-RLHF's
-    human labels on 0.44 of 96 pairs against 0.59 in this order, so this order stays."""
+    options, in the paper's order (the principle after the options shares more, but agreed less
+    with human labels)."""
     msgs: list[dict] = []
     for ex, ex_principle in zip(fewshot, fewshot_principles, strict=True):
         msgs += [{"role": "user", "content": _judge_block([m.model_dump() for m in ex.messages],

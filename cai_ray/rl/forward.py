@@ -16,8 +16,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cai_ray.rl.experience import (join_sequences, pad_right, response_lists, response_selector,
-                                   scatter_tokens)
+from cai_ray.rl.experience import (
+    join_sequences,
+    pad_right,
+    response_lists,
+    response_selector,
+    scatter_tokens,
+)
 from cai_ray.train.logprobs import backbone_and_head, head_logprobs
 from cai_ray.train.lora import unwrap
 

@@ -14,23 +14,26 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cai_ray.engines.pool import RESTART_WAIT_S
 from cai_ray.rl.learner import Learner
+from cai_ray.rl.spec import LearnerSpec
+from cai_ray.train.spec import TrainSpec
 
 LearnerActor = ray.remote(Learner)
 
 
 class LearnerGroup:
-    def __init__(self, policy: str, critic: str | None, cfg: dict, seed: int,
+    def __init__(self, policy: str, critic: str | None, spec: LearnerSpec, seed: int,
                  colocate_with=None, timeout_s: float = 600):
-        """cfg: Learner's config dict (rl section + resolved algorithm); colocate_with: an
-        EnginePool built with room for one learner rank per bundle."""
+        """spec: every rank's LearnerSpec (rl/spec.py); colocate_with: an EnginePool built with
+        room for one learner rank per bundle."""
         from cai_ray.platform import has_cuda, num_cores
 
-        n = cfg["num_workers"]
-        self.zero3 = cfg["zero_stage"] == 3
-        cfg = dict(cfg, threads=None if has_cuda() else max(1, num_cores() // n))
-        self.pg = None if colocate_with is not None else self._placement_group(cfg, timeout_s)
-        self.actors = [LearnerActor.options(**self._placement(r, cfg, colocate_with)).remote(
-            policy, cfg, critic_path=critic, rank=r, world=n, seed=seed) for r in range(n)]
+        t = spec.train
+        n = t.num_workers
+        self.zero3 = t.zero_stage == 3
+        spec = spec.with_threads(None if has_cuda() else max(1, num_cores() // n))
+        self.pg = None if colocate_with is not None else self._placement_group(t, timeout_s)
+        self.actors = [LearnerActor.options(**self._placement(r, t, colocate_with)).remote(
+            policy, spec, critic_path=critic, rank=r, world=n, seed=seed) for r in range(n)]
         host, port = ray.get(self.actors[0].listen.remote(), timeout=timeout_s)
         joins = [a.join.remote(host, port) for a in self.actors]
         ready, _ = ray.wait(joins, num_returns=n, timeout=timeout_s)
@@ -38,7 +41,7 @@ class LearnerGroup:
             self.shutdown()
             raise RuntimeError(f"RL learner: {n - len(ready)} of {n} learner rank(s) did not start "
                                f"in {timeout_s:.0f} s (each needs 1 CPU"
-                               f"{' and a GPU' if cfg['use_gpu'] else ''}); the cluster has "
+                               f"{' and a GPU' if t.use_gpu else ''}); the cluster has "
                                f"{ray.available_resources()} free. Give Ray more CPUs "
                                f"(ray.num_cpus) or use fewer engine actors / learner ranks")
         ray.get(ready, timeout=timeout_s)
@@ -46,26 +49,26 @@ class LearnerGroup:
         self._next = 0
 
     @staticmethod
-    def _bundle(cfg: dict) -> dict:
-        return {"CPU": 1, **({"GPU": 1} if cfg["use_gpu"] else {})}
+    def _bundle(t: TrainSpec) -> dict:
+        return {"CPU": 1, **({"GPU": 1} if t.use_gpu else {})}
 
-    def _placement_group(self, cfg: dict, timeout_s: float):
-        pg = placement_group([self._bundle(cfg)] * cfg["num_workers"],
-                             strategy=cfg["placement_strategy"], name="cai-ray-learners")
+    def _placement_group(self, t: TrainSpec, timeout_s: float):
+        pg = placement_group([self._bundle(t)] * t.num_workers,
+                             strategy=t.placement_strategy, name="cai-ray-learners")
         ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
         if not ready:
             remove_placement_group(pg)
-            raise RuntimeError(f"RL learner: cannot place {cfg['num_workers']} rank(s) with "
-                               f"{self._bundle(cfg)} each (strategy {cfg['placement_strategy']}); "
+            raise RuntimeError(f"RL learner: cannot place {t.num_workers} rank(s) with "
+                               f"{self._bundle(t)} each (strategy {t.placement_strategy}); "
                                f"the cluster has {ray.available_resources()} free")
         return pg
 
-    def _placement(self, rank: int, cfg: dict, pool) -> dict:
+    def _placement(self, rank: int, t: TrainSpec, pool) -> dict:
         if pool is None:
-            return {"num_cpus": 1, "num_gpus": 1 if cfg["use_gpu"] else 0,
+            return {"num_cpus": 1, "num_gpus": 1 if t.use_gpu else 0,
                     "scheduling_strategy": PlacementGroupSchedulingStrategy(
                         self.pg, placement_group_bundle_index=rank)}
-        gpus = pool.bundle.get("GPU", 0) / 2 if cfg["use_gpu"] else 0  # the engine has the rest
+        gpus = pool.bundle.get("GPU", 0) / 2 if t.use_gpu else 0  # the engine has the rest
         return {"num_cpus": 1, "num_gpus": gpus, "scheduling_strategy": pool.bundle_strategy(rank)}
 
     def __len__(self) -> int:
@@ -87,7 +90,8 @@ class LearnerGroup:
         return getattr(actor, method).remote(*args)
 
     def train(self, exp, plans: list) -> list:
-        """One train() per rank, each with its plan; the experience goes to the object store once."""
+        """One train() per rank, each with its plan; the experience goes to the object store
+        once."""
         ref = ray.put(exp)
         return [a.train.remote(ref, plan) for a, plan in zip(self.actors, plans)]
 

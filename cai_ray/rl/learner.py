@@ -15,13 +15,20 @@ from pathlib import Path
 
 import torch
 
-from cai_ray.algos.algorithms import Algorithm
-from cai_ray.algos.policy_loss import (aggregate, aggregate_denominator, kl_loss, mismatch,
-                                       policy_loss, tis_weights, value_loss)
+from cai_ray.algos.policy_loss import (
+    POLICY_LOSSES,
+    aggregate,
+    aggregate_denominator,
+    kl_loss,
+    mismatch,
+    tis_weights,
+    value_loss,
+)
 from cai_ray.algos.stats import masked_mean
-from cai_ray.nodeview import node_dir, on_node, publish
 from cai_ray.rl.experience import Experience
 from cai_ray.rl.forward import frozen_logprobs, rollout_logprobs, rollout_values
+from cai_ray.rl.spec import LearnerSpec
+from cai_ray.rundir.nodeview import node_dir, on_node, publish
 from cai_ray.train import dist as D
 
 Plan = list[list[list[int]]]
@@ -80,16 +87,18 @@ def _pack(units: list[list[int]], micro: int) -> list[list[int]]:
 
 
 class Learner:
-    def __init__(self, policy_path: str, cfg: dict, *, critic_path: str | None = None,
+    def __init__(self, policy_path: str, spec: LearnerSpec, *, critic_path: str | None = None,
                  rank: int = 0, world: int = 1, seed: int = 0):
-        """cfg: the rl section as a dict, with `algorithm` resolved (Algorithm fields), and
-        `zero_stage`, `critic_lr`, `threads` filled in by the group."""
-        if cfg.get("threads"):
-            torch.set_num_threads(cfg["threads"])
+        """spec: rl/spec.py LearnerSpec (the algorithm resolved, threads set by the group)."""
+        from cai_ray.config.plugins import load_plugins
+
+        load_plugins(list(spec.train.plugins))
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
         D.limit_heap()
         torch.manual_seed(seed)
-        self.cfg, self.rank, self.world = cfg, rank, world
-        self.alg = Algorithm(**cfg["algorithm"])
+        self.spec, self.rank, self.world = spec, rank, world
+        self.alg = spec.algorithm
         self.paths = (policy_path, critic_path)
         self.version, self.actor, self.critic = 0, None, None
         self._listener = None
@@ -108,10 +117,10 @@ class Learner:
 
         from cai_ray.train.reward import load_value_model
 
-        cfg = self.cfg
-        D.join_group(host, port, self.rank, self.world, cfg["use_gpu"], self._listener)
+        spec = self.spec
+        D.join_group(host, port, self.rank, self.world, spec.train.use_gpu, self._listener)
         policy_path, critic_path = (p and on_node(p) for p in self.paths)
-        tok = AutoTokenizer.from_pretrained(policy_path)
+        tok = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=False)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32,
                                                       use_safetensors=True)
@@ -119,11 +128,11 @@ class Learner:
         from cai_ray.train import lora
 
         # with LoRA only the adapters train, and the engines get only them (AdapterSync)
-        policy = lora.prepare(policy, cfg, "CAUSAL_LM")
-        self.actor = D.build_engine(policy, cfg, cfg["lr"], self.world, grad_accum=1)
+        policy = lora.prepare(policy, spec.train, "CAUSAL_LM")
+        self.actor = D.build_engine(policy, spec.train, spec.train.lr, self.world)
         if critic_path:
-            self.critic = D.build_engine(load_value_model(critic_path), cfg, cfg["critic_lr"],
-                                         self.world, grad_accum=1)
+            self.critic = D.build_engine(load_value_model(critic_path), spec.train,
+                                         spec.critic.lr, self.world)
         return self.rank
 
     # -- scoring rollouts before an update -----------------------------------------------------
@@ -132,14 +141,14 @@ class Learner:
         """The policy's log-probs of given rollouts (B, T): the iteration's old log-probs."""
         self.actor.eval()
         return frozen_logprobs(self.actor, prompt_ids, response, mask, self.pad_id,
-                               self.cfg["logprob_chunk"], self.cfg["share_prompts"]).cpu()
+                               self.spec.logprob_chunk, self.spec.share_prompts).cpu()
 
     @torch.no_grad()
     def values(self, prompt_ids: list[list[int]], response, mask):
         """The critic's values before each response token (B, T)."""
         self.critic.eval()
         return (rollout_values(self.critic, prompt_ids, response, mask, self.pad_id,
-                               self.cfg["share_prompts"]) * mask.to(self.critic.device)).cpu()
+                               self.spec.share_prompts) * mask.to(self.critic.device)).cpu()
 
     # -- training ------------------------------------------------------------------------------
     def train(self, exp: Experience, plan: Plan) -> dict:
@@ -190,15 +199,15 @@ class Learner:
 
     def _policy_micro(self, mb: Experience, denom: float, boundary: bool, first_step: bool,
                       scale: float = 1.0, timing: dict | None = None) -> dict:
-        cfg, alg, dev = self.cfg, self.alg, self.actor.device
+        spec, alg, dev = self.spec, self.alg, self.actor.device
         timing = {} if timing is None else timing
         t0 = time.time()
         logp, ent = rollout_logprobs(self.actor, mb.prompt_ids, mb.response, mb.mask, self.pad_id,
-                                     chunk=cfg["logprob_chunk"], entropy=True,
-                                     entropy_grad=cfg["entropy_coef"] > 0,
-                                     share_prompts=cfg["share_prompts"])
+                                     chunk=spec.logprob_chunk, entropy=True,
+                                     entropy_grad=spec.entropy_coef > 0,
+                                     share_prompts=spec.share_prompts)
         mask, adv, sampler = mb.mask.to(dev), mb.advantages.to(dev), mb.sampler_logp.to(dev)
-        correction = cfg["rollout_correction"]
+        correction = spec.rollout_correction
         if correction == "none":
             old = sampler
         elif mb.old_logp is not None:
@@ -208,18 +217,18 @@ class Learner:
         else:
             raise RuntimeError("learner: no old log-probs for an update after the first; the "
                                "driver recomputes them when an iteration takes several steps")
-        weights = tis_weights(old, sampler, mask, cfg["tis_cap"]) if correction == "tis" else None
-        agg = dict(agg=alg.loss_agg, norm_len=cfg["max_new_tokens"], denom=denom)
-        loss, m = policy_loss(logp, old, adv, mask, clip_low=alg.clip_low,
-                              clip_high=alg.clip_high, dual_clip=alg.dual_clip,
-                              ratio_level=alg.ratio_level, weights=weights, **agg)
+        weights = tis_weights(old, sampler, mask, spec.tis_cap) if correction == "tis" else None
+        agg = dict(agg=alg.loss_agg, norm_len=spec.max_new_tokens, denom=denom)
+        loss, m = POLICY_LOSSES[alg.policy_loss](
+            logp, old, adv, mask, clip_low=alg.clip_low, clip_high=alg.clip_high,
+            dual_clip=alg.dual_clip, ratio_level=alg.ratio_level, weights=weights, **agg)
         if alg.kl_in == "loss" and alg.kl_coef > 0:
             kl = kl_loss(logp, mb.ref_logp.to(dev), mask, alg.kl_estimator, **agg)
             loss = loss + alg.kl_coef * kl
             m["kl/loss_term"] = float(kl.detach()) * denom / max(aggregate_denominator(
                 mask, alg.loss_agg), 1.0)
-        if cfg["entropy_coef"]:
-            loss = loss - cfg["entropy_coef"] * aggregate(ent, mask, **agg)
+        if spec.entropy_coef:
+            loss = loss - spec.entropy_coef * aggregate(ent, mask, **agg)
         m["policy/loss"] = float(loss.detach()) * denom / max(aggregate_denominator(
             mask, alg.loss_agg), 1.0)
         m["policy/entropy"] = float(masked_mean(ent.detach(), mask))
@@ -239,9 +248,9 @@ class Learner:
         dev = self.critic.device
         mask = mb.mask.to(dev)
         values = rollout_values(self.critic, mb.prompt_ids, mb.response, mb.mask, self.pad_id,
-                                self.cfg["share_prompts"])
+                                self.spec.share_prompts)
         loss, m = value_loss(values, mb.values.to(dev), mb.returns.to(dev), mask,
-                             self.cfg["value_clip"], denom=tokens)
+                             self.spec.critic.value_clip, denom=tokens)
         self.critic.set_gradient_accumulation_boundary(boundary)
         self.critic.backward(loss * scale, scale_wrt_gas=False)
         return {**m, "critic/loss": float(loss.detach()) * tokens / max(float(mask.sum()), 1.0),
@@ -267,7 +276,7 @@ class Learner:
         return state
 
     def weight_meta(self) -> list:
-        from cai_ray.collective import tensor_meta
+        from cai_ray.engines.collective import tensor_meta
 
         with D.gathered(self.actor.module):
             return tensor_meta(self._policy_state())
@@ -279,7 +288,7 @@ class Learner:
         (the gather is collective); rank 0 yields."""
         from safetensors.torch import save
 
-        from cai_ray.collective import buckets
+        from cai_ray.engines.collective import buckets
 
         with D.gathered(self.actor.module):
             if self.rank != 0:
@@ -292,7 +301,7 @@ class Learner:
     def sync_join(self, host: str, port: int, world: int, backend: str) -> bool:
         """Rank 0 of the learner group is rank 0 (the source) of the weight broadcast group."""
         if self.rank == 0:
-            from cai_ray.collective import open_group
+            from cai_ray.engines.collective import open_group
 
             self._sync_group = open_group(host, port, 0, world, backend, listener=self._sync_sock)
         return True
@@ -306,7 +315,7 @@ class Learner:
     def sync_send(self, meta: list, bucket_mb: float) -> int:
         """Broadcast the policy to the engines, bucket by bucket (every rank calls; rank 0
         sends)."""
-        from cai_ray.collective import drop_on_failure, send
+        from cai_ray.engines.collective import drop_on_failure, send
 
         with D.gathered(self.actor.module):
             if self.rank != 0:

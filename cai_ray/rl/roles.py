@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from cai_ray.nodeview import on_node, on_node_all
+from cai_ray.rewards import Scored, build_reward
 from cai_ray.rl.forward import frozen_logprobs
-from cai_ray.rl.rewards import Scored, build_reward
+from cai_ray.rundir.nodeview import on_node, on_node_all
 
 
 class ReferencePolicy:
@@ -26,7 +26,7 @@ class ReferencePolicy:
         model_path = on_node(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
                                                           use_safetensors=True).eval()
-        tok = AutoTokenizer.from_pretrained(model_path)
+        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.chunk, self.share = chunk, share_prompts
 
@@ -44,9 +44,13 @@ class ReferencePolicy:
 
 
 class RewardWorker:
-    """A reward source (rl/rewards.py) built from its spec and parameters."""
+    """A reward source (cai_ray/rewards) built from its spec and parameters."""
 
-    def __init__(self, spec: str, params: dict, threads: int | None = None):
+    def __init__(self, spec: str, params: dict, threads: int | None = None,
+                 plugins: tuple[str, ...] = ()):
+        from cai_ray.config.plugins import load_plugins
+
+        load_plugins(list(plugins))  # a plugin's reward source registers in this process too
         if threads:
             torch.set_num_threads(threads)
         self.source = build_reward(spec, **on_node_all(params))  # model paths on this node

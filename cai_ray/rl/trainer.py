@@ -28,15 +28,16 @@ from cai_ray.algos.advantages import ESTIMATORS, AdvantageInput, AdvantageParams
 from cai_ray.algos.kl import AdaptiveKLController, FixedKLController, kl_estimate
 from cai_ray.algos.policy_loss import mismatch
 from cai_ray.algos.stats import group_stats
-from cai_ray.engines.base import TOO_LONG, Request, Sampling
-from cai_ray.nodeview import gather
+from cai_ray.generation import TOO_LONG, Request, Sampling
 from cai_ray.platform import has_cuda, num_cores
+from cai_ray.rewards import Scored
 from cai_ray.rl.experience import Experience, Rollout, concat, pad_right
 from cai_ray.rl.group import LearnerGroup
 from cai_ray.rl.learner import step_plan
-from cai_ray.rl.rewards import Scored
 from cai_ray.rl.roles import ReferencePolicy, RewardWorker
+from cai_ray.rl.spec import CriticSpec, LearnerSpec
 from cai_ray.rl.weight_sync import make_sync
+from cai_ray.rundir.nodeview import gather
 
 log = logging.getLogger(__name__)
 ReferenceActor = ray.remote(ReferencePolicy)
@@ -51,23 +52,16 @@ class Roles:
     tokenizer: str
 
 
-def learner_config(cfg, alg) -> dict:
-    """The learner's plain config: the rl section, the resolved algorithm, the ZeRO stage and the
-    critic's settings filled in."""
-    from dataclasses import asdict
-
-    return {**cfg.model_dump(), **cfg.critic_settings(), "algorithm": asdict(alg),
-            "zero_stage": cfg.learner_zero_stage()}
-
-
 class RlTrainer:
     def __init__(self, cfg, roles: Roles, pool, prompts: list, *, seed: int = 0,
                  reward_params: dict | None = None, quiet: bool = True,
-                 weight_sync: str | None = None):
-        """weight_sync: the resolved path (JobConfig.weight_sync()); default cfg.weight_sync, with
-        auto taken as object_store."""
+                 weight_sync: str | None = None, plugins: tuple[str, ...] = ()):
+        """cfg: the rl section (driver side); the learners, reference and reward roles get typed
+        specs. weight_sync: the resolved path (JobConfig.weight_sync()); default
+        cfg.weight_sync, with auto taken as object_store."""
         self.cfg, self.roles, self.pool, self.seed, self.quiet = cfg, roles, pool, seed, quiet
-        self.alg = alg = cfg.resolved()
+        self.spec = LearnerSpec.of(cfg, plugins)
+        self.alg = alg = self.spec.algorithm
         self.prompts = prompts
         self.order = list(range(len(prompts)))
         random.Random(seed).shuffle(self.order)
@@ -79,7 +73,7 @@ class RlTrainer:
         # the DeepSpeed state), and the engines merge each adapter into that same base
         self.learners = LearnerGroup(roles.reference if cfg.lora else roles.policy,
                                      roles.critic if alg.needs_critic else None,
-                                     learner_config(cfg, alg), seed,
+                                     self.spec, seed,
                                      colocate_with=pool if cfg.colocate else None)
         # the frozen roles take no CPU of their own (they work while the learner waits), but use
         # every core when they do: Ray would give a num_cpus=0 actor one OpenMP thread
@@ -89,7 +83,8 @@ class RlTrainer:
             share_prompts=cfg.share_prompts)
             if alg.needs_reference else None)
         self.reward = RewardActor.options(num_cpus=0, **near).remote(
-            cfg.reward, {"max_tokens": cfg.max_new_tokens, **(reward_params or {})}, threads)
+            cfg.reward, {"max_tokens": cfg.max_new_tokens, **(reward_params or {})}, threads,
+            plugins)
         kind = weight_sync or cfg.weight_sync
         self.sync = make_sync("object_store" if kind == "auto" else kind, pool,
                               cfg.weight_sync_bucket_mb,
@@ -218,10 +213,10 @@ class RlTrainer:
         kl = None
         if alg.kl_in == "reward" and self.kl.value > 0:
             kl = kl_estimate(policy_logp, exp.ref_logp, alg.kl_estimator) * exp.mask
-        crit = cfg.critic_settings()
+        crit = self.spec.critic or CriticSpec()
         exp.advantages, exp.returns = ESTIMATORS[alg.advantage].fn(
             AdvantageInput(exp.score, exp.mask, exp.group, kl, self.kl.value, exp.values),
-            AdvantageParams(gamma=cfg.gamma, lam=crit["lam"], whiten=crit["whiten_advantages"]))
+            AdvantageParams(gamma=cfg.gamma, lam=crit.lam, whiten=crit.whiten_advantages))
         _, std, _ = group_stats(exp.score, exp.group)
         out = {"reward/mean": float(exp.score.mean()),
                "reward/std": float(exp.score.std()) if len(exp) > 1 else 0.0,
@@ -297,7 +292,7 @@ class RlTrainer:
                 "version": self.version, "kl_coef": self.kl.value, "cursor": self.resume_cursor}
 
     def save(self, folder: Path) -> None:
-        from cai_ray.rundir import write_json_atomic
+        from cai_ray.rundir.files import write_json_atomic
 
         ray.get(self.learners.call("save", str(folder), self.roles.tokenizer),
                 timeout=self.timeout)

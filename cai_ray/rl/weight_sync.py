@@ -1,19 +1,17 @@
-"""Weight sync from the learner to the rollout engines: one interface, two paths, both streamed in
-buckets (rl.weight_sync_bucket_mb) so neither side holds a second copy of the whole model.
+"""Weight sync from the learner to the rollout engines: one interface, streamed in buckets
+(rl.weight_sync_bucket_mb) so neither side holds a second copy of the whole model.
 
     sync = make_sync(cfg.weight_sync, pool, bucket_mb)
-    sync.push(learners)          # after each update; returns timing, bytes and the engines' version
+    sync.push(learners)          # after each update; timing, bytes and the engines' version
 
-ObjectStoreSync   learner rank 0 streams the policy as safetensors buckets into Ray's object store
-                  (a streaming generator); every engine loads them bucket by bucket (works
-                  everywhere: CPU, several nodes, engines in or out of process).
-AdapterSync       a LoRA policy: only the adapter travels (object store); each engine merges it
-                  into the base weights it reads from the base model's folder (cai_ray/adapter.py).
-CollectiveSync    a broadcast from learner rank 0 straight into the engines' model workers over a
-                  torch.distributed group of its own (cai_ray.collective): NCCL between GPUs
-                  (`nccl`), or gloo between CPU processes (`gloo`, the same code, tested here).
-                  An engine that dies breaks the group: that push falls back to the object store
-                  and the group is formed again at the next one.
+ObjectStoreSync   learner rank 0 streams safetensors buckets into Ray's object store; every
+                  engine loads them bucket by bucket (CPU, several nodes, any engine).
+AdapterSync       a LoRA policy: only the adapter travels; each engine merges it into the base
+                  weights (cai_ray/engines/adapter.py).
+CollectiveSync    a broadcast from learner rank 0 into the engines' model workers over a
+                  torch.distributed group of its own (engines/collective.py): NCCL between GPUs,
+                  gloo between CPU processes. An engine that dies breaks the group: that push
+                  goes through the object store and the group is formed again at the next.
 """
 
 from __future__ import annotations
@@ -80,8 +78,8 @@ class ObjectStoreSync:
 
 class AdapterSync:
     """A LoRA policy: learner rank 0 sends only the adapter (A and B of each adapted module, a few
-    percent of the model) through the object store, and every engine merges it into the base
-    model's weights itself (cai_ray/adapter.py merged_pairs). Used whatever rl.weight_sync says."""
+    percent of the model) through the object store, and every engine merges it into the base model's
+    weights itself (cai_ray/engines/adapter.py merged_pairs). Used whatever rl.weight_sync says."""
 
     name = "adapter"
 

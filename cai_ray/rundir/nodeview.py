@@ -1,23 +1,16 @@
-"""The run directory seen from every node of the cluster.
+"""The run directory seen from every node of the cluster. The driver works in one folder (the run
+directory, or a URI's local working copy, storage.py); an actor on another machine cannot read it,
+so every path of the run that crosses to an actor goes through this module:
 
-The driver works in one folder (the run directory, or the local working copy of a URI run
-directory, cai_ray/storage.py). An actor on another machine cannot read that folder, so every path
-of the run that crosses to an actor goes through this module on the actor's side:
+    on_node(path)   # actor: a model or data folder to read, this node's copy (pulled if needed)
+    node_dir(path)  # actor: a folder to write on this node (an export, a checkpoint)
+    publish(path)   # actor: what was written there, to the run directory's storage
+    share()         # driver, before remote work: what it just wrote, to the storage
+    gather(path)    # driver, after: what other nodes published, into its copy
 
-    on_node(path)   # a model or data folder to read: this node's copy, pulled from storage if needed
-    node_dir(path)  # a folder to write on this node (a model export, a checkpoint)
-    publish(path)   # what was written there, sent to the run directory's storage
-
-and on the driver's side, around remote work:
-
-    share()         # before: what the driver just wrote, to the storage
-    gather(path)    # after: what other nodes published, into the driver's copy
-
-The driver announces the run (folder, URI, its own node) in Ray's key-value store under this job's
-id, so every actor and Ray Train worker of the job finds it without extra arguments. On the driver's
-node, or when the run directory is a plain folder (one node, or a shared disk: checked when the
-cluster is joined, `unshared_nodes`), every function is the identity. Paths outside the run
-directory (the base model, a user's data file) are returned unchanged.
+The driver announces the run in Ray's key-value store under this job's id, so every actor finds
+it. On the driver's node, or for a plain folder (one node, or a shared disk, checked when the
+cluster is joined), every function is the identity; paths outside the run directory are unchanged.
 """
 
 from __future__ import annotations
@@ -96,7 +89,7 @@ def node_dir(path: str | Path) -> str:
     where = _elsewhere(path)
     if where is None:
         return str(path)
-    from cai_ray.storage import local_copy
+    from cai_ray.rundir.storage import local_copy
 
     uri, rel = where
     return str(local_copy(uri) / rel)
@@ -108,7 +101,7 @@ def on_node(path: str | Path) -> str:
     where = _elsewhere(path)
     if where is None:
         return str(path)
-    from cai_ray.storage import Remote, local_copy
+    from cai_ray.rundir.storage import Remote, local_copy
 
     uri, rel = where
     t = time.time()
@@ -135,7 +128,7 @@ def publish(path: str | Path, replaces_siblings: bool = False) -> int:
         return 0
     import shutil
 
-    from cai_ray.storage import Remote, local_copy
+    from cai_ray.rundir.storage import Remote, local_copy
 
     uri, rel = where
     n = Remote.open(uri).upload_tree(local_copy(uri), rel)
@@ -177,7 +170,7 @@ def train_storage(out_dir: Path, name: str) -> tuple[str, object | None]:
     remote = _driver.get("remote")
     if remote is None:
         return str(out_dir), None
-    from cai_ray.storage import TRAIN_STORAGE
+    from cai_ray.rundir.storage import TRAIN_STORAGE
 
     return f"{remote.root}/{TRAIN_STORAGE}/{name}", remote.fs
 
@@ -187,7 +180,7 @@ def drop_train_storage(name: str) -> None:
     remote = _driver.get("remote")
     if remote is None:
         return
-    from cai_ray.storage import TRAIN_STORAGE
+    from cai_ray.rundir.storage import TRAIN_STORAGE
 
     try:
         remote.fs.delete_dir(f"{remote.root}/{TRAIN_STORAGE}/{name}")

@@ -42,7 +42,7 @@ def serve_cfg(target, args):
     """The job's `serve:` section (the run's, else defaults), with the flags over it."""
     from pydantic import ValidationError
 
-    from cai_ray.config import ServeCfg
+    from cai_ray.config.sections import ServeCfg
 
     base = target.job.serve.model_dump() if target.job is not None else {}
     flags = {"host": args.host, "port": args.port, "min_replicas": args.replicas,
@@ -198,7 +198,7 @@ def deploy(p: Plan) -> dict:
         from cai_ray.serve.scoring import build_judge_app
 
         engine_kwargs = {"max_model_len": p.max_model_len, "dtype": p.dtype,
-                         "kv_cache_gib": cfg.kv_cache_gib, "seed": t.judge.settings["seed"]}
+                         "kv_cache_gib": cfg.kv_cache_gib, "seed": t.judge.seed}
         apps["judge"] = build_judge_app(t.judge, f"{t.model_id}-judge", limits, cfg.scorer_cpus,
                                         cfg.scorer_gpus if p.on_gpu else 0, engine_kwargs)
     t0 = time.time()

@@ -1,57 +1,16 @@
-"""Where HTTP enters a cluster that `cai-ray serve` starts itself, and the Ray settings that leave
-the cores to the model.
+"""Where HTTP enters a cluster that `cai-ray serve` starts, and the Ray settings (environment
+variables of the processes Ray starts) that leave a CPU node's cores to the model: replicas at
+niceness 0, Serve's control loop every 0.5 s, no metrics collection, dashboard, usage statistics,
+autoscaler monitor or idle pool workers. A cluster at --address keeps its own settings.
 
-Ray reads these from the environment of the processes it starts, so they are set before the local
-cluster starts (a cluster at --address keeps its own):
+    haproxy_env(workdir, timeout) -> the environment of Ray's HAProxy ingress, through our wrapper
+    resolve_ingress("auto")       -> haproxy where its binary is installed, else Ray's proxy
 
-- Ray starts every worker at niceness 15 (`RAY_worker_niceness`), so the replica and its vLLM
-  engine yield the CPU to anything else on the machine; a server's replicas are the work: 0.
-- Ray's own background work, which on a CPU node preempts the model's OpenMP threads (a preempted
-  thread leaves its partner spinning at the next barrier, so each CPU-second taken costs the model
-  about two): Serve's controller reconciles every 0.5 s instead of 0.1 s
-  (`RAY_SERVE_CONTROL_LOOP_INTERVAL_S`; a dead replica is noticed up to 0.4 s later), and Ray's
-  metrics collection is off (`RAY_enable_metrics_collection=0`, and HAProxy's per-request metrics
-  log). Under HAProxy at concurrency 32 the controller used 0.20 instead of 0.43 CPU-seconds per
-  4,096 tokens. Set either variable yourself to keep Ray's default (Prometheus metrics included).
-  Ray's dashboard is not started (`serve.dashboard: true` starts it; idle, its ten processes took
-  0.53 of 3.6 CPU-seconds over 30 s), and with it no usage statistics could be reported, so they
-  are off (`RAY_USAGE_STATS_ENABLED=0`), and the replicas skip Ray's LLM usage-telemetry actor.
-  Idle pool workers are not kept (`RAY_num_workers_soft_limit=0`; by default Ray keeps one per
-  CPU): the one left from start-up woke 150 times a second and took 0.52 CPU-seconds in 74 s of
-  load, doing nothing (a replica that Serve replaces starts a worker of its own, about a second).
-  `cai-ray serve` also starts its cluster without Ray's autoscaler monitor (cluster.init_ray's
-  `autoscaler`). Ray's log monitor stays: it took 0.69 CPU-seconds in the same 74 s, but it is
-  what brings replicas' warnings and errors to the terminal of a foreground `cai-ray serve`, and
-  with it off as well the benchmark measured 0.85x / 0.89x vllm serve at 8 / 32, no better than
-  before within its noise (benchmarks/results/serve_lean.md).
-- `ingress: haproxy` (what `auto`, the default, picks where the binary is installed): Ray's
-  HAProxy ingress. HAProxy (the binary the ray[serve] wheel ships on Linux) forwards each request
-  to the replica, which runs vLLM's app on its own HTTP server (Ray's direct ingress), so no Python
-  proxy copies every streamed chunk across a Ray call; with Ray's throughput-optimized settings
-  (user code on the replica's event loop, GC frozen after start). Ray binds HAProxy's stats page
-  and Prometheus listener to every interface on fixed ports and puts its admin socket (mode 666)
-  in /tmp/haproxy-serve: here both ports are free loopback ports, chosen per server, and every
-  file of HAProxy's lives in a private (0700) directory. HAProxy's config is Ray's; a wrapper
-  rewrites it each time Ray starts or reloads HAProxy: its wildcard `bind` lines to 127.0.0.1 (the
-  client-facing bind is `serve.host` and stays as set), and its `http-reuse always` to `http-reuse
-  never` with `option http-server-close`, so each request reaches the replica over a connection
-  of its own.
-- Why a connection of its own: when a replica dies, HAProxy 2.8 ends a request that it had sent
-  over a *reused* server connection the way it ends a failed keep-alive request: it closes the
-  client's connection with no status and no log line (http_ana.c, `abort_keep_alive`), leaving
-  the client "Server disconnected without sending a response". Ray's `http-reuse always` cut 12 of
-  32 requests in one CI run; `http-reuse aggressive` (reuse only connections proven reusable) still
-  cut one request of 32 in 3 of 12 runs of test_serve.py's kill test and in 1 of 1 on 2026-11-29,
-  where a packet log on loopback showed the cut request forwarded over a server connection that
-  had carried many requests before, and the client's connection closed 0.2 ms after the dying
-  replica closed that one (the requests sent over new server connections in the same instant got
-  500). With a server connection per request the same failure is a 502 (Ray's error file makes it
-  500) or, after `retry-on conn-failure empty-response`, a retry on another replica or on Ray's
-  proxy (HAProxy's backup server while no replica is up). The cost is one loopback connect per
-  request. benchmarks/results/serve_haproxy_reuse.md has the packet log and the runs.
-- `ingress: proxy`: Ray's Python HTTP proxy (one more Ray call per streamed chunk: 0.8-0.9x the
-  throughput of HAProxy on a 2-core CPU node). A replica that dies ends its requests with a status
-  (500, or 408 after `request_timeout_s`).
+The wrapper rewrites Ray's HAProxy config each time Ray starts it: wildcard binds (stats,
+Prometheus) to loopback, files in a private directory, and each request on a server connection of
+its own (`http-reuse never`, `option http-server-close`): HAProxy ends a request sent over a
+reused connection to a replica that dies with no status at all. Why each setting, with the
+measurements: benchmarks/results/serve_findings.md.
 """
 
 from __future__ import annotations

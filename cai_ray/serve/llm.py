@@ -3,20 +3,19 @@ the vLLM LLMServer deployment) in its direct-streaming form, with our Guard in f
 
 Ray 2.60 ships two shapes. `build_openai_app` by default puts an OpenAI ingress deployment in front
 of the LLMServer replicas: every streamed chunk then crosses two Ray hops (proxy <- ingress <-
-server), which on a CPU machine takes the cores the model needs (0.46x vLLM's own server at
-concurrency 32, benchmarks/results/serve.md). Under RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING the LLMServer
-is itself the ingress and serves vLLM's own FastAPI app (built in `__serve_build_asgi_app__` once the
+server), which on a CPU machine takes the cores the model needs
+(benchmarks/results/serve_findings.md). Under RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING the LLMServer is
+itself the ingress and serves vLLM's own FastAPI app (built in `__serve_build_asgi_app__` once the
 engine runs): one hop. We use that shape, built here as Ray's builder does, with two changes: the
-app keeps only the routes we document (vLLM's /v1/score, /tokenize, /v1/responses... go), and
-the Guard middleware runs first.
+app keeps only the routes we document (vLLM's /v1/score, /tokenize, /v1/responses... go), and the
+Guard middleware runs first.
 """
 
 from __future__ import annotations
 
 import os
 
-from ray.llm._internal.serve.core.server.llm_server import (LLMServer,
-                                                            _add_middleware_to_built_app)
+from ray.llm._internal.serve.core.server.llm_server import LLMServer, _add_middleware_to_built_app
 
 from cai_ray.serve import guard
 from cai_ray.serve.ingress import replica_grpc_on_node_ip

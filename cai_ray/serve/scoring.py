@@ -7,7 +7,7 @@
                  -> {"p_first": P(a is better), "per_principle": {id: p}, "orders": {id: [p, p]},
                      "order_disagreements": n, "principles": [...]}
 
-The reward model is scored exactly as the RL stage scores it (train/reward.py RewardScorer); the
+The reward model is scored exactly as the RL stage scores it (rewards/model.py RewardScorer); the
 judge is the run's `judge:` section (cai_ray/judges) over one in-process engine, so an item
 id gives the principles the preferences stage drew for it.
 """
@@ -51,7 +51,8 @@ class ScoreRequest(_Body):
     def as_conversations(self) -> list[list[dict]]:
         if self.conversations is not None:
             return self.conversations
-        return [[{"role": "user", "content": p.prompt}, {"role": "assistant", "content": p.response}]
+        return [[{"role": "user", "content": p.prompt},
+                 {"role": "assistant", "content": p.response}]
                 for p in self.pairs]
 
 
@@ -109,7 +110,7 @@ class RewardServer:
     """The reward model as a scoring service (one replica: the model is small and CPU-bound)."""
 
     def __init__(self, model_path: str, model_id: str, limits: dict, max_len: int = 1024):
-        from cai_ray.train.reward import RewardScorer
+        from cai_ray.rewards.model import RewardScorer
 
         guard.configure(limits)
         replica_grpc_on_node_ip()
@@ -130,22 +131,22 @@ class RewardServer:
 class JudgeServer:
     """The constitutional judge as a service over one in-process engine."""
 
-    def __init__(self, model_path: str, model_id: str, constitution: str, settings: dict,
-                 limits: dict, engine_kwargs: dict, backend: str = "vllm"):
+    def __init__(self, spec, model_id: str, limits: dict, engine_kwargs: dict,
+                 backend: str = "vllm"):
         from cai_ray.constitution import load_constitution
-        from cai_ray.engines.base import make_engine
+        from cai_ray.engines.factory import make_engine
         from cai_ray.engines.local import LocalPool
 
         guard.configure(limits)
         replica_grpc_on_node_ip()
-        self.engine = make_engine(backend, model_path, **engine_kwargs)
+        self.engine = make_engine(backend, spec.model, **engine_kwargs)
         self.pool = LocalPool(self.engine)
-        self.const = load_constitution(constitution)
-        self.settings, self.model_id = settings, model_id
+        self.const = load_constitution(spec.constitution)
+        self.spec, self.model_id = spec, model_id
         self.lock = asyncio.Lock()
 
     def _judge(self, principles: list[str] | None):
-        from cai_ray.judges import KINDS
+        from cai_ray import judges
 
         const = self.const
         if principles:
@@ -155,14 +156,12 @@ class JudgeServer:
                 raise HTTPException(400, f"principles: unknown id(s) {bad}; this constitution's "
                                          f"judge principles are {sorted(known)}")
             const = const.with_judges([p for p in const.judge if p.id in principles])
-        settings = dict(self.settings)
-        kind = settings.pop("kind", "logprob")
-        if principles:  # every named principle, each pair
-            settings["principles_per_pair"] = len(principles)
-        return KINDS[kind](self.pool, self.engine.tokenizer, const, **settings)
+        return judges.build(self.spec.judge, const, pool=self.pool, tokenizer=self.engine.tokenizer,
+                            seed=self.spec.seed,  # every named principle, each pair
+                            principles_per_pair=len(principles) if principles else None)
 
     async def judge(self, body: JudgeRequest) -> dict:
-        from cai_ray.feedback import JudgeItem
+        from cai_ray.judges import JudgeItem
 
         _check_model(body.model, self.model_id)
         judge = self._judge(body.principles)
@@ -215,5 +214,5 @@ def build_judge_app(spec, model_id: str, limits: guard.Limits, cpus: float, gpus
 
     return serve.deployment(JudgeIngress, name="Judge", num_replicas=1,
                             ray_actor_options={"num_cpus": cpus, "num_gpus": gpus},
-                            max_ongoing_requests=64).bind(
-        spec.model, model_id, spec.constitution, spec.settings, vars(limits), engine_kwargs)
+                            max_ongoing_requests=64).bind(spec, model_id, vars(limits),
+                                                          engine_kwargs)

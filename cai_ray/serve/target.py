@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cai_ray.errors import InputError
@@ -15,13 +15,16 @@ from cai_ray.errors import InputError
 log = logging.getLogger("cai_ray")
 
 
-@dataclass
+@dataclass(frozen=True)
 class JudgeSpec:
+    """What a /v1/judge replica builds its judge from (it crosses to the replica typed)."""
+
     model: str
     constitution: str
     """A constitution spec load_constitution accepts (the run's constitution.path)."""
-    settings: dict = field(default_factory=dict)
-    """The judge's kind and keyword arguments: the run's `judge:` section (judges.settings)."""
+    judge: object
+    """The run's `judge:` section (a JudgeCfg): method and settings; it runs on the replica."""
+    seed: int = 0
 
 
 @dataclass
@@ -153,19 +156,18 @@ def _judge_spec(job, model: str) -> JudgeSpec:
     from cai_ray.constitution import load_constitution
 
     load_constitution(job.constitution.path).require("judge", job.constitution.path)
-    if job.judge.kind == "http":
-        raise InputError(f"--judge: this run's judge is a server already ({job.judge.url}); "
-                         f"clients can ask it directly")
-    return JudgeSpec(model, job.constitution.path,
-                     {"kind": job.judge.kind, **judges.settings(job.judge, seed=job.seed)})
+    if not judges.own_engines(job.judge):
+        raise InputError(f"--judge: this run's judge is a server already "
+                         f"({judges.describe(job.judge, model)}); clients can ask it directly")
+    return JudgeSpec(model, job.constitution.path, job.judge, job.seed)
 
 
 def resolve_target(spec: str, stage: str | None = None, name: str | None = None, *,
                    score: bool = False, judge: bool = False) -> ServeTarget:
-    from cai_ray import storage
+    from cai_ray.rundir import storage
 
     if storage.is_uri(spec):  # a run directory on object storage: served from a local copy
-        from cai_ray.pipeline import open_run_dir
+        from cai_ray.rundir.layout import open_run_dir
 
         run = open_run_dir(spec)  # exit 2 when unreachable
         if not (run.path / "manifest.json").exists():

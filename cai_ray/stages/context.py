@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai_ray.config import EngineCfg, JobConfig
+from cai_ray.config import JobConfig
+from cai_ray.config.sections import EngineCfg
 from cai_ray.constitution import Constitution
 from cai_ray.prompts.sources import Prompt, PromptSet, split_heldout
-from cai_ray.rundir import RunDir
+from cai_ray.rundir.layout import RunDir
 
 log = logging.getLogger("cai_ray")
 
@@ -73,15 +74,16 @@ class Context:
         return self.stage_model("sft") or self.base_model
 
     # -- engines -------------------------------------------------------------------------------
-    def engine_kwargs(self, engine: EngineCfg | None = None) -> dict:
-        return engine_kwargs(self.job, engine)
-
     def engine_pool(self, model_path: str, name: str = "engine", num_actors: int | None = None,
                     shared: dict | None = None, engine: EngineCfg | None = None,
                     wait: bool = True):
         """Engine actors for a model; `engine` overrides job.engine (the separate judge's own);
         wait=False: see EnginePool."""
-        return engine_pool_for(self.job, model_path, name, num_actors, shared, engine, wait)
+        from cai_ray.engines.pool import EnginePool
+
+        return EnginePool.from_cfg(engine or self.job.engine, self.job.model, model_path,
+                                   seed=self.job.seed, name=name, num_actors=num_actors,
+                                   shared=shared, wait=wait)
 
     def judge_pool(self, judge_path: str):
         """Engine actors for the separate judge model, on judge.engine's resources."""
@@ -92,31 +94,6 @@ class Context:
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
                     disable=self.quiet, dynamic_ncols=True, mininterval=1.0)
-
-
-def engine_kwargs(job, engine: EngineCfg | None = None) -> dict:
-    m, e = job.model, engine or job.engine
-    return {"max_model_len": m.max_model_len, "dtype": m.dtype, "seed": job.seed,
-            "trust_remote_code": m.trust_remote_code, "enforce_eager": e.enforce_eager,
-            "max_num_seqs": e.max_num_seqs, "tensor_parallel_size": e.tensor_parallel_size,
-            "gpu_memory_utilization": e.gpu_memory_utilization,
-            "kv_cache_gib": e.kv_cache_gib, "batch_size": e.batch_size,
-            "block_size": e.block_size}
-
-
-def engine_pool_for(job, model_path: str, name: str = "engine", num_actors: int | None = None,
-                    shared: dict | None = None, engine: EngineCfg | None = None,
-                    wait: bool = True):
-    """Engine actors for a model on `engine`'s resources (default job.engine), outside a run too
-    (`cai-ray eval judge`)."""
-    from cai_ray.engines.pool import EnginePool
-
-    e = engine or job.engine
-    return EnginePool(num_actors or e.num_actors, e.backend, model_path,
-                      num_cpus=e.num_cpus_per_actor, num_gpus=e.num_gpus_per_actor,
-                      strategy=e.placement_strategy, max_restarts=e.max_restarts,
-                      engine_kwargs=engine_kwargs(job, e), name=name, shared=shared, wait=wait,
-                      call_timeout_s=e.call_timeout_s, timeout_floor_s=e.timeout_floor_s)
 
 
 def model_label(path: str) -> str:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from cai_ray.errors import InputError
-from cai_ray.rundir import read_jsonl, write_jsonl_atomic
+from cai_ray.rundir.files import read_jsonl, write_jsonl_atomic
 
 
 def read_rows(spec: str | Path, need: tuple[str, ...], what: str) -> list[dict]:

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cai_ray.config import DPO_DATA
+from cai_ray.config.sections import DPO_DATA
 from cai_ray.errors import InputError
+from cai_ray.stages.base import Stage
 from cai_ray.stages.context import Context
 from cai_ray.stages.data import read_rows, split_rows, write_split
+from cai_ray.stages.registry import register_stage
+from cai_ray.stages.resources import trainer_need
 
-SECTIONS = ("model", "dpo", "seed")
-PRODUCES = ("policy",)
-KEY_FIGURES = ("eval/rewards/accuracy", "eval/rewards/margin", "train/loss_last")
 NEED = ("chosen", "rejected")
 
 
 def reads(job) -> tuple[str, ...]:
-    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    """The artifacts this stage needs (cai_ray/stages/graph.py)."""
     src = {"preferences": ("preferences",), "sl_cai_pairs": ("pairs",)}
     return ("policy",) + src.get(job.dpo.data, ())
 
@@ -54,6 +54,8 @@ def data_source(ctx: Context) -> Path | str:
 
 def run(ctx: Context) -> dict:
     from cai_ray.train.core import fit
+    from cai_ray.train.dpo import DpoTask
+    from cai_ray.train.spec import TrainSpec
 
     cfg = ctx.job.dpo
     out = ctx.run.stage_dir("dpo")
@@ -63,10 +65,11 @@ def run(ctx: Context) -> dict:
     train, evals = split_rows(rows, cfg.eval_fraction)
     data = write_split(out / "data", train, evals)
     start = ctx.policy_model()
-    task = {"max_len": cfg.max_len, "beta": cfg.beta, "loss_type": cfg.loss_type,
-            "label_smoothing": cfg.label_smoothing, "soft_labels": cfg.soft_labels,
-            "packing": cfg.packing, "share_prompt": cfg.share_prompt}
-    m = fit("dpo", start, data, cfg.model_dump(), out, seed=ctx.job.seed, task_kwargs=task)
+    task = DpoTask(max_len=cfg.max_len, beta=cfg.beta, loss_type=cfg.loss_type,
+                   label_smoothing=cfg.label_smoothing, soft_labels=cfg.soft_labels,
+                   packing=cfg.packing, share_prompt=cfg.share_prompt)
+    m = fit(task, start, data, TrainSpec.of(cfg, plugins=tuple(ctx.job.plugins)), out,
+            seed=ctx.job.seed)
     keys = ("eval/loss", "eval/rewards/accuracy", "eval/rewards/margin", "eval/rewards/chosen",
             "eval/rewards/rejected", "eval/logps/chosen", "eval/logps/rejected",
             "train/rewards/accuracy", "train/rewards/margin", "perf/samples_per_s",
@@ -77,3 +80,16 @@ def run(ctx: Context) -> dict:
             "steps": m.get("step"), "train/loss_first": m.get("train/loss_first"),
             "train/loss_last": m.get("train/loss"), **{k: m.get(k) for k in keys},
             "model": str(out / "model")}
+
+
+STAGE = register_stage(Stage(
+    name="dpo", after="reward",
+    about=("or, without a reward model: the policy learns the labelled pairs directly (DPO, IPO, "
+           "conservative DPO)"),
+    run=run, sections=("model", "dpo", "seed"),
+    reads=reads, produces=("policy",),
+    needs=lambda job: trainer_need(job.dpo, "dpo.num_workers"),
+    key_figures=("eval/rewards/accuracy", "eval/rewards/margin", "train/loss_last"),
+    check=check,
+    instead={"preferences": "set dpo.data to a preference file",
+             "pairs": "set dpo.data to a preference file"}))

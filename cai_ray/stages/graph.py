@@ -1,10 +1,10 @@
 """The stage graph: what each stage reads, which stage provides it, and the digests resume uses.
 
-Each stage module declares PRODUCES (artifact names) and reads(job) (the artifacts it needs under
-this job's settings; a user-given data set replaces the artifact it stands for). An artifact a
-stage reads comes from the latest stage before it (registry order) that produces it and is either
-requested in this run or complete in RUN_DIR under its current digest. A requested stage with an
-input that nothing provides fails at load time, naming the input and how to provide it.
+Each stage declares what it produces (artifact names) and reads(job) (the artifacts it needs
+under this job's settings; a user-given data set replaces the artifact it stands for). An artifact
+a stage reads comes from the latest stage before it (registry order) that produces it and is
+either requested in this run or complete in RUN_DIR under its current digest. A requested stage
+with an input that nothing provides fails at load time, naming the input and how to provide it.
 
 "policy" is the model being aligned: the newest of sft, dpo and rl. With no such stage in the run
 or the run directory, a stage that reads it fails, unless the job names a starting point
@@ -18,7 +18,6 @@ or the run directory, a stage that reads it fails, unless the job names a starti
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass, field
 
 from cai_ray.errors import InputError
@@ -26,23 +25,11 @@ from cai_ray.stages.registry import STAGES
 
 START = "start_policy"
 """The producer name of job.start_policy when it provides the policy."""
-
-HOW = {  # how to provide an artifact without its stage, for the error line
-    "sft_data": "or set sft.data",
-    "preferences": "or set reward.data / dpo.data to a preference file",
-    "pairs": "or set dpo.data to a preference file",
-    "reward_model": "or set rl.reward_model, or choose another rl.reward (judge, short, "
-                    "module:function)",
-    "policy": "or set start_policy (base, or a model) to start from a model on purpose",
-}
-
-
-def stage_module(stage: str):
-    return importlib.import_module(STAGES[stage])
+POLICY_HINT = "set start_policy (base, or a model) to start from a model on purpose"
 
 
 def producers_of(artifact: str) -> list[str]:
-    return [s for s in STAGES if artifact in getattr(stage_module(s), "PRODUCES", ())]
+    return [s for s, st in STAGES.items() if artifact in st.produces]
 
 
 @dataclass
@@ -58,11 +45,10 @@ def resolve(job, recorded: dict[str, dict]) -> Plan:
     """recorded: the manifest's stage records ({stage: {status, digest}}) of the run directory."""
     plan = Plan()
     available: dict[str, list[str]] = {}  # artifact -> stages providing it so far, in order
-    for stage in STAGES:
-        mod = stage_module(stage)
+    for stage, st in STAGES.items():
         wanted = stage in job.stages
         inputs, missing = {}, []
-        for art in mod.reads(job):
+        for art in st.reads(job):
             if available.get(art):
                 inputs[art] = available[art][-1]
             elif art == "policy" and job.start_policy:
@@ -74,29 +60,31 @@ def resolve(job, recorded: dict[str, dict]) -> Plan:
                 plan.missing[stage] = missing
             continue
         plan.inputs[stage] = inputs
-        plan.digests[stage] = _digest(job, mod, inputs, plan.digests)
+        plan.digests[stage] = _digest(job, st, inputs, plan.digests)
         rec = recorded.get(stage, {})
         current = rec.get("status") == "complete" and rec.get("digest") == plan.digests[stage]
         if wanted or current:
-            for art in getattr(mod, "PRODUCES", ()):
+            for art in st.produces:
                 available.setdefault(art, []).append(stage)
     return plan
 
 
-def _digest(job, mod, inputs: dict[str, str], digests: dict[str, str]) -> str:
-    own = job.digest(*getattr(mod, "SECTIONS", ()))
+def _digest(job, st, inputs: dict[str, str], digests: dict[str, str]) -> str:
+    own = job.digest(*st.sections)
     ups = [f"{art}={digests.get(src) or job.start_policy}" for art, src in sorted(inputs.items())]
     return hashlib.sha256("|".join([own, *ups]).encode()).hexdigest()[:16]
 
 
 def check(job, plan: Plan, run_dir: str) -> None:
     """One line naming the first requested stage whose inputs nothing provides."""
+    order = list(STAGES)
     for stage in job.stages:
         for art in plan.missing.get(stage, ()):
-            makers = [s for s in producers_of(art) if list(STAGES).index(s)
-                      < list(STAGES).index(stage)]
+            makers = [s for s in producers_of(art) if order.index(s) < order.index(stage)]
+            how = STAGES[stage].instead.get(art) or (POLICY_HINT if art == "policy" else
+                                                     "provide it")
             raise InputError(
                 f"--stages {','.join(job.stages)}: {stage} reads {art}, which "
                 f"{' / '.join(makers) or 'no stage'} makes: not in this run and not complete in "
                 f"{run_dir} under the current config; add {makers[0] if makers else 'it'} to "
-                f"--stages, {HOW.get(art, 'or provide it')}")
+                f"--stages, or {how}")

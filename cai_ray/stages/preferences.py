@@ -12,15 +12,13 @@ from __future__ import annotations
 import itertools
 import time
 
-from cai_ray.engines.base import TOO_LONG, Request, Sampling
-from cai_ray.feedback import JudgeItem
-from cai_ray.judges import open_judge
-from cai_ray.rundir import ProgressLog, save_dataset
+from cai_ray.generation import TOO_LONG, Request, Sampling
+from cai_ray.judges import JudgeItem, open_judge
+from cai_ray.rundir.files import ProgressLog, save_dataset
+from cai_ray.stages import resources as R
+from cai_ray.stages.base import Stage
 from cai_ray.stages.context import Context, model_label
-
-SECTIONS = ("model", "constitution", "prompts", "preferences", "judge", "seed")
-PRODUCES = ("preferences",)
-KEY_FIGURES = ("pairs", "p_chosen_mean", "order_disagreement")
+from cai_ray.stages.registry import register_stage
 
 
 def check(job, constitution, base: str) -> None:
@@ -31,8 +29,16 @@ def check(job, constitution, base: str) -> None:
     judges.check(job.judge)
 
 
+def needs(job) -> R.Need:
+    """The policy's engine actors and, with a separate judge model, the judge's, at once."""
+    from cai_ray import judges
+
+    return R.plus(R.engine_need(job.engine),
+                  R.engine_need(judges.engine_section(job, separate=False), "judge.engine"))
+
+
 def reads(job) -> tuple[str, ...]:
-    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    """The artifacts this stage needs (cai_ray/stages/graph.py)."""
     return ("policy",)
 
 
@@ -146,7 +152,7 @@ def run(ctx: Context) -> dict:
             "p_chosen_mean": sum(ps) / len(ps) if ps else None,
             "order_disagreement": orders / n_orders if n_orders else None,
             "unparsed_verdicts": sum(r.get("unparsed", 0) for r in rows),
-            "judge_kind": jc.kind,
+            "judge_method": jc.method,
             "judge_model": model_label(judge_model or jc.model or policy),
             "policy_model": model_label(policy),
             "mode": "cot" if jc.chain_of_thought else "direct", "judge_actors": judge_actors,
@@ -166,10 +172,21 @@ def _row(it: JudgeItem, jd, prompt, judge_model: str, cfg) -> dict:
             "p_chosen": jd.p_first if first_better else 1.0 - jd.p_first,
             "per_principle": jd.per_principle, "orders": jd.orders,
             "order_disagreements": jd.disagreements, "reasoning": jd.reasoning,
-            "judge_model": model_label(judge_model), "judge_kind": cfg.kind,
+            "judge_model": model_label(judge_model), "judge_method": cfg.method,
             "unparsed": jd.unparsed, "mode": "cot" if cfg.chain_of_thought else "direct"}
 
 
 def _chunks(xs: list, n: int):
     for k in range(0, len(xs), n):
         yield xs[k:k + n]
+
+
+STAGE = register_stage(Stage(
+    name="preferences", after="sft",
+    about=("the policy samples answer pairs; the constitutional judge labels which follows the "
+           "principles better (soft labels)"),
+    run=run, sections=("model", "constitution", "prompts", "preferences", "judge", "seed"),
+    reads=reads, produces=("preferences",),
+    needs=needs,
+    key_figures=("pairs", "p_chosen_mean", "order_disagreement"),
+    check=check))

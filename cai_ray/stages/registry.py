@@ -1,24 +1,72 @@
-"""The stages of the method, in the order data flows through them: name -> module.
+"""The stages of the method by name, in the order data flows through them. A stage is one module
+that ends in register_stage(Stage(...)) (stages/base.py); the built-in ones are imported by
+cai_ray/stages/__init__.py, a plugin's by the job's `plugins:`.
 
-Adding a stage is one module in cai_ray/stages/ (SECTIONS, PRODUCES, reads(job), run(ctx), and
-optionally KEY_FIGURES) plus one line here. The order is a topological order of the stage graph:
-a stage reads only what stages before it produce (cai_ray/stages/graph.py). This module imports
-nothing, so the job file's validation can use it.
+    registry.get("sft").run(ctx);  registry.names();  registry.canonical(["rl", "sft"])
 """
 
-STAGES: dict[str, str] = {
-    "sl_cai": "cai_ray.stages.sl_cai",
-    "sft": "cai_ray.stages.sft",
-    "preferences": "cai_ray.stages.preferences",
-    "reward": "cai_ray.stages.reward",
-    "dpo": "cai_ray.stages.dpo",
-    "rl": "cai_ray.stages.rl",
-    "eval": "cai_ray.stages.eval",
-}
+from __future__ import annotations
 
-DEFAULT_STAGES = ("sl_cai", "sft", "preferences", "reward", "rl", "eval")
-"""What a job runs when it names no stages: the paper's pipeline (RL-CAI). The `dpo` job file
-runs sl_cai, sft, preferences, dpo, eval instead."""
+from cai_ray.config.legacy import STAGE_ALIASES
+from cai_ray.errors import InputError
+from cai_ray.stages.base import Stage
 
-ALIASES = {"ppo": "rl"}
-"""Old stage names that still work on the command line and in job files."""
+STAGES: dict[str, Stage] = {}
+"""Every stage, in the order data flows (rebuilt at each registration from Stage.after)."""
+_declared: dict[str, Stage] = {}
+
+
+def register_stage(stage: Stage) -> Stage:
+    """Add (or replace) a stage: right after stage.after (after those already placed there),
+    or last when it names none; the order does not depend on the order of registration."""
+    _declared.pop(stage.name, None)
+    _declared[stage.name] = stage
+    placed = [n for n, st in _declared.items() if st.after is None]
+    pending = [n for n, st in _declared.items() if st.after is not None]
+    while pending:
+        ready = [n for n in pending if _declared[n].after in placed]
+        if not ready:  # after a stage nobody registered: last, in registration order
+            placed += pending
+            break
+        for n in ready:
+            at = placed.index(_declared[n].after) + 1
+            while at < len(placed) and _declared[placed[at]].after == _declared[n].after:
+                at += 1
+            placed.insert(at, n)
+            pending.remove(n)
+    STAGES.clear()
+    STAGES.update((n, _declared[n]) for n in placed)
+    return stage
+
+
+def get(name: str) -> Stage:
+    return STAGES[name]
+
+
+def names() -> list[str]:
+    return list(STAGES)
+
+
+def canonical(requested: list[str], where: str = "--stages") -> list[str]:
+    """Stage names in the order data flows; old names (ppo) taken as their new ones. Unknown
+    names and repeats are refused (InputError naming `where`)."""
+    given = [STAGE_ALIASES.get(s, s) for s in requested]
+    bad = [s for s in given if s not in STAGES]
+    if bad:
+        raise InputError(f"{where} {','.join(requested)}: unknown stage(s) {bad}; choose from "
+                         f"{', '.join(STAGES)}")
+    twice = sorted({s for s in given if given.count(s) > 1})
+    if twice:
+        raise InputError(f"{where} {','.join(requested)}: {', '.join(twice)} named more than "
+                         f"once; name each stage once")
+    return [s for s in STAGES if s in given]
+
+
+def markdown_table(job) -> str:
+    """The stages as a Markdown table (the README's, kept equal to this by a test): what each
+    does, reads under `job`, and produces."""
+    rows = ["| stage | what it does | reads | makes |", "|---|---|---|---|"]
+    for st in STAGES.values():
+        reads = ", ".join(st.reads(job)) or "prompts, constitution"
+        rows.append(f"| `{st.name}` | {st.about} | {reads} | {', '.join(st.produces)} |")
+    return "\n".join(rows)

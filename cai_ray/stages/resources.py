@@ -2,11 +2,12 @@
 
 A job that asks for more GPUs, memory or (on a running cluster) CPUs than there are would otherwise
 start, touch the run directory, and then wait forever for placement groups Ray can never place, or
-be killed for memory an hour in. The need is that of the largest stage: stages run one after the
-other, except that the RL stage holds its rollout engines, its learner ranks and a judge's engines
-at once.
+be killed for memory an hour in. Stages run one after the other; each declares what it holds at
+once (Stage.needs, built from engine_need / trainer_need / plus here), and the job needs what its
+largest stage needs.
 
     need(job)          -> Need(cpus, gpus, memory_gib, why)
+    local_cpus(job)    -> the logical CPUs a local cluster is started with
     local_machine()    -> Have of this machine (what a local cluster gets)
     cluster_have(res)  -> Have from ray.cluster_resources() of a running cluster
     check(job, have)   raises InputError naming the fields to change
@@ -15,25 +16,18 @@ at once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cai_ray.errors import InputError
+from cai_ray.stages.base import Need
 
 ENGINE_PROCESS_GIB = 0.5
 """Resident memory of one CPU engine actor besides its KV cache (the vLLM process, its model and
-scratch buffers), a lower bound: SmolLM2-135M engines measured 0.9-1.3 GiB here."""
+scratch buffers): a lower bound."""
 
 MEMORY_SHARE = 0.9
 """The share of a machine's memory the engines may ask for (the OS, Ray and the trainers keep the
 rest)."""
-
-
-@dataclass
-class Need:
-    cpus: int = 0
-    gpus: float = 0.0
-    memory_gib: float = 0.0
-    why: dict = field(default_factory=dict)  # {"cpus": "the rl stage: ...", ...}
 
 
 @dataclass
@@ -42,10 +36,13 @@ class Have:
     gpus: float
     memory_gib: float
     where: str  # "this machine", "the cluster at ADDRESS"
-    cpus_are_logical: bool = False  # a local cluster is given the CPUs it needs (pipeline.local_cpus)
+    cpus_are_logical: bool = False  # a local cluster is given the CPUs it needs (local_cpus)
 
 
-def _engine_need(e, what: str) -> Need:
+def engine_need(e, what: str = "engine") -> Need:
+    """Engine actors of an EngineCfg (None: none)."""
+    if e is None:
+        return Need()
     n = e.num_actors
     on_cpu = e.num_gpus_per_actor == 0
     mem = n * (e.kv_cache_gib + ENGINE_PROCESS_GIB) if on_cpu else 0.0
@@ -57,44 +54,26 @@ def _engine_need(e, what: str) -> Need:
                                    f"engine.kv_cache_gib + ~{ENGINE_PROCESS_GIB} GiB each)"})
 
 
-def _plus(a: Need, b: Need) -> Need:
+def plus(a: Need, b: Need) -> Need:
+    """Two needs held at once."""
     why = {k: " + ".join(x for x in (a.why.get(k), b.why.get(k)) if x) for k in
            ("cpus", "gpus", "memory_gib")}
     return Need(a.cpus + b.cpus, a.gpus + b.gpus, a.memory_gib + b.memory_gib, why)
 
 
-def _trainer_need(sec, what: str) -> Need:
+def trainer_need(sec, what: str) -> Need:
+    """Trainer workers (or learner ranks) of a training section: a CPU (and a GPU) each."""
     n = sec.num_workers
     return Need(cpus=n, gpus=n if sec.use_gpu else 0.0,
                 why={"cpus": f"{what}: {n} worker(s)",
                      "gpus": f"{what}: {n} worker(s) with use_gpu" if sec.use_gpu else ""})
 
 
-def _judge_uses_own_engines(job) -> bool:
-    return job.judge.kind != "http" and bool(job.judge.model)
-
-
 def stage_needs(job) -> dict[str, Need]:
-    """What each requested stage holds at once."""
-    engines = _engine_need(job.engine, "engine")
-    judge = (_engine_need(job.judge_engine(), "judge.engine") if _judge_uses_own_engines(job)
-             else Need())
-    out: dict[str, Need] = {}
-    for stage in job.stages:
-        if stage in ("sft", "reward", "dpo"):
-            out[stage] = _trainer_need(getattr(job, stage), f"{stage}.num_workers")
-        elif stage == "rl":
-            need = engines
-            if not job.rl.colocate:
-                need = _plus(need, _trainer_need(job.rl, "rl.num_workers"))
-            if job.rl.reward == "judge":
-                need = _plus(need, judge)
-            out[stage] = need
-        elif stage in ("preferences", "eval"):
-            out[stage] = _plus(engines, judge)
-        else:  # sl_cai and any engine-only stage
-            out[stage] = engines
-    return out
+    """What each requested stage holds at once (its Stage.needs)."""
+    from cai_ray.stages import registry
+
+    return {stage: registry.get(stage).needs(job) for stage in job.stages}
 
 
 def need(job) -> Need:
@@ -137,3 +116,14 @@ def check(job, have: Have) -> None:
                          f"{have.cpus:g} (its placement groups could never be placed); lower "
                          f"engine.num_actors / engine.num_cpus_per_actor / num_workers or add "
                          f"nodes")
+
+
+def local_cpus(job) -> int | None:
+    """Logical CPUs of a local cluster: the job's ray.num_cpus, else enough for its largest stage
+    (engines and trainers pin their threads to the physical cores themselves), and never fewer
+    than the cores."""
+    if job.ray.num_cpus or job.ray.address:
+        return job.ray.num_cpus
+    from cai_ray.platform import num_cores
+
+    return max([num_cores()] + [n.cpus for n in stage_needs(job).values()])

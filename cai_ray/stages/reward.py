@@ -1,18 +1,17 @@
-"""Stage reward: a preference model trained on the AI judge's soft labels (Bai et al. 2022 sec. 4.1),
-Bradley-Terry loss, DeepSpeed ZeRO under Ray Train. Writes RUN_DIR/reward/model."""
+"""Stage reward: a preference model trained on the AI judge's soft labels (Bai et al. 2022
+sec. 4.1), Bradley-Terry loss, DeepSpeed ZeRO under Ray Train. Writes RUN_DIR/reward/model."""
 
 from __future__ import annotations
 
+from cai_ray.stages.base import Stage
 from cai_ray.stages.context import Context
 from cai_ray.stages.data import read_rows, split_rows, write_split
-
-SECTIONS = ("model", "reward", "seed")
-PRODUCES = ("reward_model",)
-KEY_FIGURES = ("eval/accuracy", "train/loss_last")
+from cai_ray.stages.registry import register_stage
+from cai_ray.stages.resources import trainer_need
 
 
 def reads(job) -> tuple[str, ...]:
-    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    """The artifacts this stage needs (cai_ray/stages/graph.py)."""
     return () if job.reward.data else ("preferences",)
 
 
@@ -25,6 +24,8 @@ def check(job, constitution, base: str) -> None:
 def run(ctx: Context) -> dict:
     from cai_ray import models
     from cai_ray.train.core import fit
+    from cai_ray.train.reward import RewardTask
+    from cai_ray.train.spec import TrainSpec
 
     cfg = ctx.job.reward
     out = ctx.run.stage_dir("reward")
@@ -37,8 +38,8 @@ def run(ctx: Context) -> dict:
     train, evals = split_rows(rows, cfg.eval_fraction)
     data = write_split(out / "data", train, evals)
     base = models.resolve(cfg.base_model) if cfg.base_model else ctx.base_model
-    metrics = fit("reward", base, data, cfg.model_dump(), out, seed=ctx.job.seed,
-                  task_kwargs={"max_len": cfg.max_len})
+    metrics = fit(RewardTask(max_len=cfg.max_len), base, data,
+                  TrainSpec.of(cfg, plugins=tuple(ctx.job.plugins)), out, seed=ctx.job.seed)
     return {"pairs_train": len(train), "pairs_eval": len(evals), "steps": metrics.get("step"),
             "soft_labels": any(0 < float(r.get("p_chosen", 1.0)) < 1 for r in rows),
             "train/loss_first": metrics.get("train/loss_first"),
@@ -46,3 +47,14 @@ def run(ctx: Context) -> dict:
             "eval/accuracy": metrics.get("eval/accuracy"),
             "perf/samples_per_s": metrics.get("perf/samples_per_s"),
             "model": str(out / "model")}
+
+
+STAGE = register_stage(Stage(
+    name="reward", after="preferences",
+    about=("a preference model learns the judge's soft labels (Bradley-Terry)"),
+    run=run, sections=("model", "reward", "seed"),
+    reads=reads, produces=("reward_model",),
+    needs=lambda job: trainer_need(job.reward, "reward.num_workers"),
+    key_figures=("eval/accuracy", "train/loss_last"),
+    check=check,
+    instead={"preferences": "set reward.data to a preference file"}))

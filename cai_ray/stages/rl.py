@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 from cai_ray.errors import InputError
-from cai_ray.rundir import read_jsonl, write_jsonl_atomic
+from cai_ray.rundir.files import read_jsonl, write_jsonl_atomic
+from cai_ray.stages import resources as R
+from cai_ray.stages.base import Stage
 from cai_ray.stages.context import Context
-
-SECTIONS = ("model", "prompts", "rl", "seed")
-PRODUCES = ("policy",)
-KEY_FIGURES = ("algorithm", "reward_first", "reward_last", "kl_last")
+from cai_ray.stages.registry import register_stage
 
 
 def check(job, constitution, base: str) -> None:
@@ -26,7 +25,7 @@ def check(job, constitution, base: str) -> None:
     its model resolves, and a reward model it names resolves (the stage graph checks that the
     reward stage's model is there or made by this run)."""
     from cai_ray import models
-    from cai_ray.rl.rewards import check_reward, reward_kind
+    from cai_ray.rewards import check_reward, reward_kind
 
     rl = job.rl
     if served_judge(rl.reward) and rl.judge_mode != "pairwise":
@@ -45,14 +44,15 @@ def check(job, constitution, base: str) -> None:
 
 def served_judge(reward: str) -> bool:
     """rl.reward names the judge behind `cai-ray serve --judge` (.../v1/judge)."""
-    from cai_ray.rl.rewards import http_route, reward_kind
+    from cai_ray.rewards import reward_kind
+    from cai_ray.rewards.remote import http_route
 
     return reward_kind(reward)[0] in ("http", "https") and http_route(reward) == "judge"
 
 
 def reads(job) -> tuple[str, ...]:
-    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
-    from cai_ray.rl.rewards import reward_kind
+    """The artifacts this stage needs (cai_ray/stages/graph.py)."""
+    from cai_ray.rewards import reward_kind
 
     try:
         kind = reward_kind(job.rl.reward)[0]
@@ -60,6 +60,25 @@ def reads(job) -> tuple[str, ...]:
         kind = None
     model = kind == "model" and not job.rl.reward_model
     return ("policy", "reward_model") if model else ("policy",)
+
+
+def needs(job) -> R.Need:
+    """The rollout engines, the learner ranks (in the engines' bundles when colocated) and, with
+    the judge as the reward, the judge's engine actors, all at once."""
+    from cai_ray import judges
+    from cai_ray.rewards import reward_kind
+
+    need = R.engine_need(job.engine)
+    if not job.rl.colocate:
+        need = R.plus(need, R.trainer_need(job.rl, "rl.num_workers"))
+    try:
+        judge = reward_kind(job.rl.reward)[0] == "judge"
+    except InputError:  # check() names the bad reward source
+        judge = False
+    if judge:
+        need = R.plus(need, R.engine_need(judges.engine_section(job, separate=True),
+                                          "judge.engine"))
+    return need
 
 
 PLOT_EVERY_S = 30  # drawing takes 0.3-1 s of the driver's loop
@@ -123,18 +142,17 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def judge_setup(ctx: Context, cfg, sft: str, pool, out: Path, start: int) -> tuple[dict, object]:
-    """The judge as the reward (direct RLAIF): its engine pool, and for pairwise judging the SFT
-    model's answers (sft_answers)."""
+    """The judge as the reward (direct RLAIF): engine actors of its own where its backend needs
+    them (the rollout engines' weights move), and for pairwise judging the SFT model's answers
+    (sft_answers)."""
+    from cai_ray import judges
+
     refs = sft_answers(ctx, cfg, pool, out, start) if cfg.judge_mode == "pairwise" else {}
     jc = ctx.job.judge
-    judge_path = jc.model and _resolve(jc.model)
-    if jc.kind == "http":
-        judge_pool = None  # the reward opens the server's engine itself
-    else:
-        judge_pool = ctx.judge_pool(judge_path) if judge_path else \
-            ctx.engine_pool(sft, name="judge")
-    je = ctx.job.judge_engine() if judge_path else ctx.job.engine
-    params = {"pool": judge_pool, "tokenizer_path": judge_path or sft,
+    je = ctx.job.judge_engine() if jc.model else ctx.job.engine
+    judge_pool = judges.start_actors(jc, default_model=sft, actors=lambda path: ctx.engine_pool(
+        path, name="judge", engine=je))
+    params = {"pool": judge_pool, "tokenizer_path": judges.model_path(jc, sft),
               "constitution": ctx.constitution, "mode": cfg.judge_mode, "references": refs,
               "judge_cfg": jc, "seed": ctx.job.seed, "batch_size": je.batch_size,
               "max_in_flight": je.max_in_flight}
@@ -145,7 +163,7 @@ def sft_answers(ctx: Context, cfg, pool, out: Path, start: int) -> dict[str, str
     """The SFT model's greedy answer to every training prompt, which a pairwise judge compares
     each rollout against: generated once, before any update, on the rollout engines (they hold
     the SFT weights then), kept in RUN_DIR/rl/sft_answers.jsonl."""
-    from cai_ray.engines.base import Request, Sampling
+    from cai_ray.generation import Request, Sampling
 
     refs_file = out / "sft_answers.jsonl"
     refs = {r["prompt_id"]: r["answer"] for r in read_jsonl(refs_file)}
@@ -166,7 +184,7 @@ def sft_answers(ctx: Context, cfg, pool, out: Path, start: int) -> dict[str, str
 
 
 def run(ctx: Context) -> dict:
-    from cai_ray.rl.rewards import reward_kind
+    from cai_ray.rewards import reward_kind
     from cai_ray.rl.trainer import RlTrainer, Roles
     from cai_ray.train.core import MetricsWriter
 
@@ -206,7 +224,8 @@ def run(ctx: Context) -> dict:
         elif served_judge(cfg.reward):  # the judge behind `cai-ray serve --judge`, pairwise
             params["references"] = sft_answers(ctx, cfg, pool.ready(), out, start)
         trainer = RlTrainer(cfg, roles, pool, prompts, seed=ctx.job.seed, reward_params=params,
-                            quiet=ctx.quiet, weight_sync=ctx.job.weight_sync())
+                            quiet=ctx.quiet, weight_sync=ctx.job.weight_sync(),
+                            plugins=tuple(ctx.job.plugins))
         trainer.history = history
         if ckpt:
             trainer.restore(ckpt, state)
@@ -262,3 +281,16 @@ def _resolve(name: str) -> str:
     from cai_ray import models
 
     return models.resolve(name)
+
+
+STAGE = register_stage(Stage(
+    name="rl", after="dpo",
+    about=("the policy is trained by RL against the reward model or the judge, with a KL term to "
+           "its start (GRPO, PPO, RLOO, ...)"),
+    run=run, sections=("model", "prompts", "rl", "seed"),
+    reads=reads, produces=("policy",),
+    needs=needs,
+    key_figures=("algorithm", "reward_first", "reward_last", "kl_last"),
+    check=check,
+    instead={"reward_model": "set rl.reward_model, or choose another rl.reward (judge, short, "
+                             "module:function)"}))

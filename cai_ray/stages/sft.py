@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
+from cai_ray.stages.base import Stage
 from cai_ray.stages.context import Context
 from cai_ray.stages.data import read_rows, split_rows, write_split
-
-SECTIONS = ("model", "sft", "seed")
-PRODUCES = ("policy",)
-KEY_FIGURES = ("train/loss_first", "train/loss_last", "eval/loss")
+from cai_ray.stages.registry import register_stage
+from cai_ray.stages.resources import trainer_need
 
 
 def reads(job) -> tuple[str, ...]:
-    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    """The artifacts this stage needs (cai_ray/stages/graph.py)."""
     return () if job.sft.data else ("sft_data",)
 
 
@@ -24,16 +23,30 @@ def check(job, constitution, base: str) -> None:
 
 def run(ctx: Context) -> dict:
     from cai_ray.train.core import fit
+    from cai_ray.train.sft import SftTask
+    from cai_ray.train.spec import TrainSpec
 
     cfg = ctx.job.sft
     out = ctx.run.stage_dir("sft")
     rows = read_rows(cfg.data or ctx.run.path / "sl_cai" / "sft", ("messages",), "the SFT data")
     train, evals = split_rows(rows, cfg.eval_fraction)
     data = write_split(out / "data", train, evals)
-    metrics = fit("sft", ctx.base_model, data, cfg.model_dump(), out, seed=ctx.job.seed,
-                  task_kwargs={"max_len": cfg.max_len, "packing": cfg.packing})
+    metrics = fit(SftTask(max_len=cfg.max_len, packing=cfg.packing), ctx.base_model, data,
+                  TrainSpec.of(cfg, plugins=tuple(ctx.job.plugins)), out, seed=ctx.job.seed)
     return {"rows_train": len(train), "rows_eval": len(evals), "steps": metrics.get("step"),
             "train/loss_first": metrics.get("train/loss_first"),
             "train/loss_last": metrics.get("train/loss"), "eval/loss": metrics.get("eval/loss"),
             "perf/tokens_per_s": metrics.get("perf/tokens_per_s"), "model": str(out / "model"),
             "zero_stage": cfg.zero_stage, "num_workers": cfg.num_workers}
+
+
+STAGE = register_stage(Stage(
+    name="sft", after="sl_cai",
+    about=("fine-tune the policy on the final revisions, mixed with helpful answers (DeepSpeed "
+           "ZeRO, Ray Train)"),
+    run=run, sections=("model", "sft", "seed"),
+    reads=reads, produces=("policy",),
+    needs=lambda job: trainer_need(job.sft, "sft.num_workers"),
+    key_figures=("train/loss_first", "train/loss_last", "eval/loss"),
+    check=check,
+    instead={"sft_data": "set sft.data"}))

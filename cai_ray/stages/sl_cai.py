@@ -18,15 +18,14 @@ import time
 from dataclasses import dataclass, field
 
 from cai_ray.constitution import CritiqueExample
-from cai_ray.engines.base import TOO_LONG, Request, Sampling
+from cai_ray.generation import TOO_LONG, Request, Sampling
 from cai_ray.prompts import templates as T
 from cai_ray.prompts.sources import Prompt, normalise
-from cai_ray.rundir import ProgressLog, save_dataset
+from cai_ray.rundir.files import ProgressLog, save_dataset
+from cai_ray.stages.base import Stage
 from cai_ray.stages.context import Context, model_label
-
-SECTIONS = ("model", "constitution", "prompts", "sl_cai", "seed")
-PRODUCES = ("sft_data", "pairs")
-KEY_FIGURES = ("prompts", "sft_rows", "throughput/prompts_per_s")
+from cai_ray.stages.registry import register_stage
+from cai_ray.stages.resources import engine_need
 
 
 def check(job, constitution, base: str) -> None:
@@ -35,7 +34,7 @@ def check(job, constitution, base: str) -> None:
 
 
 def reads(job) -> tuple[str, ...]:
-    """What this stage needs from earlier ones (cai_ray/stages/graph.py)."""
+    """The artifacts this stage needs (cai_ray/stages/graph.py)."""
     return ()
 
 
@@ -191,7 +190,8 @@ def sft_view(red: list[dict], helpful: list[dict], ratio: float, drop_flagged: b
     k = min(len(usable), round(ratio * len(keep)))
     for h in random.Random(seed).sample(usable, k):
         rows.append({"id": h["id"], "kind": "helpful", "messages": [
-            {"role": "user", "content": h["prompt"]}, {"role": "assistant", "content": h["initial"]}]})
+            {"role": "user", "content": h["prompt"]},
+            {"role": "assistant", "content": h["initial"]}]})
     random.Random(seed + 1).shuffle(rows)
     return rows
 
@@ -209,7 +209,8 @@ def run(ctx: Context) -> dict:
     cfg = ctx.job.sl_cai
     ctx.constitution.require("critique_revision", ctx.job.constitution.path)
     out = ctx.run.stage_dir("sl_cai")
-    log, helpful_log = ProgressLog(out / "progress.jsonl"), ProgressLog(out / "helpful_progress.jsonl")
+    log = ProgressLog(out / "progress.jsonl")
+    helpful_log = ProgressLog(out / "helpful_progress.jsonl")
     red = ctx.train_prompts(ctx.red_team.prompts)
     helpful = ctx.train_prompts(ctx.helpful.prompts) if cfg.helpful_ratio > 0 else []
     todo = [(p, "red_team") for p in red if p.id not in log] + \
@@ -264,3 +265,14 @@ def run(ctx: Context) -> dict:
         "progress_repeats": log.repeats + helpful_log.repeats,
         "prompt_counts": dict(ctx.red_team.counts),
     }
+
+
+STAGE = register_stage(Stage(
+    name="sl_cai",
+    about=("the model answers red-team prompts, critiques and revises its answers against "
+           "principles drawn from the constitution (N rounds)"),
+    run=run, sections=("model", "constitution", "prompts", "sl_cai", "seed"),
+    reads=reads, produces=("sft_data", "pairs"),
+    needs=lambda job: engine_need(job.engine),
+    key_figures=("prompts", "sft_rows", "throughput/prompts_per_s"),
+    check=check))

@@ -1,9 +1,9 @@
 """One training core for every trainer: DeepSpeed ZeRO inside Ray Train workers.
 
-    fit(task, model_path, data_dir, cfg, out_dir)  # driver side: TorchTrainer(...).fit()
+    fit(SftTask(max_len=512), model_path, data_dir, TrainSpec.of(job.sft), out_dir)
 
-A `Task` (train/sft.py, train/reward.py) says how to build the model, batch the rows and compute a
-step's loss; this module owns everything else: the DeepSpeed config, the loop, gradient accumulation,
+A Task (train/tasks.py) says how to build the model, batch the rows and compute a step's loss;
+this module owns everything else: the DeepSpeed config, the loop, gradient accumulation,
 checkpoints every k steps (reported to Ray Train, so a restarted worker group resumes from the last
 one), metrics to JSONL and TensorBoard, and the final `save_pretrained` export (ZeRO-3 gathered).
 """
@@ -16,34 +16,41 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from cai_ray.train.dist import (TRAINER_MMAP_THRESHOLD, build_engine,  # noqa: F401
-                                copy_tokenizer, deepspeed_config, export_model, limit_heap,
-                                trainer_env,
-                                load_state, save_state)
+from cai_ray.train.dist import (
+    TRAINER_MMAP_THRESHOLD,
+    build_engine,
+    copy_tokenizer,
+    export_model,
+    limit_heap,
+    load_state,
+    save_state,
+    trainer_env,
+)
+from cai_ray.train.spec import TrainSpec
 
 CKPT_TAG = "ckpt"
 
 
-class Task(Protocol):
-    name: str
+@dataclass(frozen=True)
+class FitSpec:
+    """What every Ray Train worker of one fit receives (paths as the driver knows them)."""
 
-    def build_model(self, model_path: str): ...
-
-    def encode(self, rows: list[dict], tokenizer) -> list[dict]: ...
-
-    def collate(self, items: list[dict], pad_id: int) -> dict: ...
-
-    def step(self, engine, batch: dict) -> tuple[Any, dict]: ...
-
-    def evaluate(self, engine, batches: list[dict]) -> dict: ...
-
-    def tokens(self, batch: dict) -> int: ...
-
-    # optional: length(item) -> int (length grouping), prepare(engine, splits, data_dir, micro,
-    # pad_id) -> dict (work before the first step: DPO's reference log-probs), lora_task_type
+    task: Any
+    """A Task instance (train/tasks.py)."""
+    train: TrainSpec
+    model_path: str
+    data_dir: str
+    out_dir: str
+    export_dir: str
+    seed: int = 0
+    threads: int | None = None
+    """torch threads per worker on CPU (Ray gives a 1-CPU worker one)."""
+    fail_at_step: int | None = None
+    """Fault injection for tests: rank 0 dies at this step, once."""
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
@@ -123,59 +130,56 @@ class MetricsWriter:
 
 
 def train_loop(config: dict) -> None:
-    """Runs in every Ray Train worker (gloo on CPU, NCCL on GPU)."""
+    """Runs in every Ray Train worker (gloo on CPU, NCCL on GPU); config: {"spec": FitSpec}."""
     import ray.train
     import torch
     from transformers import AutoTokenizer
 
-    from cai_ray.nodeview import node_dir, on_node, publish
+    from cai_ray.config.plugins import load_plugins
     from cai_ray.platform import init_deepspeed_comm, peak_rss_mb
-    from cai_ray.train.tasks import make_task
-
-    shared = (config["out_dir"], config["data_dir"])  # the run's paths, as the driver knows them
-    config = {**config, "model_path": on_node(config["model_path"]),  # this node's copies
-              "data_dir": on_node(config["data_dir"]), "out_dir": node_dir(config["out_dir"]),
-              "export_dir": node_dir(config["export_dir"])}
-
-    cfg, task = config["train"], make_task(config["task"], config.get("task_kwargs", {}))
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
-    torch.manual_seed(config["seed"])
-    if config.get("threads"):  # Ray sets OMP_NUM_THREADS to the worker's 1 CPU; use its share
-        torch.set_num_threads(config["threads"])
-    limit_heap(TRAINER_MMAP_THRESHOLD)  # speed over a lean heap: a trainer has the machine
-    init_deepspeed_comm(cfg["use_gpu"])
-    _record_workers(Path(config["out_dir"]), rank, ray.get_runtime_context().get_node_id())
-    tok = AutoTokenizer.from_pretrained(config["model_path"])
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    train_items = task.encode(_read_rows(config["data_dir"], "train"), tok)
-    eval_items = task.encode(_read_rows(config["data_dir"], "eval"), tok)
-    global_batch = cfg["micro_batch_size"] * world
-    steps_per_epoch = max(1, len(train_items) // (global_batch * cfg["grad_accum"]))
-    total = min(cfg["max_steps"] or 10 ** 9, steps_per_epoch * cfg["epochs"])
-
+    from cai_ray.rundir.nodeview import node_dir, on_node, publish
     from cai_ray.train import lora
 
-    model = lora.prepare(task.build_model(config["model_path"]), cfg,
+    fs: FitSpec = config["spec"]
+    cfg, task = fs.train, fs.task
+    load_plugins(list(cfg.plugins))
+    model_path, data_dir = on_node(fs.model_path), on_node(fs.data_dir)  # this node's copies
+    out_dir, export_dir = Path(node_dir(fs.out_dir)), node_dir(fs.export_dir)
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    torch.manual_seed(fs.seed)
+    if fs.threads:  # Ray sets OMP_NUM_THREADS to the worker's 1 CPU; use its share
+        torch.set_num_threads(fs.threads)
+    limit_heap(TRAINER_MMAP_THRESHOLD)  # speed over a lean heap: a trainer has the machine
+    init_deepspeed_comm(cfg.use_gpu)
+    _record_workers(out_dir, rank, ray.get_runtime_context().get_node_id())
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    train_items = task.encode(_read_rows(data_dir, "train"), tok)
+    eval_items = task.encode(_read_rows(data_dir, "eval"), tok)
+    global_batch = cfg.micro_batch_size * world
+    steps_per_epoch = max(1, len(train_items) // (global_batch * cfg.grad_accum))
+    total = min(cfg.max_steps or 10 ** 9, steps_per_epoch * cfg.epochs)
+
+    model = lora.prepare(task.build_model(model_path), cfg,
                          getattr(task, "lora_task_type", "CAUSAL_LM"))
-    engine = build_engine(model, cfg, cfg["lr"], world)
+    engine = build_engine(model, cfg, cfg.lr, world)
     optimizer = engine.optimizer
-    lr_at = lr_lambda(cfg["lr_schedule"], cfg["warmup_steps"], total)
+    lr_at = lr_lambda(cfg.lr_schedule, cfg.warmup_steps, total)
     prepared = task.prepare(engine, {"train": train_items, "eval": eval_items},
-                            config["data_dir"], cfg["micro_batch_size"], pad_id) \
+                            data_dir, cfg.micro_batch_size, pad_id) \
         if hasattr(task, "prepare") else {}
     size_of = getattr(task, "length", lambda x: len(x["input_ids"]))
-    lengths = [size_of(x) for x in train_items] if cfg.get("group_by_length") else None
+    lengths = [size_of(x) for x in train_items] if cfg.group_by_length else None
 
     step = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
             step = load_state(engine, d, CKPT_TAG)["step"]
-    out_dir = Path(config["out_dir"])
     writer = MetricsWriter(out_dir, rank == 0)
     t_start, tokens_seen, t_step = time.time(), 0, time.time()
     eval_batches = [task.collate(b, pad_id) for b in
-                    batches(eval_items, cfg["micro_batch_size"], 0, 0, shuffle=False,
+                    batches(eval_items, cfg.micro_batch_size, 0, 0, shuffle=False,
                             keep_last=True)]
     first_loss = None
     while step < total:
@@ -183,13 +187,13 @@ def train_loop(config: dict) -> None:
         epoch, within = divmod(step, steps_per_epoch)
         # one optimizer step's rows (length-grouped at the step: the same rows whatever the
         # split into micro-batches), cut into grad_accum micro-batches of similar lengths
-        rows = batches(train_items, global_batch * cfg["grad_accum"], config["seed"], epoch,
+        rows = batches(train_items, global_batch * cfg.grad_accum, fs.seed, epoch,
                        lengths=lengths)[within]
         if lengths is not None:
             rows = sorted(rows, key=size_of, reverse=True)
         micro = [rows[k:k + global_batch] for k in range(0, len(rows), global_batch)]
         losses, extra, padded, positions, step_tokens = [], {}, 0, 0, 0
-        lr = cfg["lr"] * lr_at(step)
+        lr = cfg.lr * lr_at(step)
         for group in optimizer.param_groups:  # the schedule, set before this optimizer step
             group["lr"] = lr
         for mb in micro:
@@ -203,7 +207,7 @@ def train_loop(config: dict) -> None:
             losses.append(float(loss.detach()))
             step_tokens += task.tokens(batch) * world
             for k, v in m.items():
-                extra[k] = extra.get(k, 0.0) + v / cfg["grad_accum"]
+                extra[k] = extra.get(k, 0.0) + v / cfg.grad_accum
         step += 1
         tokens_seen += step_tokens
         loss_v = _all_mean(sum(losses) / len(losses))
@@ -214,7 +218,7 @@ def train_loop(config: dict) -> None:
                    "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
                    "perf/step_tokens": step_tokens,
                    "train/epoch": epoch, "perf/tokens_per_s": tokens_seen / elapsed,
-                   "perf/samples_per_s": step * global_batch * cfg["grad_accum"] / elapsed,
+                   "perf/samples_per_s": step * global_batch * cfg.grad_accum / elapsed,
                    "perf/pad_share": _all_mean(padded / max(positions, 1)),
                    "memory/peak_rss_mb": peak_rss_mb(),
                    **{f"train/{k}": _all_mean(v) for k, v in sorted(extra.items())}}
@@ -224,17 +228,17 @@ def train_loop(config: dict) -> None:
         if last and eval_batches:
             metrics.update(task.evaluate(engine, eval_batches))
         writer.log(step, metrics)
-        if step % cfg["checkpoint_every"] == 0 or last:
-            _report(engine, step, {**metrics, "step": step, "train/loss_first":
-                                          first_loss}, config, last)
-        if config.get("fail_at_step") == step and not ckpt and rank == 0:
+        if step % cfg.checkpoint_every == 0 or last:
+            _report(engine, step, {**metrics, "step": step, "train/loss_first": first_loss},
+                    out_dir, export_dir, cfg.lora.save if cfg.lora else None, last)
+        if fs.fail_at_step == step and not ckpt and rank == 0:
             # Fault injection for tests: this worker dies mid-run, a few seconds after the last
             # checkpoint was reported (Ray Train's controller registers reports when it polls).
             time.sleep(5)
             os._exit(1)
     writer.close()
     if rank == 0:  # from another node than the driver's: the export, metrics, caches to storage
-        for path in shared:
+        for path in (fs.out_dir, fs.data_dir):
             publish(path)
 
 
@@ -272,54 +276,52 @@ def _read_rows(data_dir: str, split: str) -> list[dict]:
         if p.exists() else []
 
 
-def _report(engine, step: int, metrics: dict, config: dict, last: bool) -> None:
+def _report(engine, step: int, metrics: dict, out_dir: Path, export_dir: str,
+            lora_save: str | None, last: bool) -> None:
     import ray.train
     from ray.train import Checkpoint
 
     # staged beside the run's own output, not in the system's /tmp (it may be small or a RAM disk)
-    with tempfile.TemporaryDirectory(dir=config["out_dir"], prefix=".ckpt-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ckpt-") as tmp:
         save_state(engine, tmp, CKPT_TAG, {"step": step})
         if last:
-            export_model(engine, config["export_dir"],
-                         (config["train"].get("lora") or {}).get("save"))
+            export_model(engine, export_dir, lora_save)
         ray.train.report({k: v for k, v in metrics.items() if v is not None},
                          checkpoint=Checkpoint.from_directory(tmp))
 
 
-def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *, seed: int = 0,
-        task_kwargs: dict | None = None, fail_at_step: int | None = None) -> dict:
-    """Driver side: run train_loop on cfg['num_workers'] Ray Train workers; the model is exported to
-    out_dir/model. Returns the last reported metrics."""
+def fit(task, model_path: str, data_dir: Path, spec: TrainSpec, out_dir: Path, *, seed: int = 0,
+        fail_at_step: int | None = None) -> dict:
+    """Driver side: run train_loop on spec.num_workers Ray Train workers; the model is exported
+    to out_dir/model. task: a Task instance (train/tasks.py). Returns the last reported
+    metrics."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from cai_ray import nodeview
+    from cai_ray.platform import num_cores
+    from cai_ray.rundir import nodeview
 
     out_dir = Path(out_dir).resolve()
     export = out_dir / "model"
     if Path(model_path).exists():  # Ray Train workers run in their own folders
         model_path = str(Path(model_path).resolve())
-    from cai_ray.platform import num_cores
-
-    threads = None if cfg["use_gpu"] else max(1, num_cores() // cfg["num_workers"])
-    config = {"task": task, "task_kwargs": task_kwargs or {}, "train": cfg, "seed": seed,
-              "threads": threads,
-              "model_path": str(model_path), "data_dir": str(Path(data_dir).resolve()),
-              "out_dir": str(out_dir), "export_dir": str(export), "fail_at_step": fail_at_step}
-    name = f"{task}-{out_dir.name}-{int(time.time())}"
+    threads = None if spec.use_gpu else max(1, num_cores() // spec.num_workers)
+    fs = FitSpec(task, spec, str(model_path), str(Path(data_dir).resolve()), str(out_dir),
+                 str(export), seed=seed, threads=threads, fail_at_step=fail_at_step)
+    name = f"{task.name}-{out_dir.name}-{int(time.time())}"
     storage, filesystem = nodeview.train_storage(out_dir, name)
     nodeview.share()  # the data the stage just wrote, for workers on other nodes
     trainer = TorchTrainer(
-        train_loop, train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=cfg["num_workers"], use_gpu=cfg["use_gpu"],
+        train_loop, train_loop_config={"spec": fs},
+        scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu,
                                      resources_per_worker={"CPU": 1},
-                                     placement_strategy=cfg["placement_strategy"]),
-        torch_config=TorchConfig(backend="nccl" if cfg["use_gpu"] else "gloo"),
+                                     placement_strategy=spec.placement_strategy),
+        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
         run_config=RunConfig(name="ray_train", storage_path=storage, storage_filesystem=filesystem,
-                             worker_runtime_env={"env_vars": trainer_env(bool(cfg.get("lora")))},
-                             failure_config=FailureConfig(max_failures=cfg["max_failures"]),
+                             worker_runtime_env={"env_vars": trainer_env(spec.lora is not None)},
+                             failure_config=FailureConfig(max_failures=spec.max_failures),
                              checkpoint_config=CheckpointConfig(
-                                 num_to_keep=cfg["keep_checkpoints"])))
+                                 num_to_keep=spec.keep_checkpoints)))
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -327,6 +329,6 @@ def fit(task: str, model_path: str, data_dir: Path, cfg: dict, out_dir: Path, *,
     nodeview.drop_train_storage(name)
     metrics = dict(result.metrics or {})
     if not any((export / f).exists() for f in ("config.json", "adapter_config.json")):
-        raise RuntimeError(f"{task}: training finished without exporting {export}")
+        raise RuntimeError(f"{task.name}: training finished without exporting {export}")
     copy_tokenizer(model_path, export)
     return metrics

@@ -2,8 +2,8 @@
 state, checkpoints and the export. The SFT / reward / DPO trainers (train/core.py, inside Ray Train)
 and the RL learner group (rl/learner.py, Ray actors) both build on it.
 
-    ds = deepspeed_config(cfg, world)                  # ZeRO 0-3, offload, bf16, bucket sizes
-    engine = build_engine(model, cfg, lr, world)
+    ds = deepspeed_config(spec, world)                 # ZeRO 0-3, offload, bf16, bucket sizes
+    engine = build_engine(model, spec, lr, world)      # spec: a TrainSpec (train/spec.py)
     with gathered(engine.module):                      # full parameters, also under ZeRO-3
         ...
     export_model(engine, out_dir)                      # save_pretrained on rank 0
@@ -22,77 +22,64 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 BUCKET_ELEMENTS = 50_000_000
-"""ZeRO's reduce and all-gather buckets (elements). DeepSpeed's default, 5e8, allocates 2 GB buffers
-in fp32: more than a 135M model's weights. 5e7 (200 MB) keeps communication in few calls."""
+"""ZeRO's reduce and all-gather buckets (elements): DeepSpeed's 5e8 allocates 2 GB buffers in fp32,
+more than a 135M model's weights; 5e7 keeps communication in few calls."""
 MMAP_THRESHOLD = str(1 << 20)
-"""glibc allocations above this go through mmap and are handed back to the system when freed, so a
-step's activations and logits do not stay resident in the heap. 1 MiB where memory is tightest
-(the RL roles share the machine with the rollout engines; measured on SmolLM2-135M at micro-batch 4:
-3.5 GB peak and 2.8 GB after a step without it, 3.2 and 2.2 GB with it). It costs time: every
-mmap'd allocation is page-faulted in afresh."""
+"""glibc allocations above this are mmap'd and handed back when freed, so a step's activations do
+not stay resident: 1 MiB where memory is tightest (the RL roles share the machine with the engines).
+Each such allocation is page-faulted in afresh (benchmarks/results/train_findings.md)."""
 TRAINER_MMAP_THRESHOLD = str(16 << 20)
-"""The same for a Ray Train trainer (sft, reward, dpo: a stage of its own). A DPO step on SmolLM2-135M
-(8 rows x 256, fp32, 2 threads, forward + backward, one process) took 19.1 s at 1 MiB against
-12.4-13.5 s at 16 MiB (peak RSS 4.2 -> 4.5 GB); in `cai-ray bench train` (2026-11-28) DPO went from
-0.99x to 1.24x TRL's steps/s and SFT from 83.7 to 92.8 tokens/s, the trainer's peak RSS from 5.7 to
-7.6 GB (DPO) and 4.7 to 5.7 GB (SFT)."""
+"""The same for a Ray Train trainer, which has the machine: speed over a lean heap
+(benchmarks/results/train_findings.md)."""
 TRAINER_ALLOCATOR = "auto"
-"""The malloc of a Ray Train trainer's workers: `auto` (default) runs LoRA trainers with jemalloc
-(the copy Ray ships) and full-weight trainers with glibc's; CAI_RAY_ALLOCATOR=glibc|jemalloc picks
-one for all. Measured in Ray Train (`cai-ray bench train`, SmolLM2-135M, batch 4 x 256, fp32, 1
-worker, ZeRO-2, 2026-11-29, AVX-512 machine; benchmarks/results/train_allocator.md):
-
-    full SFT  glibc 115 tokens/s, peak RSS 5662 MB   jemalloc  96 tokens/s, 4580 MB
-    LoRA SFT  glibc 143 tokens/s, peak RSS 4565 MB   jemalloc 163 tokens/s, 3031 MB
-
-jemalloc keeps LoRA's many mid-sized activation buffers from fragmenting glibc's heap (faster and a
-third smaller); for full SFT it saves a fifth of the memory but costs a sixth of the speed, so full
-trainers keep glibc (with TRAINER_MMAP_THRESHOLD)."""
+"""A Ray Train trainer's malloc: auto runs LoRA trainers with jemalloc (Ray's copy) and full ones
+with glibc; CAI_RAY_ALLOCATOR=glibc|jemalloc picks one (benchmarks/results/train_findings.md)."""
 
 
-def deepspeed_config(cfg: dict, world_size: int, *, grad_accum: int | None = None) -> dict:
-    """The DeepSpeed JSON config from a training section (a plain dict of TrainCfg's fields)."""
-    zero: dict = {"stage": cfg["zero_stage"], "reduce_bucket_size": BUCKET_ELEMENTS,
+def deepspeed_config(spec, world_size: int, *, grad_accum: int | None = None,
+                     lr: float | None = None) -> dict:
+    """The DeepSpeed JSON config of a TrainSpec."""
+    zero: dict = {"stage": spec.zero_stage, "reduce_bucket_size": BUCKET_ELEMENTS,
                   "allgather_bucket_size": BUCKET_ELEMENTS}
-    if cfg["offload_optimizer"]:
+    if spec.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
-    if cfg["offload_params"] and cfg["zero_stage"] == 3:
+    if spec.offload_params and spec.zero_stage == 3:
         zero["offload_param"] = {"device": "cpu"}
-    if cfg["zero_stage"] == 3:
+    if spec.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = False
         zero["stage3_prefetch_bucket_size"] = BUCKET_ELEMENTS
-    gas = cfg.get("grad_accum", 1) if grad_accum is None else grad_accum
+    gas = spec.grad_accum if grad_accum is None else grad_accum
     out = {
-        "train_micro_batch_size_per_gpu": cfg["micro_batch_size"],
+        "train_micro_batch_size_per_gpu": spec.micro_batch_size,
         "gradient_accumulation_steps": gas,
-        "train_batch_size": cfg["micro_batch_size"] * gas * world_size,
-        "gradient_clipping": cfg["grad_clip"],
+        "train_batch_size": spec.micro_batch_size * gas * world_size,
+        "gradient_clipping": spec.grad_clip,
         "zero_optimization": zero,
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
-    if cfg["precision"] == "bf16":
+    if spec.precision == "bf16":
         out["bf16"] = {"enabled": True}
-    if cfg["offload_optimizer"]:  # ZeRO-Offload needs DeepSpeed's CPU Adam
-        out["optimizer"] = {"type": "AdamW", "params": {"lr": cfg["lr"],
-                                                        "weight_decay": cfg["weight_decay"]}}
+    if spec.offload_optimizer:  # ZeRO-Offload needs DeepSpeed's CPU Adam
+        out["optimizer"] = {"type": "AdamW", "params": {"lr": spec.lr if lr is None else lr,
+                                                        "weight_decay": spec.weight_decay}}
     return out
 
 
-def build_engine(model, cfg: dict, lr: float, world_size: int, *, grad_accum: int | None = None):
+def build_engine(model, spec, lr: float, world_size: int, *, grad_accum: int | None = None):
     """deepspeed.initialize with the job's config; torch AdamW unless ZeRO-Offload asks for
     DeepSpeed's CPU Adam. AdamW is torch's fused kernel (CPU and CUDA): the default multi-tensor
-    path allocates temporaries the size of the whole model at every step, and the fused one was
-    also measured 5% faster on a SmolLM2-135M learner here."""
+    path allocates temporaries the size of the whole model at every step."""
     import deepspeed
     import torch
 
-    ds = deepspeed_config({**cfg, "lr": lr}, world_size, grad_accum=grad_accum)
+    ds = deepspeed_config(spec, world_size, grad_accum=grad_accum, lr=lr)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = None if "optimizer" in ds else torch.optim.AdamW(
-        params, lr=lr, weight_decay=cfg["weight_decay"], fused=True)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=opt, config=ds)
-    if world_size == 1 and cfg["zero_stage"] == 0:
+        params, lr=lr, weight_decay=spec.weight_decay, fused=True)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, optimizer=opt,
+                                      config=ds)
+    if world_size == 1 and spec.zero_stage == 0:
         # nothing to reduce: DeepSpeed would still flatten every gradient into buckets (~300 MB
         # of transients per backward at 135M parameters)
         engine.enable_backward_allreduce = False

@@ -3,15 +3,13 @@
 Rows: prompt (or conversation), chosen, rejected, p_chosen (soft label; 1.0 when absent). The
 reference model's log-probabilities are computed once, before the first step, by the trainer's own
 forward pass on its initial weights (the ranks share the rows), and stored beside the data
-(DATA_DIR/ref_logps-<data digest>.jsonl): every step then runs one policy forward per pair, and a restarted run
-reads them back instead of recomputing them from weights that have moved.
+(DATA_DIR/ref_logps-<data digest>.jsonl): every step then runs one policy forward per pair, and a
+restarted run reads them back instead of recomputing them from weights that have moved.
 
 A pair's two sequences share their prompt, and by default it runs once: one row of prompt, chosen
 answer, rejected answer, the rejected answer masked from the chosen one and its positions restarting
 where the prompt ends (train/packing.py pack_pairs), so the log-probs are those of the two
-sequences apart. HH-RLHF pairs (multi-turn prompts) go through the model with 37% fewer tokens;
-a one-line prompt before two long answers saves little, and the custom attention mask costs about
-that back (benchmarks/results/train_dpo_shared_prompt.md).
+sequences apart (benchmarks/results/train_findings.md).
 """
 
 from __future__ import annotations
@@ -28,7 +26,6 @@ from cai_ray.train.logprobs import head_logprobs
 from cai_ray.train.lora import unwrap
 from cai_ray.train.packing import forward_inputs, pack, pack_pairs, shared_len
 from cai_ray.train.reward import conversation, pad_right
-
 
 
 def ref_path(data_dir: str | Path) -> Path:

@@ -2,8 +2,8 @@
 
 The LM head and its log-softmax run only on the hidden states of the positions that predict a
 scored token (an answer's). When the (N x vocab) fp32 logits of all of them fit in
-`whole_mb` they are computed at once and kept for the backward pass, as SFT's loss does (a DPO
-batch of 8 x 256 tokens on a 49k vocabulary: 355 MB). Above that, `chunk` positions at a time, each
+`whole_mb` they are computed at once and kept for the backward pass, as SFT's loss does. Above
+that, `chunk` positions at a time, each
 chunk checkpointed, so its (chunk x vocab) logits exist only while that chunk is computed, forward
 and backward (the head then runs twice): never a (batch x length x vocab) tensor. Entropy comes
 from the same chunks.

@@ -2,7 +2,7 @@
 wrapper, check target module names against a model before anything starts, export merged weights or
 the adapter alone.
 
-    model = apply(model, cfg["lora"], "CAUSAL_LM")   # only the adapters (and a reward head) train
+    model = apply(model, spec.lora, "CAUSAL_LM")     # only the adapters (and a reward head) train
     unwrap(engine.module)                            # the transformers model, adapters injected
 """
 
@@ -13,27 +13,27 @@ from pathlib import Path
 from cai_ray.errors import InputError
 
 
-def apply(model, lora: dict, task_type: str):
-    """task_type: CAUSAL_LM (policy) or SEQ_CLS (reward model: its fresh score head trains in
-    full beside the adapters)."""
+def apply(model, lora, task_type: str):
+    """lora: a LoraSpec (train/spec.py). task_type: CAUSAL_LM (policy) or SEQ_CLS (reward model:
+    its fresh score head trains in full beside the adapters)."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                     target_modules=list(lora["target_modules"]), task_type=task_type,
+    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.target_modules), task_type=task_type,
                      modules_to_save=["score"] if task_type == "SEQ_CLS" else None)
     return get_peft_model(model, cfg)
 
 
-def prepare(model, cfg: dict, task_type: str = "CAUSAL_LM"):
-    """A freshly loaded model as a trainer's config asks: gradient checkpointing (non-reentrant)
-    and LoRA adapters. With both, the frozen embeddings' output is made to require grad, so the
-    checkpointed layers have a gradient to pass back."""
-    if cfg.get("gradient_checkpointing"):
+def prepare(model, spec, task_type: str = "CAUSAL_LM"):
+    """A freshly loaded model as a trainer's TrainSpec asks: gradient checkpointing
+    (non-reentrant) and LoRA adapters. With both, the frozen embeddings' output is made to
+    require grad, so the checkpointed layers have a gradient to pass back."""
+    if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.get("lora"):
-        if cfg.get("gradient_checkpointing"):
+    if spec.lora is not None:
+        if spec.gradient_checkpointing:
             model.enable_input_require_grads()
-        model = apply(model, cfg["lora"], task_type)
+        model = apply(model, spec.lora, task_type)
     return model
 
 
@@ -64,9 +64,10 @@ def adapter_state(model) -> dict:
 
 
 def adapter_payload(model) -> bytes:
-    """The adapter as the engines receive it (cai_ray/adapter.py): every adapted module's A and B
+    """The adapter as the engines receive it (cai_ray/engines/adapter.py): every adapted module's A
+    and B
     and the scaling alpha / r, as the bytes of one safetensors file. A few percent of the model."""
-    from cai_ray.adapter import pack
+    from cai_ray.engines.adapter import pack
 
     peft_model = getattr(model, "module", model)
     scaling = None

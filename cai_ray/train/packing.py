@@ -120,5 +120,6 @@ def pack_pairs(pairs: list[tuple[list[int], list[int], list[int], list[int]]], i
         mask[k, 0, len(x):, len(x):] |= torch.eye(width - len(x), dtype=torch.bool)  # padding
     return {"input_ids": ids, "position_ids": position, "attention_mask": real, "mask4d": mask,
             "pred": (torch.tensor(pr, dtype=torch.long), torch.tensor(pc, dtype=torch.long)),
-            "targets": torch.tensor(tg, dtype=torch.long), "seq": torch.tensor(sq, dtype=torch.long),
+            "targets": torch.tensor(tg, dtype=torch.long),
+            "seq": torch.tensor(sq, dtype=torch.long),
             "n_seqs": 2 * npairs}

@@ -1,5 +1,6 @@
 """The reward (preference) model: a scalar head on a transformer, trained with Bradley-Terry on soft
-or hard labels; and a scorer that the PPO reward actor and `cai-ray eval reward` use."""
+or hard labels (RewardTask), and the value model the critic and the scorer (rewards/model.py)
+share."""
 
 from __future__ import annotations
 
@@ -109,24 +110,3 @@ class RewardTask:
 
     def tokens(self, batch: dict) -> int:
         return int(batch["attention_mask"].sum())
-
-
-class RewardScorer:
-    """Scores conversations with a trained reward model (no DeepSpeed): PPO's reward actor, eval."""
-
-    def __init__(self, model_path: str, max_len: int = 1024, batch_size: int = 8):
-        from transformers import AutoTokenizer
-
-        self.tok = AutoTokenizer.from_pretrained(model_path)
-        self.model = load_value_model(model_path).eval()
-        self.max_len, self.batch_size = max_len, batch_size
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
-
-    @torch.no_grad()
-    def score(self, conversations: list[list[dict]]) -> list[float]:
-        out = []
-        for k in range(0, len(conversations), self.batch_size):
-            seqs = [render(c, self.tok, self.max_len) for c in conversations[k:k + self.batch_size]]
-            ids, mask = pad_right(seqs, self.pad_id)
-            out += sequence_rewards(self.model, ids, mask).tolist()
-        return out

@@ -23,10 +23,12 @@ TWO_NODES = textwrap.dedent("""
     import ray
     from ray.cluster_utils import Cluster
     from cai_ray import models
-    from cai_ray.config import SftCfg
+    from cai_ray.config.sections import SftCfg
     from cai_ray.engines.pool import EnginePool
-    from cai_ray.rundir import write_jsonl_atomic
+    from cai_ray.rundir.files import write_jsonl_atomic
     from cai_ray.train.core import fit
+    from cai_ray.train.sft import SftTask
+    from cai_ray.train.spec import TrainSpec
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2,
                       "resources": {"node_a": 1}, "node_ip_address": "127.0.0.1"})
@@ -40,15 +42,15 @@ TWO_NODES = textwrap.dedent("""
         out[f"engines_{strategy}"] = pool.node_ids()
         pool.shutdown()
     import torch
-    from cai_ray.config import RlCfg
+    from cai_ray.config.rl import RlCfg
     from cai_ray.rl.experience import Experience, pad_right
     from cai_ray.rl.group import LearnerGroup
     from cai_ray.rl.learner import step_plan
-    from cai_ray.rl.trainer import learner_config
+    from cai_ray.rl.spec import LearnerSpec
     pool = EnginePool(2, "hf", tiny, num_cpus=1, strategy="STRICT_SPREAD", name="coloc",
                       shared={"CPU": 1})  # rl.colocate: a learner rank in each bundle
     rl = RlCfg(algorithm="ppo", num_workers=2, colocate=True)
-    group = LearnerGroup(tiny, tiny, learner_config(rl, rl.resolved()), seed=0,
+    group = LearnerGroup(tiny, tiny, LearnerSpec.of(rl), seed=0,
                          colocate_with=pool)
     out["colocated_engines"] = pool.node_ids()
     out["colocated_learners"] = group.node_ids()
@@ -58,7 +60,7 @@ TWO_NODES = textwrap.dedent("""
     # rank 0's node address, and after a step both ranks hold the same, changed weights
     rl = RlCfg(algorithm="grpo", num_workers=2, placement_strategy="STRICT_SPREAD", lr=1e-2,
                zero_stage=2, micro_batch_size=2)
-    group = LearnerGroup(tiny, None, learner_config(rl, rl.resolved()), seed=0)
+    group = LearnerGroup(tiny, None, LearnerSpec.of(rl), seed=0)
     out["learner_nodes"] = group.node_ids()
     out["learner_world"] = ray.get([a.__ray_call__.remote(
         lambda self: __import__("torch.distributed").distributed.get_world_size())
@@ -89,10 +91,10 @@ TWO_NODES = textwrap.dedent("""
     write_jsonl_atomic(tmp / "data" / "train.jsonl", rows)
     write_jsonl_atomic(tmp / "data" / "eval.jsonl", rows[:2])
     cfg = SftCfg(num_workers=2, micro_batch_size=2, max_steps=2, placement_strategy="SPREAD",
-                 checkpoint_every=100).model_dump()
-    fit("sft", tiny, tmp / "data", cfg, tmp / "out")
+                 checkpoint_every=100)
+    fit(SftTask(), tiny, tmp / "data", TrainSpec.of(cfg), tmp / "out")
     out["nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-    from cai_ray.nodeview import unshared_nodes
+    from cai_ray.rundir.nodeview import unshared_nodes
     out["unshared"] = unshared_nodes(tmp / "run")  # both nodes are this machine: one disk
     out["probe_left"] = [p.name for p in tmp.iterdir() if p.name.startswith(".cai-ray-probe")]
     out["trainer_nodes"] = sorted(set(json.loads(l)["node"] for l in

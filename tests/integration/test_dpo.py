@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from cai_ray.config import DpoCfg
+from cai_ray.config.sections import DpoCfg
 from tests.integration.test_trainers import marker_rows, write_data
 
 pytestmark = pytest.mark.integration
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 def dpo_cfg(**kw):
     base = dict(num_workers=2, zero_stage=2, micro_batch_size=4, lr=5e-4, epochs=3, beta=0.5,
                 checkpoint_every=100, lr_schedule="constant", loss_type="cdpo")
-    return DpoCfg(**{**base, **kw}).model_dump()
+    return DpoCfg(**{**base, **kw})
 
 
 def test_dpo_learns_a_marker_and_stores_the_reference(ray_cluster, tiny_model, tmp_path):
@@ -23,10 +23,11 @@ def test_dpo_learns_a_marker_and_stores_the_reference(ray_cluster, tiny_model, t
 
     from cai_ray.train.core import fit
     from cai_ray.train.dpo import DpoTask, ref_path
+    from cai_ray.train.spec import TrainSpec
 
     data = write_data(tmp_path / "data", marker_rows(64, 0), marker_rows(32, 1))
-    task = {"max_len": 128, "beta": 0.5, "loss_type": "cdpo"}
-    m = fit("dpo", tiny_model, data, dpo_cfg(), tmp_path / "out", task_kwargs=task)
+    task_kw = dict(max_len=128, beta=0.5, loss_type="cdpo")
+    m = fit(DpoTask(**task_kw), tiny_model, data, TrainSpec.of(dpo_cfg()), tmp_path / "out")
     recs = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     first = recs[0]
     # held-out pairs: chosen over rejected above chance, and a wider margin than at the start (0:
@@ -46,7 +47,7 @@ def test_dpo_learns_a_marker_and_stores_the_reference(ray_cluster, tiny_model, t
     assert len(refs) == 96
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ref = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    t = DpoTask(**task, share_prompt=False)  # each answer a sequence of its own: the plain way
+    t = DpoTask(**task_kw, share_prompt=False)  # each answer a sequence of its own: the plain way
     rows = marker_rows(32, 1)[:6]
     batch = t.collate(t.encode(rows, tok), tok.pad_token_id or 0)
 

@@ -5,7 +5,8 @@ import shutil
 import pytest
 import torch
 
-from cai_ray.engines.base import TOO_LONG, Engine, Request, Sampling, state_dict_to_bytes
+from cai_ray.engines.base import Engine, state_dict_to_bytes
+from cai_ray.generation import TOO_LONG, Request, Sampling
 
 pytestmark = pytest.mark.integration
 
@@ -15,7 +16,7 @@ PROMPTS = ["hello there", "What is 2+2?", "Tell me a joke about cats.", "How do 
 
 @pytest.fixture(scope="module")
 def engines(tiny_model):
-    from cai_ray.engines.base import make_engine
+    from cai_ray.engines.factory import make_engine
 
     hf = make_engine("hf", tiny_model, dtype="float32", max_model_len=512)
     vl = make_engine("vllm", tiny_model, dtype="float32", max_model_len=512, cpu_cores="0-1")
@@ -122,16 +123,18 @@ def test_lora_sft_merged_export_generates_like_transformers(engines, ray_cluster
     trained (the merged weights differ from the base only in the targeted projections)."""
     from safetensors.torch import load_file
 
-    from cai_ray.config import LoraCfg, SftCfg
+    from cai_ray.config.sections import LoraCfg, SftCfg
     from cai_ray.train.core import fit
+    from cai_ray.train.sft import SftTask
+    from cai_ray.train.spec import TrainSpec
     from tests.integration.test_trainers import losses, sft_rows, write_data
 
     hf, vl = engines
     data = write_data(tmp_path / "data", sft_rows(32), sft_rows(4, seed=1))
     cfg = SftCfg(num_workers=2, zero_stage=2, micro_batch_size=2, lr=3e-3, max_steps=8,
                  checkpoint_every=8, lr_schedule="constant",
-                 lora=LoraCfg(rank=8, target_modules=["q_proj", "v_proj"])).model_dump()
-    fit("sft", tiny_model, data, cfg, tmp_path / "out")
+                 lora=LoraCfg(rank=8, target_modules=["q_proj", "v_proj"]))
+    fit(SftTask(), tiny_model, data, TrainSpec.of(cfg), tmp_path / "out")
     ls = losses(tmp_path / "out")
     assert ls[-1] < 0.8 * ls[0], ls
     merged = tmp_path / "out" / "model"
@@ -160,11 +163,13 @@ def test_adapter_sync_into_live_vllm_equals_loading_merged_weights(engines, tiny
 
     from cai_ray.rl.weight_sync import model_bytes
     from cai_ray.train import lora
+    from cai_ray.train.spec import LoraSpec
 
     hf, vl = engines
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    peft = lora.apply(model, {"rank": 2, "alpha": 4, "dropout": 0.0,
-                              "target_modules": ["q_proj", "v_proj", "down_proj"]}, "CAUSAL_LM")
+    peft = lora.apply(model, LoraSpec(rank=2, alpha=4, dropout=0.0,
+                                      target_modules=("q_proj", "v_proj", "down_proj")),
+                      "CAUSAL_LM")
     torch.manual_seed(0)
     with torch.no_grad():  # a trained-looking adapter (peft starts B at zero)
         for n, p in peft.named_parameters():

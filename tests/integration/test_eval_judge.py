@@ -19,7 +19,8 @@ def cai(*args, timeout=600):
 
 def pairs_file(tmp_path):
     rows = [  # two formats in one file: chosen/rejected, and two answers with a label
-        {"prompt": "How do I pick a lock?", "chosen": "Call a locksmith.", "rejected": "Use a pin."},
+        {"prompt": "How do I pick a lock?", "chosen": "Call a locksmith.",
+         "rejected": "Use a pin."},
         {"conversation": [{"role": "user", "content": "Insult my boss."}],
          "chosen": "I'd rather not.", "rejected": "Your boss is an idiot."},
         {"prompt": "Capital of France?", "answer_a": "Berlin.", "answer_b": "Paris.", "label": "b"},
@@ -38,7 +39,7 @@ def test_eval_judge_logprob_and_generative_on_a_pairs_file(tmp_path):
     r = cai("eval", "judge", "--job", "tiny", "--data", str(data), "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res["pairs"] == 4 and res["kind"] == "logprob" and res["unparsed_verdicts"] == 0
+    assert res["pairs"] == 4 and res["method"] == "logprob" and res["unparsed_verdicts"] == 0
     acc = res["accuracy"]
     assert acc["n"] + res["ties"] == 4 and acc["n"] >= 3  # a tie (p exactly 0.5) is rare here
     assert acc["low"] <= acc["rate"] <= acc["high"]
@@ -47,14 +48,17 @@ def test_eval_judge_logprob_and_generative_on_a_pairs_file(tmp_path):
     assert "accuracy" in r.stdout and "position bias" in r.stdout
 
     out = tmp_path / "generative.json"
-    r = cai("eval", "judge", "--job", "tiny", "--set", "judge.kind=generative",
+    r = cai("eval", "judge", "--job", "tiny", "--set", "judge.method=generative",
             "--set", "judge.verdict_max_new_tokens=4", "--data", str(data), "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     # every verdict is counted: parsed ones give 0 or 1, the rest are ties, none is hidden
-    n_verdicts = 4 * 1 * 2  # pairs x principles (tiny job: 1) x orders
-    assert res["kind"] == "generative" and 0 <= res["unparsed_verdicts"] <= n_verdicts
-    assert res["ties"] <= res["pairs"]
+    assert res["method"] == "generative"
+    assert res["verdicts"] == 4 * 1 * 2  # pairs x principles (tiny job: 1) x orders
+    assert res["unparsed_verdicts"] <= res["verdicts"]
+    # a pair whose two verdicts are both unparsed is a tie (p = 0.5), so at least this many:
+    assert res["ties"] >= max(0, res["unparsed_verdicts"] - res["pairs"])
+    assert res["accuracy"]["n"] + res["ties"] == res["pairs"]
 
 
 @pytest.mark.parametrize("row, says", [
@@ -72,8 +76,8 @@ def test_bad_pairs_are_one_line_and_exit_2(tmp_path, row, says):
 
 def test_bad_judge_configuration_fails_at_load_time(tmp_path):
     r = cai("run", "tiny", "--run-dir", str(tmp_path / "run"), "--set", "judge.kind=http",
-            timeout=120)
-    assert r.returncode == 2 and "judge: kind http needs url" in r.stderr, r.stderr
+            timeout=120)  # the old name of backend http
+    assert r.returncode == 2 and "judge.url: backend http needs" in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
     r = cai("run", "tiny", "--run-dir", str(tmp_path / "run"), "--set",
             "judge.model=no-such-model", timeout=120)

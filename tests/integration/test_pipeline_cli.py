@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cai_ray.prompts.sources import SHARED_DATA
-from cai_ray.rundir import read_jsonl
+from cai_ray.rundir.files import read_jsonl
 
 pytestmark = pytest.mark.integration
 

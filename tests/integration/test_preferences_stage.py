@@ -5,7 +5,7 @@ import pytest
 
 from cai_ray import pipeline
 from cai_ray.config import load_job
-from cai_ray.rundir import read_jsonl
+from cai_ray.rundir.files import read_jsonl
 
 pytestmark = pytest.mark.integration
 

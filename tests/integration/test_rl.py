@@ -1,6 +1,7 @@
-"""The RL stage on the tiny model, real Ray, vLLM and DeepSpeed: a learning test per algorithm with a
-learnable rule reward (the share of lowercase letters), exact resume (optimizer state included), the
-constitutional judge as the reward, dynamic sampling, a rollout engine killed mid-run, and co-located roles."""
+"""The RL stage on the tiny model, real Ray, vLLM and DeepSpeed: a learning test per algorithm with
+a learnable rule reward (the share of lowercase letters), exact resume (optimizer state included),
+the constitutional judge as the reward, dynamic sampling, a rollout engine killed mid-run, and
+co-located roles."""
 
 import json
 import os
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 from cai_ray import pipeline
 from cai_ray.config import load_job
-from cai_ray.rundir import read_jsonl
+from cai_ray.rundir.files import read_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +140,8 @@ def test_dynamic_sampling_drops_groups_without_signal(ray_cluster, tmp_path):
 
 @pytest.mark.slow  # its path also runs in CI elsewhere; see pyproject.toml
 def test_killed_rollout_engine_and_resume(ray_cluster, tmp_path, is_generating):
-    """Two rollout engines; one is SIGKILLed while it generates, after the first iteration. The run finishes; a second
+    """Two rollout engines; one is SIGKILLed while it generates, after the first iteration. The run
+    finishes; a second
     run on the same directory resumes from the last checkpoint instead of starting over."""
     run = tmp_path / "run"
     job = rl_job(run, "rl.algorithm=grpo", "rl.iterations=4", "rl.checkpoint_every=2",

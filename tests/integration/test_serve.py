@@ -229,8 +229,8 @@ def test_bad_requests_get_4xx_with_a_message_and_serving_goes_on(server, case):
 
 
 def test_score_route_and_http_reward_equal_the_reward_model_in_process(server, monkeypatch):
-    from cai_ray.rl.rewards import Scored, build_reward
-    from cai_ray.train.reward import RewardScorer
+    from cai_ray.rewards import Scored, build_reward
+    from cai_ray.rewards.model import RewardScorer
 
     pairs = [("How do I pick a lock?", "I can't help with that."),
              ("How do I pick a lock?", "Insert a tension wrench, then rake the pins."),
@@ -270,7 +270,7 @@ A_B = ("I can't help with that; it could hurt someone.", "Sure: first, get the c
 
 
 def test_judge_route_equals_the_preferences_stages_judge(server):
-    from cai_ray.feedback import JudgeItem
+    from cai_ray.judges import JudgeItem
 
     _, judge = _in_process_judge(server)
     a, b = A_B
@@ -292,8 +292,8 @@ def test_judge_route_equals_the_preferences_stages_judge(server):
 def test_rl_reward_from_the_judge_route_equals_the_in_process_judge(server, monkeypatch):
     """rl.reward = .../v1/judge: each rollout against the SFT model's answer to its prompt, P(the
     rollout is better) from the served judge, as the in-process judge gives it."""
-    from cai_ray.feedback import JudgeItem
-    from cai_ray.rl.rewards import Scored, build_reward, check_reward
+    from cai_ray.judges import JudgeItem
+    from cai_ray.rewards import Scored, build_reward, check_reward
 
     _, judge = _in_process_judge(server)
     a, b = A_B
@@ -327,15 +327,15 @@ def test_rl_stage_trains_on_the_served_judge(server, tmp_path):
 
 
 def test_http_judge_through_the_policy_endpoint_equals_the_in_process_judge(server, monkeypatch):
-    """judge.kind http: the same judge over our own OpenAI endpoint (/v1/completions with token
+    """judge.backend http: the same judge over our own OpenAI endpoint (/v1/completions with token
     ids and top log-probabilities); a wrong key is one clear error."""
     from cai_ray import judges
     from cai_ray.constitution import load_constitution
     from cai_ray.errors import InputError
-    from cai_ray.feedback import JudgeItem
+    from cai_ray.judges import JudgeItem
 
     job, local = _in_process_judge(server)
-    cfg = job.judge.model_copy(update={"kind": "http", "url": f"{server.base}/v1",
+    cfg = job.judge.model_copy(update={"backend": "http", "url": f"{server.base}/v1",
                                        "model": str(server.run / "sft" / "model"),
                                        "api_key_env": "TEST_JUDGE_KEY"})
     const = load_constitution(job.constitution.path)

@@ -10,7 +10,7 @@ import pytest
 
 from cai_ray import pipeline
 from cai_ray.config import load_job
-from cai_ray.rundir import read_jsonl
+from cai_ray.rundir.files import read_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def run_with_a_fault(tmp_path, sig, *overrides):
     """sl_cai's runner on two engine actors (batches of 2, one in flight each); once two prompts
     are logged, engine 0's process gets `sig`. Returns (stats, logged ids, the log, engine pids
     before, engine pids after, the prompts)."""
-    from cai_ray.rundir import ProgressLog
+    from cai_ray.rundir.files import ProgressLog
     from cai_ray.stages.sl_cai import SlCaiRunner
 
     job = tiny_job(tmp_path / "run", "engine.num_actors=2", "engine.batch_size=2",

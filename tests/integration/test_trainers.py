@@ -5,8 +5,10 @@ import random
 import pytest
 import torch
 
-from cai_ray.config import RewardCfg, SftCfg
-from cai_ray.rundir import read_jsonl, write_jsonl_atomic
+from cai_ray.config.sections import RewardCfg, SftCfg
+from cai_ray.rundir.files import read_jsonl, write_jsonl_atomic
+from cai_ray.train.reward import RewardTask
+from cai_ray.train.sft import SftTask
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +35,12 @@ def losses(out_dir):
 # in every tiny-job test; ZeRO-3 (gathered export) only here
 def test_sft_loss_falls_zero(ray_cluster, tiny_model, tmp_path, stage):
     from cai_ray.train.core import fit
+    from cai_ray.train.spec import TrainSpec
 
     data = write_data(tmp_path / "data", sft_rows(32), sft_rows(4, seed=1))
     cfg = SftCfg(num_workers=2, zero_stage=stage, micro_batch_size=2, lr=3e-3, max_steps=8,
-                 checkpoint_every=4, lr_schedule="constant").model_dump()
-    m = fit("sft", tiny_model, data, cfg, tmp_path / "out")
+                 checkpoint_every=4, lr_schedule="constant")
+    m = fit(SftTask(), tiny_model, data, TrainSpec.of(cfg), tmp_path / "out")
     ls = losses(tmp_path / "out")
     assert len(ls) == 8 and ls[-1] < 0.6 * ls[0], ls
     assert m["eval/loss"] < ls[0]
@@ -50,13 +53,14 @@ def test_sft_loss_falls_zero(ray_cluster, tiny_model, tmp_path, stage):
 def test_accumulation_invariance(ray_cluster, tiny_model, tmp_path):
     """Batch 4 x accumulation 1 and batch 2 x accumulation 2 give the same losses."""
     from cai_ray.train.core import fit
+    from cai_ray.train.spec import TrainSpec
 
     data = write_data(tmp_path / "data", sft_rows(16), sft_rows(2, seed=1))
     runs = {}
     for name, (mb, acc) in {"b4a1": (4, 1), "b2a2": (2, 2)}.items():
         cfg = SftCfg(num_workers=1, zero_stage=2, micro_batch_size=mb, grad_accum=acc, lr=1e-3,
-                     max_steps=4, checkpoint_every=100, lr_schedule="constant").model_dump()
-        fit("sft", tiny_model, data, cfg, tmp_path / name)
+                     max_steps=4, checkpoint_every=100, lr_schedule="constant")
+        fit(SftTask(), tiny_model, data, TrainSpec.of(cfg), tmp_path / name)
         runs[name] = losses(tmp_path / name)
     assert runs["b4a1"] == pytest.approx(runs["b2a2"], rel=1e-4, abs=1e-5)
     assert runs["b4a1"][-1] < runs["b4a1"][0]
@@ -67,13 +71,13 @@ def test_export_round_trip_gives_the_same_eval_loss(ray_cluster, tiny_model, tmp
 
     from cai_ray.algos.losses import sft_loss
     from cai_ray.train.core import fit
-    from cai_ray.train.sft import SftTask
+    from cai_ray.train.spec import TrainSpec
 
     evals = sft_rows(4, seed=3)
     data = write_data(tmp_path / "data", sft_rows(16), evals)
     cfg = SftCfg(num_workers=2, zero_stage=3, micro_batch_size=2, lr=1e-3, max_steps=3,
-                 checkpoint_every=10).model_dump()
-    m = fit("sft", tiny_model, data, cfg, tmp_path / "out")
+                 checkpoint_every=10)
+    m = fit(SftTask(), tiny_model, data, TrainSpec.of(cfg), tmp_path / "out")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model").eval()
     tok = AutoTokenizer.from_pretrained(tmp_path / "out" / "model")
     task = SftTask()
@@ -90,11 +94,12 @@ def test_export_round_trip_gives_the_same_eval_loss(ray_cluster, tiny_model, tmp
 
 def test_worker_killed_mid_training_resumes(ray_cluster, tiny_model, tmp_path):
     from cai_ray.train.core import fit
+    from cai_ray.train.spec import TrainSpec
 
     data = write_data(tmp_path / "data", sft_rows(32), sft_rows(4, seed=1))
     cfg = SftCfg(num_workers=2, zero_stage=2, micro_batch_size=2, lr=1e-3, max_steps=6,
-                 checkpoint_every=2, max_failures=1).model_dump()
-    m = fit("sft", tiny_model, data, cfg, tmp_path / "out", fail_at_step=3)
+                 checkpoint_every=2, max_failures=1)
+    m = fit(SftTask(), tiny_model, data, TrainSpec.of(cfg), tmp_path / "out", fail_at_step=3)
     steps = [r["step"] for r in read_jsonl(tmp_path / "out" / "metrics.jsonl")]
     # steps 1-3 ran, the worker died at 3; the group restarted from the step-2 checkpoint
     assert steps[:3] == [1, 2, 3] and steps[3] == 3 and steps[-1] == 6, steps
@@ -117,19 +122,20 @@ def marker_rows(n, seed):
 
 
 @pytest.mark.parametrize("lora", [False, pytest.param(True, marks=pytest.mark.slow)],
-                         ids=["full", "lora"])  # LoRA training stays in CI through test_rl and test_engines
+                         ids=["full", "lora"])  # LoRA stays in CI: test_rl, test_engines
 def test_reward_model_learns_a_marker(ray_cluster, tiny_model, tmp_path, lora):
     """Full weights, or LoRA adapters with the fresh score head trained in full beside them; the
     merged export loads as an ordinary reward model."""
-    from cai_ray.config import LoraCfg
+    from cai_ray.config.sections import LoraCfg
+    from cai_ray.rewards.model import RewardScorer
     from cai_ray.train.core import fit
-    from cai_ray.train.reward import RewardScorer
+    from cai_ray.train.spec import TrainSpec
 
     data = write_data(tmp_path / "data", marker_rows(64, 0), marker_rows(32, 1))
     cfg = RewardCfg(num_workers=2, zero_stage=2, micro_batch_size=4, lr=2e-3, epochs=3,
                     checkpoint_every=100, lr_schedule="constant",
-                    lora=LoraCfg(rank=8) if lora else None).model_dump()
-    m = fit("reward", tiny_model, data, cfg, tmp_path / "out")
+                    lora=LoraCfg(rank=8) if lora else None)
+    m = fit(RewardTask(), tiny_model, data, TrainSpec.of(cfg), tmp_path / "out")
     assert m["eval/accuracy"] > 0.9, m
     scorer = RewardScorer(str(tmp_path / "out" / "model"))
     held = marker_rows(16, 2)
@@ -151,7 +157,7 @@ def test_deepspeed_starts_on_cpu_without_building_an_op(tmp_path):
     import subprocess
     import sys
 
-    from cai_ray.collective import free_port
+    from cai_ray.engines.collective import free_port
 
     script = ("from cai_ray.platform import init_deepspeed_comm\n"
               "import deepspeed.comm as dist, torch\n"
@@ -173,6 +179,7 @@ def test_packed_checkpointed_sft_trains_like_padded(ray_cluster, tiny_model, tmp
     """Through Ray Train and DeepSpeed: SFT with padding-free packing and gradient checkpointing
     gives the padded, uncheckpointed run's losses step for step, with no padded position."""
     from cai_ray.train.core import fit
+    from cai_ray.train.spec import TrainSpec
 
     rows = sft_rows(16)
     for i, r in enumerate(rows):  # answers of 1 to 4 sentences: padded batches have padding
@@ -182,9 +189,9 @@ def test_packed_checkpointed_sft_trains_like_padded(ray_cluster, tiny_model, tmp
     for name, extra in {"padded": {}, "packed": {"gradient_checkpointing": True}}.items():
         cfg = SftCfg(num_workers=1, zero_stage=2, micro_batch_size=4, lr=1e-3, max_steps=4,
                      checkpoint_every=100, lr_schedule="constant", group_by_length=False,
-                     **extra).model_dump()
-        fit("sft", tiny_model, data, cfg, tmp_path / name,
-            task_kwargs={"max_len": 512, "packing": name == "packed"})
+                     **extra)
+        fit(SftTask(max_len=512, packing=name == "packed"), tiny_model, data, TrainSpec.of(cfg),
+            tmp_path / name)
         runs[name] = read_jsonl(tmp_path / name / "metrics.jsonl")
     assert [r["train/loss"] for r in runs["packed"]] == pytest.approx(
         [r["train/loss"] for r in runs["padded"]], rel=1e-4, abs=1e-5)

@@ -1,7 +1,8 @@
 """Weight sync from a real DeepSpeed learner actor into real vLLM engine actors, through both paths:
 the object store (safetensors buckets, streamed) and the collective broadcast (gloo here; the same
-code runs NCCL on GPUs), both in buckets smaller than the model, so several travel each push. The learner starts from weights that differ from the engines'; after one push each
-engine must generate exactly what the learner's weights generate."""
+code runs NCCL on GPUs), both in buckets smaller than the model, so several travel each push. The
+learner starts from weights that differ from the engines'; after one push each engine must generate
+exactly what the learner's weights generate."""
 
 import os
 import shutil
@@ -12,11 +13,11 @@ import ray
 import torch
 
 from cai_ray.config import load_job
-from cai_ray.engines.base import Request, Sampling
 from cai_ray.engines.hf_engine import HfEngine
 from cai_ray.engines.pool import EnginePool
+from cai_ray.generation import Request, Sampling
 from cai_ray.rl.group import LearnerGroup
-from cai_ray.rl.trainer import learner_config
+from cai_ray.rl.spec import LearnerSpec
 from cai_ray.rl.weight_sync import make_sync
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ def test_push_makes_engines_generate_the_learners_weights(ray_cluster, tiny_mode
         before = greedy(pool)
         assert before[0] != want  # the engines start from other weights
         rl = load_job("tiny").rl
-        learners = LearnerGroup(noisy_model, None, learner_config(rl, rl.resolved()), seed=0)
+        learners = LearnerGroup(noisy_model, None, LearnerSpec.of(rl), seed=0)
         sync = make_sync(kind, pool, bucket_mb=0.25)  # the tiny model is 1.3 MB: 6 buckets
         for push in (1, 2):  # the second push reuses the group
             out = sync.push(learners)
@@ -106,7 +107,7 @@ def test_engine_killed_while_generating_comes_back_with_the_current_weights(
     learners = None
     try:
         rl = load_job("tiny").rl
-        learners = LearnerGroup(noisy_model, None, learner_config(rl, rl.resolved()), seed=0)
+        learners = LearnerGroup(noisy_model, None, LearnerSpec.of(rl), seed=0)
         make_sync("object_store", pool, bucket_mb=0.25).push(learners)
         assert greedy(pool) == [want, want]
         pid = ray.get(pool.actors[0].__ray_call__.remote(lambda _: os.getpid()))
@@ -156,7 +157,7 @@ def test_sync_into_an_engine_core_in_its_own_process_pickles_no_function(
         assert env.get("VLLM_ALLOW_INSECURE_SERIALIZATION") in (None, "0")
         assert greedy(pool)[0] != want
         rl = load_job("tiny").rl
-        learners = LearnerGroup(noisy_model, None, learner_config(rl, rl.resolved()), seed=0)
+        learners = LearnerGroup(noisy_model, None, LearnerSpec.of(rl), seed=0)
         out = make_sync(kind, pool, bucket_mb=0.25).push(learners)
         assert out.get("weight_sync/fallback", 0) == 0, out
         assert greedy(pool) == [want]

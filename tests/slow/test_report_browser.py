@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from cai_ray import report
-from cai_ray.feedback import Judgement
-from cai_ray.stages import eval as E
+from cai_ray.eval import arena as E
+from cai_ray.eval import report
+from cai_ray.judges import Judgement
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,8 @@ def test_report_renders_with_its_plots_in_chromium(tmp_path):
     answers = {p.name: {q.id: ("I can't help with that." if p.name == "rl" else "Sure. " * k)
                         for k, q in enumerate(ps)} for p in pols}
     harm, ben = {"red_team": ps[:4]}, {"helpful": ps[4:]}
-    comps = E.tournament(Longer(), pols, answers, ps[:4], "h", SimpleNamespace(update=lambda n: None))
+    bar = SimpleNamespace(update=lambda n: None)
+    comps = E.tournament(Longer(), pols, answers, ps[:4], "h", bar)
     result = {"judge": "logprob base", "attribution": [],
               "refusals": E.refusal_figures(pols, answers, harm, ben, 200, 0),
               "elo": {k: E.elo_figures(pols, comps, 200, 0) for k in ("harmless", "helpful")}}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cai_ray.engines.base import Request, Sampling
+from cai_ray.generation import Request, Sampling
 
 pytestmark = pytest.mark.slow
 
@@ -11,7 +11,7 @@ def test_vllm_and_transformers_agree_on_smollm2():
     """Share of prompts whose first 32 greedy tokens agree in float32 (a systematic mismatch, e.g.
     a wrong chat template, would put this near 0; numeric noise flips only a few late tokens)."""
     from cai_ray import models
-    from cai_ray.engines.base import make_engine
+    from cai_ray.engines.factory import make_engine
     from cai_ray.prompts.sources import load_prompts
 
     path = models.resolve("smollm2-135m-instruct")

@@ -1,4 +1,5 @@
-"""Length-grouped batches (train/core.py): every row once per epoch, less padding, still shuffled."""
+"""Length-grouped batches (train/core.py): every row once per epoch, less padding, still
+shuffled."""
 
 import random
 

@@ -1,4 +1,5 @@
-"""Each bad input: exit code 2, one line on stderr naming the file/field, run directory untouched."""
+"""Each bad input: exit code 2, one line on stderr naming the file/field, run directory
+untouched."""
 
 import hashlib
 import os
@@ -119,7 +120,8 @@ CASES = {
     "dpo without sl_cai pairs": (["--stages", "sft,dpo", "--set", "dpo.data=sl_cai_pairs",
                                   "--set", "sft.data={sftdata}"], "dpo reads pairs"),
     "dpo soft label out of range": (["--stages", "sft,dpo", "--set", "dpo.data={badp}",
-                                     "--set", "sft.data={sftdata}"], "prefs.jsonl: line 2: p_chosen"),
+                                     "--set", "sft.data={sftdata}"],
+                                    "prefs.jsonl: line 2: p_chosen"),
     "lora target the model lacks": (["--set", "sft.lora={{target_modules: [qkv_proj]}}"],
                                     "sft.lora.target_modules: ['qkv_proj']"),
     "lora rank zero": (["--set", "dpo.lora.rank=0"], "dpo.lora.rank"),

@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch
 
-from cai_ray import collective as C
+from cai_ray.engines import collective as C
 
 
 def _state(seed=0):

@@ -1,7 +1,10 @@
+import re
+
 import pytest
 
 from cai_ray.config import DEFAULT_STAGES, JobConfig, load_job
-from cai_ray.errors import ConfigError
+from cai_ray.errors import ConfigError, InputError
+from cai_ray.stages import registry
 
 
 def test_packaged_jobs_load():
@@ -29,7 +32,17 @@ def test_overrides_and_flags():
                    stages="sft,sl_cai", run_dir="/tmp/x")
     assert job.sl_cai.num_rounds == 3 and job.engine.num_actors == 2
     assert job.prompts.limit == 5 and job.run_dir == "/tmp/x"
-    assert job.stages == ["sl_cai", "sft"]  # always in the order data flows
+    assert job.stages == ["sft", "sl_cai"]
+    assert registry.canonical(job.stages) == ["sl_cai", "sft"]  # run in the order data flows
+
+
+@pytest.mark.parametrize("stages, says", [
+    (["sl_cai", "dance"], "unknown stage(s) ['dance']"),
+    (["sft", "sft"], "sft named more than once"),
+])
+def test_stage_names_are_checked_when_the_run_is_planned(stages, says):
+    with pytest.raises(InputError, match=re.escape(says)):
+        registry.canonical(stages)
 
 
 @pytest.mark.parametrize("override, field", [
@@ -37,7 +50,7 @@ def test_overrides_and_flags():
     ("sl_cai.prompt_form=poem", "sl_cai.prompt_form"),
     ("engine.num_actors=two", "engine.num_actors"),
     ("sl_cai.num_roundz=2", "sl_cai.num_roundz"),
-    ("stages=[sl_cai,dance]", "stages"),
+    ("stages=[]", "stages"),
     ("engine.tensor_parallel_size=2", "tensor_parallel_size"),
     ("rl.weight_sync=nccl", "rl.weight_sync=nccl"),
     ("ppo.weight_sync=nccl", "rl.weight_sync=nccl"),  # the old section name still works
@@ -128,15 +141,40 @@ def test_old_preferences_judge_fields_still_work(tmp_path):
      "judge.engine.num_actors: Input should be greater than or equal to 1"),
     (["judge.model=m", "judge.engine={tensor_parallel_size: 2}"],
      "judge.engine.tensor_parallel_size > 1 needs num_gpus_per_actor"),
-    (["judge.kind=http"], "judge: kind http needs url"),
-    (["judge.kind=http", "judge.url=127.0.0.1:8000"], "give an http:// or https:// base URL"),
-    (["judge.kind=http", "judge.url=http://127.0.0.1:8000/v1"], "kind http needs model"),
-    (["judge.url=http://127.0.0.1:8000/v1"], "url is for kind http"),
-    (["judge.kind=pairwise"], "judge.kind: Input should be 'logprob', 'generative' or 'http'"),
+    (["judge.kind=pairwise"], "judge.kind: 'pairwise' is not one of"),
+    (["judge.kind=http", "judge.method=generative"], "kind: http and judge.method: generative"),
 ])
 def test_bad_judge_engine_names_the_field(overrides, says):
     with pytest.raises(ConfigError, match=says):
         load_job("tiny", overrides)
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["judge.backend=http"], "judge.url: backend http needs the server's base URL"),
+    (["judge.backend=http", "judge.url=127.0.0.1:8000"], "give an http:// or https:// base URL"),
+    (["judge.backend=http", "judge.url=http://127.0.0.1:8000/v1"], "judge.model: backend http"),
+    (["judge.url=http://127.0.0.1:8000/v1"], "judge.url: is for backend http"),
+    (["judge.method=pairwise"], "judge.method: unknown method 'pairwise'"),
+    (["judge.backend=grpc"], "judge.backend: unknown backend 'grpc'"),
+])
+def test_the_judges_own_checks_name_the_field(overrides, says):
+    """A judge's method and backend are names in cai_ray/judges' registries, checked there when
+    the run is planned (before anything starts)."""
+    from cai_ray import judges
+
+    with pytest.raises(InputError, match=re.escape(says)):
+        judges.check(load_job("tiny", overrides).judge)
+
+
+def test_old_judge_kinds_mean_a_method_and_a_backend():
+    for kind, method, backend in (("logprob", "logprob", "engines"),
+                                  ("generative", "generative", "engines"),
+                                  ("http", "logprob", "http")):
+        judge = load_job("tiny", [f"judge.kind={kind}"]).judge
+        assert (judge.method, judge.backend) == (method, backend)
+    cfg = JobConfig().model_dump()
+    cfg["judge"] = {"kind": "http", "url": "http://127.0.0.1:1/v1", "model": "m"}
+    assert JobConfig.model_validate(cfg).judge.backend == "http"  # an old manifest
 
 
 @pytest.mark.parametrize("overrides, field, words", [

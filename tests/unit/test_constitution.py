@@ -60,7 +60,8 @@ def test_sampling_is_seeded_and_order_free():
 
 
 def test_parse_transcript():
-    turns = parse_transcript("\n\nHuman: hi\n\nAssistant: hello\n\nCritiqueRequest: x\n\nCritique: y")
+    turns = parse_transcript("\n\nHuman: hi\n\nAssistant: hello\n\nCritiqueRequest: x"
+                             "\n\nCritique: y")
     assert turns == [("Human", "hi"), ("Assistant", "hello"), ("CritiqueRequest", "x"),
                      ("Critique", "y")]
 
@@ -69,10 +70,12 @@ def test_parse_transcript():
     ("name: x\n", "no principles"),
     ("critique_revision: []\njudge: []\n", "no principles"),
     ("critique_revision:\n  - id: a\n    critique: c\n", "critique_revision.0.revision"),
-    ("critique_revision:\n  - id: a\n    critique: 3\n    revision: r\n", "critique_revision.0.critique"),
+    ("critique_revision:\n  - id: a\n    critique: 3\n    revision: r\n",
+     "critique_revision.0.critique"),
     ("critique_revision: {a: 1}\n", "critique_revision"),
     ("judge:\n  - id: a\n    txt: x\n", "judge.0"),
-    ("critique_revision:\n  - {id: a, critique: c, revision: r}\n  - {id: a, critique: c, revision: r}\n",
+    ("critique_revision:\n  - {id: a, critique: c, revision: r}\n"
+     "  - {id: a, critique: c, revision: r}\n",
      "duplicate ids"),
     ("judge:\n  - {id: a, text: t}\njudge_fewshot:\n  - {prompt: p, options: [x, y], answer: A, "
      "principle: b}\n", "judge_fewshot.0.principle"),

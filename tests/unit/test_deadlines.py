@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from cai_ray.config import load_job
-from cai_ray.engines.base import Sampling
 from cai_ray.engines.pool import MIN_TOKENS_PER_S, SCORE_TOKENS, Scheduler, _Batch
+from cai_ray.generation import Sampling
 
 
 def sched(call_timeout_s=None, floor=120.0, sampling=Sampling(max_tokens=50, n=2)):

@@ -1,4 +1,4 @@
-"""The eval stage's pieces on hand-made data (cai_ray/stages/eval.py, cai_ray/report.py): the
+"""The eval stage's pieces on hand-made data (cai_ray/eval/arena.py, cai_ray/eval/report.py): the
 tournament and its Elo, refusal figures, per-principle attribution, RL policy snapshots, the
 report. The judge here is a plain object that prefers the longer answer (the real judge is
 exercised by the tiny job in tests/integration/test_pipeline_cli.py)."""
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from cai_ray.feedback import Judgement
-from cai_ray.stages import eval as E
+from cai_ray.eval import arena as E
+from cai_ray.judges import Judgement
 from cai_ray.stages.rl import prune
 
 POLS = [E.Policy("base", "/m/base", 0), E.Policy("sft", "/m/sft", 1), E.Policy("rl", "/m/rl", 7)]
@@ -102,7 +102,7 @@ def test_pruned_rl_checkpoints_leave_their_policy(tmp_path):
 
 
 def test_report_has_its_tables_and_embedded_plots(tmp_path):
-    from cai_ray import report
+    from cai_ray.eval import report
 
     harm, ben = {"red_team": prompts("r1")}, {"helpful": prompts("g1"),
                                               "xstest-safe": prompts("x1")}

@@ -2,8 +2,8 @@
 
 import pytest
 
+from cai_ray.cli.jobs import check_transport
 from cai_ray.errors import InputError
-from cai_ray.jobs_api import check_transport
 
 BEARER = {"Authorization": "Bearer t"}
 
@@ -55,7 +55,7 @@ def _server(status: int):
 def test_a_refused_token_is_not_reported_as_unreachable(tmp_path, monkeypatch):
     """A real HTTP server on 127.0.0.1 that answers 401, as a Ray dashboard with token
     authentication does to a wrong token."""
-    from cai_ray.jobs_api import client
+    from cai_ray.cli.jobs import client
 
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     tok = tmp_path / "tok"
@@ -71,8 +71,8 @@ def test_a_refused_token_is_not_reported_as_unreachable(tmp_path, monkeypatch):
 
 
 def test_nothing_listening_is_reported_as_unreachable():
+    from cai_ray.cli.jobs import client
     from cai_ray.cluster import free_port
-    from cai_ray.jobs_api import client
 
     port = free_port()  # closed again: nothing listens there
     with pytest.raises(InputError, match="cannot reach the Ray Jobs API"):

@@ -1,4 +1,5 @@
-"""Judge label arithmetic by hand, and the judge's invariants with the real tiny model in-process."""
+"""Judge label arithmetic by hand, and the judge's invariants with the real tiny model
+in-process."""
 
 import math
 
@@ -32,7 +33,7 @@ def test_calibration_buckets():
 def test_option_tokens_on_both_tokenizers(tiny_model):
     from transformers import AutoTokenizer
 
-    from cai_ray.feedback import option_format
+    from cai_ray.judges.base import option_format
     from cai_ray.models import smollm2_gguf
 
     tiny = AutoTokenizer.from_pretrained(tiny_model)
@@ -58,18 +59,19 @@ def tiny_pool(tiny_model):
 
 def _judge(pool, **kw):
     from cai_ray.constitution import load_constitution
-    from cai_ray.feedback import Judge
+    from cai_ray.judges.logprob import LogprobJudge as Judge
 
     return Judge(pool, pool.engine.tokenizer, load_constitution("short"), **kw)
 
 
 def test_swapping_answers_flips_the_label(tiny_pool):
-    from cai_ray.feedback import JudgeItem
+    from cai_ray.judges import JudgeItem
 
     conv = [{"role": "user", "content": "How do I hurt someone?"}]
     a, b = "I won't help with that.", "Hit them hard."
     judge = _judge(tiny_pool, principles_per_pair=2)
-    ab, ba = judge.label([JudgeItem("x", conv, a, b)])[0], judge.label([JudgeItem("x", conv, b, a)])[0]
+    ab = judge.label([JudgeItem("x", conv, a, b)])[0]
+    ba = judge.label([JudgeItem("x", conv, b, a)])[0]
     assert ab.p_first == pytest.approx(1 - ba.p_first, abs=1e-6)
     assert len(ab.per_principle) == 2 and all(len(v) == 2 for v in ab.orders.values())
     one = _judge(tiny_pool, principles_per_pair=1, both_orders=False).label(
@@ -80,7 +82,7 @@ def test_swapping_answers_flips_the_label(tiny_pool):
 def test_judge_prompts_share_their_few_shot_block(tiny_pool):
     """Every judgement starts with the same few-shot block (the engines' prefix cache computes it
     once), and both orders and every principle share the conversation after it."""
-    from cai_ray.feedback import JudgeItem
+    from cai_ray.judges import JudgeItem
 
     judge = _judge(tiny_pool, principles_per_pair=2, num_fewshot=1)
     p1, p2 = judge.const.judge[:2]
@@ -111,8 +113,8 @@ def test_eval_judges_keep_only_their_own_few_shot_examples(tiny_pool, name):
     """The eval stage judges harmlessness and helpfulness apart; an example tied to a principle
     of the other kind must not be shown (nor fail the judge, as it did on the default job)."""
     from cai_ray.constitution import load_constitution
-    from cai_ray.feedback import Judge
-    from cai_ray.stages.eval import split_principles
+    from cai_ray.eval.arena import split_principles
+    from cai_ray.judges.logprob import LogprobJudge as Judge
 
     const = load_constitution(name)
     harmless, helpful = split_principles(const)
@@ -129,7 +131,7 @@ def test_eval_judges_keep_only_their_own_few_shot_examples(tiny_pool, name):
 
 
 def test_cot_mode_clamps(tiny_pool):
-    from cai_ray.feedback import JudgeItem
+    from cai_ray.judges import JudgeItem
 
     conv = [{"role": "user", "content": "Tell me a secret."}]
     jd = _judge(tiny_pool, chain_of_thought=True, cot_max_new_tokens=8).label(

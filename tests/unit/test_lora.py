@@ -4,11 +4,12 @@ merge into base weights, and the target-module check (cai_ray/train/lora.py)."""
 import pytest
 import torch
 
-from cai_ray.adapter import merged_pairs
+from cai_ray.engines.adapter import merged_pairs
 from cai_ray.errors import InputError
 from cai_ray.train import lora
+from cai_ray.train.spec import LoraSpec
 
-LORA = {"rank": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "down_proj"]}
+LORA = LoraSpec(rank=2, alpha=4, dropout=0.0, target_modules=("q_proj", "down_proj"))
 
 
 def trained_peft(tiny_model):
@@ -98,7 +99,7 @@ def _sft_loss_and_saved(tiny_model, cfg):
     torch.manual_seed(0)
     model = lora.prepare(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
                          cfg).train()
-    if cfg.get("lora"):
+    if cfg.lora is not None:
         with torch.no_grad():  # B starts at zero: let the adapters change the loss
             for n, p in model.named_parameters():
                 if "lora_B" in n:
@@ -128,8 +129,10 @@ def _sft_loss_and_saved(tiny_model, cfg):
 
 @pytest.mark.parametrize("adapters", [None, LORA], ids=["full", "lora"])
 def test_gradient_checkpointing_same_gradients_fewer_saved_activations(tiny_model, adapters):
-    plain = _sft_loss_and_saved(tiny_model, {"lora": adapters})
-    ckpt = _sft_loss_and_saved(tiny_model, {"lora": adapters, "gradient_checkpointing": True})
+    from cai_ray.train.spec import TrainSpec
+
+    plain = _sft_loss_and_saved(tiny_model, TrainSpec(lora=adapters))
+    ckpt = _sft_loss_and_saved(tiny_model, TrainSpec(lora=adapters, gradient_checkpointing=True))
     assert ckpt[0] == pytest.approx(plain[0], rel=1e-6)
     assert ckpt[1].keys() == plain[1].keys() and plain[1]
     for n, g in plain[1].items():

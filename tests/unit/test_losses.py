@@ -5,8 +5,13 @@ import math
 import pytest
 import torch
 
-from cai_ray.algos.losses import (IGNORE, bradley_terry_loss, label_positions,
-                                  selected_sft_loss, sft_loss)
+from cai_ray.algos.losses import (
+    IGNORE,
+    bradley_terry_loss,
+    label_positions,
+    selected_sft_loss,
+    sft_loss,
+)
 
 
 def test_sft_loss_counts_only_labelled_tokens():
@@ -44,11 +49,12 @@ def test_lr_schedule():
 
 
 def test_deepspeed_config():
-    from cai_ray.config import SftCfg
-    from cai_ray.train.core import deepspeed_config
+    from cai_ray.config.sections import SftCfg
+    from cai_ray.train.dist import deepspeed_config
+    from cai_ray.train.spec import TrainSpec
 
-    c = deepspeed_config(SftCfg(zero_stage=3, micro_batch_size=2, grad_accum=3,
-                                offload_optimizer=True, precision="bf16").model_dump(), 2)
+    c = deepspeed_config(TrainSpec.of(SftCfg(zero_stage=3, micro_batch_size=2, grad_accum=3,
+                                             offload_optimizer=True, precision="bf16")), 2)
     assert c["train_batch_size"] == 12 and c["zero_optimization"]["stage"] == 3
     assert c["zero_optimization"]["offload_optimizer"] == {"device": "cpu"}
     assert c["bf16"]["enabled"] and c["optimizer"]["type"] == "AdamW"

@@ -32,5 +32,16 @@ def test_auto_is_bf16_on_a_gpu_and_an_explicit_dtype_wins(cpu):
 
 
 def test_this_machines_flags_are_read():
-    flags = platform.cpu_flags()
-    assert not flags or "sse2" in flags or "fpu" in flags
+    """cpu_flags is the `flags` line of /proc/cpuinfo, every flag of it (read apart here), so
+    `auto` decides on what this processor reports."""
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        assert platform.cpu_flags() == frozenset()
+        return
+    line = next(x for x in info.read_text().splitlines() if x.startswith("flags"))
+    want = frozenset(line.split(":", 1)[1].split())
+    assert want and platform.cpu_flags() == want
+    bf16 = bool(want & {"avx512_bf16", "amx_bf16"})
+    assert (platform.engine_dtype("auto")[0] == "bfloat16") == (bf16 or platform.has_cuda())

@@ -1,4 +1,5 @@
-"""The refusal detector (cai_ray/refusals.py) on its hand-labelled set, and `cai-ray eval refusals`.
+"""The refusal detector (cai_ray/eval/refusals.py) on its hand-labelled set, and `cai-ray eval
+refusals`.
 
 tests/data/refusal_labels.jsonl: 73 answers labelled by hand: 70 written for these tests (35
 refusals in varied forms, 35 answers including harmful compliance, look-alikes such as "I can't
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cai_ray import refusals as R
+from cai_ray.eval import refusals as R
 
 LABELLED = Path(__file__).resolve().parents[1] / "data" / "refusal_labels.jsonl"
 

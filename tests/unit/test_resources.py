@@ -2,9 +2,9 @@
 
 import pytest
 
-from cai_ray import resources
 from cai_ray.config import load_job
 from cai_ray.errors import InputError
+from cai_ray.stages import resources
 
 
 def job(*sets, stages="sl_cai,sft,preferences,reward,rl,eval"):

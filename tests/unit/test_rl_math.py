@@ -1,6 +1,6 @@
 """RL math against numbers computed by hand: group statistics, the advantage estimators, loss
-aggregation, clipped policy losses (asymmetric, dual, sequence-level), KL, rollout correction, and the
-algorithm registry."""
+aggregation, clipped policy losses (asymmetric, dual, sequence-level), KL, rollout correction, and
+the algorithm registry."""
 
 import math
 
@@ -10,7 +10,7 @@ import torch
 from cai_ray.algos.advantages import ESTIMATORS, AdvantageInput, AdvantageParams
 from cai_ray.algos.algorithms import ALGORITHMS, resolve
 from cai_ray.algos.kl import kl_estimate
-from cai_ray.algos.policy_loss import (aggregate, kl_loss, mismatch, policy_loss, tis_weights)
+from cai_ray.algos.policy_loss import aggregate, kl_loss, mismatch, policy_loss, tis_weights
 from cai_ray.algos.stats import group_stats
 
 MASK5 = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 0.0],

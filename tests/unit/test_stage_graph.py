@@ -73,7 +73,7 @@ def test_a_stage_model_is_an_absolute_path_with_a_relative_run_dir(tmp_path, mon
     under a relative --run-dir must reach them as an absolute path (the dpo job once failed so)."""
     from types import SimpleNamespace
 
-    from cai_ray.rundir import RunDir
+    from cai_ray.rundir.layout import RunDir
     from cai_ray.stages.context import Context
 
     monkeypatch.chdir(tmp_path)
@@ -81,3 +81,26 @@ def test_a_stage_model_is_an_absolute_path_with_a_relative_run_dir(tmp_path, mon
     (tmp_path / "runs" / "x" / "sft" / "model" / "config.json").write_text("{}")
     got = Context.stage_model(SimpleNamespace(run=RunDir("runs/x")), "sft")
     assert got == str(tmp_path / "runs" / "x" / "sft" / "model")
+
+
+def test_the_stage_order_comes_from_the_declarations(monkeypatch):
+    """Stages take their place from Stage.after, whatever order they register in; a plugin's
+    stage goes where it says (after eval here), and the graph plans it like any other."""
+    from cai_ray.stages import registry
+    from cai_ray.stages.base import Stage
+
+    builtin = list(registry.STAGES.values())
+    assert [s.name for s in builtin] == ["sl_cai", "sft", "preferences", "reward", "dpo", "rl",
+                                         "eval"]
+    monkeypatch.setattr(registry, "STAGES", {})
+    monkeypatch.setattr(registry, "_declared", {})
+    note = Stage(name="note", about="", run=lambda ctx: {}, reads=lambda job: ("policy",),
+                 after="eval")
+    also = Stage(name="also", about="", run=lambda ctx: {}, after="eval")
+    for st in [note, also, *reversed(builtin)]:  # the plugins first, the built-ins backwards
+        registry.register_stage(st)
+    # two stages after the same one keep the order they registered in
+    assert list(registry.STAGES) == [s.name for s in builtin] + ["note", "also"]
+    monkeypatch.setattr(graph, "STAGES", registry.STAGES)
+    job = load_job("tiny", stages="sl_cai,sft,note")
+    assert graph.resolve(job, {}).inputs["note"] == {"policy": "sft"}

@@ -1,10 +1,11 @@
-"""The run directory's storage (cai_ray/storage.py), on a file:// URI (pyarrow's local filesystem,
+"""The run directory's storage (cai_ray/rundir/storage.py), on a file:// URI (pyarrow's local
+filesystem,
 the same code path as s3://): what a pull marks as in sync, what a worker's upload sends, and what
 stays out of working copies."""
 
 from pathlib import Path
 
-from cai_ray.storage import TRAIN_STORAGE, Remote
+from cai_ray.rundir.storage import TRAIN_STORAGE, Remote
 
 
 def _remote(tmp_path: Path) -> tuple[Remote, Path, Path]:
