@@ -190,7 +190,8 @@ def test_submit_to_a_head_with_token_auth(tmp_path):
         # with the token: the tiny job runs to success
         run = subprocess.run(cai + ["submit", "tiny", "--address", address, "--token-file",
                                     str(token), "--follow", "--", "--stages", "sl_cai",
-                                    "--limit", "4", "--run-dir", str(tmp_path / "run")],
+                                    "--limit", "4", "--set", "engine.backend=hf",
+                                    "--run-dir", str(tmp_path / "run")],
                              capture_output=True, text=True, env=client_env, timeout=900)
         assert run.returncode == 0, (run.stdout[-3000:], run.stderr[-3000:])
         assert "SUCCEEDED" in run.stdout

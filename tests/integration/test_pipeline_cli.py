@@ -42,8 +42,7 @@ def kill_driver_when(run_args: list[str], ready, log_path, timeout: float = 900)
 def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
     """The tiny job through all six stages, with its driver killed mid-SFT (after sl_cai finished)
     and the run finished by `--resume`: sl_cai's output is kept byte for byte, nothing is lost or
-    duplicated, every stage completes once. Then DPO on the same run directory, killed mid-DPO and
-    resumed."""
+    duplicated, every stage completes once."""
     run = tmp_path / "run"
     kill_driver_when(["run", "tiny", "--run-dir", str(run), "--quiet"],
                      lambda: (run / "sft" / "workers.jsonl").exists(), tmp_path / "killed.log")
@@ -102,17 +101,24 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
     answers = read_jsonl(run / "eval" / "answers.jsonl")
     assert all({"base", "sft", "rl@1", "rl"} <= set(a) for a in answers)
 
-    before_sft_seconds = manifest["stages"]["sft"]["seconds"]
     # --resume: every stage is complete under the same config, so nothing runs again, and no
     # cluster is started or joined (an address nobody listens on is never contacted)
     again = cai("run", "tiny", "--run-dir", str(run), "--quiet", "--resume", "--set",
                 "ray.address=127.0.0.1:9", timeout=120)
     assert again.returncode == 0 and again.stdout.count("skipped (complete)") == len(STAGES)
 
-    # then `--stages dpo` on the SL-CAI pairs (the HF recipe's data) in the same run directory:
-    # its inputs come from complete stages (sft's policy, sl_cai's pairs), which do not run again.
-    # Killed once DPO has stored its reference log-probs; --resume reuses them byte for byte (a
-    # restart never recomputes them from moved weights) and DPO completes on SFT's model.
+
+@pytest.mark.slow  # the driver-kill path runs in CI above, the stored reference's reuse in
+# tests/unit/test_dpo_reference.py; this is the two together through the CLI
+def test_dpo_on_a_run_directory_driver_killed_then_resumed(tmp_path):
+    """`--stages dpo` on the SL-CAI pairs (the HF recipe's data) after sl_cai and sft: its inputs
+    come from complete stages, which do not run again. Killed once DPO has stored its reference
+    log-probs; --resume reuses them byte for byte and DPO completes on SFT's model."""
+    run = tmp_path / "run"
+    res = cai("run", "tiny", "--run-dir", str(run), "--quiet", "--stages", "sl_cai,sft")
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    before_sft_seconds = manifest["stages"]["sft"]["seconds"]
     dpo = ["run", "tiny", "--run-dir", str(run), "--quiet", "--stages", "dpo",
            "--set", "dpo.data=sl_cai_pairs", "--set", "dpo.num_workers=2",
            "--set", "dpo.micro_batch_size=2", "--set", "dpo.lr=1e-4"]
@@ -132,4 +138,3 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
     assert out["start_model"] == str(run / "sft" / "model") and out["steps"] >= 1
     assert out["pairs_train"] > 0 and 0 <= out["eval/rewards/accuracy"] <= 1
     assert (run / "dpo" / "model" / "model.safetensors").exists()
-

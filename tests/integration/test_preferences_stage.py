@@ -35,7 +35,8 @@ def test_resume_judges_the_pairs_a_kill_left_and_samples_nothing_again(ray_clust
 
     run = tmp_path / "run"
     job = load_job("tiny", ["start_policy=base", "preferences.num_samples=3",
-                            "preferences.temperature=1.5", "preferences.max_new_tokens=24"],
+                            "preferences.temperature=1.5", "preferences.max_new_tokens=24",
+                            "engine.backend=hf"],  # the stage's resume logic, not vLLM's
                    run_dir=str(run), stages="preferences", limit=6)
     first = pipeline.run(job, quiet=True)["preferences"]["result"]
     prog = run / "preferences" / "progress.jsonl"

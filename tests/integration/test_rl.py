@@ -1,7 +1,9 @@
 """The RL stage on the tiny model, real Ray, vLLM and DeepSpeed: a learning test per algorithm with
 a learnable rule reward (the share of lowercase letters), exact resume (optimizer state included),
 the constitutional judge as the reward, dynamic sampling, a rollout engine killed mid-run, and
-co-located roles."""
+co-located roles. Tests about the RL logic rather than vLLM (resume, the judge reward, co-location,
+LoRA) run their rollout engines on our transformers backend (HF), which starts in a second; the
+learning tests, and every test of vLLM itself (test_engines, test_weight_sync), use vLLM."""
 
 import json
 import os
@@ -32,6 +34,9 @@ PER_ALGORITHM = {"ppo": ["rl.lr=1e-3", "rl.critic_lr=1e-3", "rl.update_epochs=2"
                  "grpo": ["rl.async_mode=true"],  # the async path with the same correction
                  "rloo": ["rl.lr=1e-3"],
                  "reinforce_pp": []}
+
+
+HF = "engine.backend=hf"
 
 
 def rl_job(run_dir, *extra):
@@ -88,7 +93,7 @@ def test_resume_continues_exactly_where_it_stopped(ray_cluster, tmp_path):
     """Stopped after iteration 2 and resumed, iteration 3 equals the uninterrupted run's: the same
     losses (two optimizer steps, so the second depends on Adam's moments) and the same weights."""
     run = tmp_path / "run"
-    job = rl_job(run, "rl.algorithm=grpo", "rl.iterations=3", "rl.checkpoint_every=1",
+    job = rl_job(run, HF, "rl.algorithm=grpo", "rl.iterations=3", "rl.checkpoint_every=1",
                  "rl.keep_checkpoints=3", "rl.mini_batch_size=8", "rl.prompts_per_iter=4",
                  "rl.lr=1e-3")  # 16 rollouts in two optimizer steps
     assert pipeline.run(job, quiet=True)["rl"]["status"] == "complete"
@@ -112,7 +117,7 @@ def test_judge_as_the_reward(ray_cluster, tmp_path):
     """Direct RLAIF: the constitutional judge scores every rollout against the SFT model's answer
     to the same prompt, on its own engine actors; its probability is the reward."""
     run = tmp_path / "run"
-    job = rl_job(run, "rl.algorithm=grpo", "rl.reward=judge", "rl.iterations=2",
+    job = rl_job(run, HF, "rl.algorithm=grpo", "rl.reward=judge", "rl.iterations=2",
                  "rl.prompts_per_iter=4", "rl.samples_per_prompt=2")
     res = pipeline.run(job, quiet=True)["rl"]
     assert res["status"] == "complete", res
@@ -186,7 +191,7 @@ def test_colocated_roles_finish_a_run(ray_cluster, tmp_path):
     """rl.colocate: the learner rank lives in the rollout engine's bundle (and the reference and
     reward roles beside it); a short PPO run completes and its weights reach the engine."""
     run = tmp_path / "run"
-    job = rl_job(run, "rl.algorithm=ppo", "rl.colocate=true", "rl.iterations=2",
+    job = rl_job(run, HF, "rl.algorithm=ppo", "rl.colocate=true", "rl.iterations=2",
                  "rl.weight_sync=gloo")
     res = pipeline.run(job, quiet=True)["rl"]
     assert res["status"] == "complete", res
@@ -200,7 +205,7 @@ def test_lora_policy_learns_with_adapter_only_weight_sync(ray_cluster, tmp_path)
     the adapter (under 5% of the model's bytes; the engines merge it into the base themselves),
     and the exported policy is an ordinary merged model folder."""
     run = tmp_path / "run"
-    job = rl_job(run, "rl.algorithm=grpo", "rl.lr=3e-2",
+    job = rl_job(run, HF, "rl.algorithm=grpo", "rl.lr=3e-2",
                  "rl.lora={rank: 4, alpha: 8, target_modules: [q_proj, v_proj, o_proj, "
                  "gate_proj, up_proj, down_proj]}")
     res = pipeline.run(job, quiet=True)["rl"]

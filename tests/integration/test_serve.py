@@ -363,18 +363,18 @@ def _chat(server, max_tokens: int = 16, timeout: float = 90):
         return f"{type(exc).__name__}: {exc}", time.time() - t
 
 
-def test_load_200_requests_at_concurrency_16_then_a_killed_replica_is_replaced(server):
+def test_load_at_concurrency_16_then_a_killed_replica_is_replaced(server):
     _check_load_then_a_killed_replica(server)
 
 
-def _check_load_then_a_killed_replica(server) -> None:
+def _check_load_then_a_killed_replica(server, n: int = 64) -> None:
     t0 = time.time()
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda _: _chat(server), range(200)))
+        results = list(pool.map(lambda _: _chat(server), range(n)))
     codes = [c for c, _ in results]
-    print(f"load: 200 requests at 16 in {time.time() - t0:.1f} s, "
-          f"p95 {sorted(s for _, s in results)[189]:.2f} s")
-    assert codes == [200] * 200
+    print(f"load: {n} requests at 16 in {time.time() - t0:.1f} s, "
+          f"p95 {sorted(s for _, s in results)[int(0.95 * n) - 1]:.2f} s")
+    assert codes == [200] * n
     pid = int(subprocess.check_output(
         ["pgrep", "-f", "ServeReplica:cai-policy:"], text=True).split()[0])
     with ThreadPoolExecutor(16) as pool:

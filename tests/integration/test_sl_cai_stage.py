@@ -136,8 +136,9 @@ def test_hung_engine_actor_is_killed_and_its_work_retried(ray_cluster, tmp_path)
     stage finishes with every prompt answered exactly once."""
     import ray
 
-    stats, ids, log, pids, after, prompts = run_with_a_fault(tmp_path, signal.SIGSTOP,
-                                                             "engine.timeout_floor_s=3")
+    stats, ids, log, pids, after, prompts = run_with_a_fault(
+        tmp_path, signal.SIGSTOP, "engine.timeout_floor_s=3",
+        "engine.backend=hf")  # the pool's watchdog; the killed-engine test above uses vLLM
     assert sorted(ids) == sorted(p.id for p in prompts)
     assert log.repeats == 0
     assert stats["hung_actors"] >= 1 and stats["retried_batches"] >= 1
