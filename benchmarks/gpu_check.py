@@ -66,9 +66,9 @@ def make_model(config_dir: Path, out: Path) -> str:
     if (out / "model.safetensors").exists():
         return str(out)
     shutil.copytree(config_dir, out, dirs_exist_ok=True)
-    cfg = AutoConfig.from_pretrained(out)
+    cfg = AutoConfig.from_pretrained(out, trust_remote_code=False)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, trust_remote_code=False)
     model.save_pretrained(out, safe_serialization=True)
     return str(out)
 
@@ -141,7 +141,7 @@ def sft(model_dir: str, zero: int, steps: int, peak: float, batch: int = 8,
     cfg = TrainSpec(zero_stage=zero, precision="bf16", micro_batch_size=batch, lr=1e-4,
                     use_gpu=CUDA)
     task = make_task(task_name, max_len=max_len)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     rows = chat_rows(batch * 4) if task_name == "sft" else pair_rows(batch * 4)
     items = task.encode(rows, tok)
     model = task.build_model(model_dir)
@@ -180,7 +180,7 @@ def plain_loop(model_dir: str, steps: int, batch: int = 8, max_len: int = 512) -
     from cai_ray.train.sft import SftTask
 
     task = SftTask(max_len=max_len)
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     items = task.encode(chat_rows(batch * 4), tok)
     model = task.build_model(model_dir).to(DEV)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -225,7 +225,7 @@ def learner(model_dir: str) -> dict:
     g = torch.Generator().manual_seed(0)
     from transformers import AutoConfig
 
-    V = AutoConfig.from_pretrained(model_dir).vocab_size
+    V = AutoConfig.from_pretrained(model_dir, trust_remote_code=False).vocab_size
     B, P, T = 32, 64, 64  # 8 prompts x 4 answers x 64 new tokens, as the RL benchmark
     prompts = [torch.randint(10, V, (P,), generator=g).tolist() for _ in range(B // 4)]
     prompts = [p for p in prompts for _ in range(4)]

@@ -13,9 +13,9 @@ log = logging.getLogger(__name__)
 
 # Environment every Ray worker needs: quiet vLLM, DeepSpeed on CPU where there is no GPU, caches in
 # folders we control (vLLM, DeepSpeed and Ray otherwise write under ~/.cache and /tmp).
-WORKER_ENV_KEYS = ("CAI_RAY_CACHE", "TORCH_EXTENSIONS_DIR", "VLLM_CACHE_ROOT", "DS_ACCELERATOR",
-                   "CAI_RAY_FORCE_CPU", "HF_HUB_OFFLINE", "VLLM_LOGGING_LEVEL",
-                   "TOKENIZERS_PARALLELISM")
+WORKER_ENV_KEYS = ("CAI_RAY_CACHE", "CAI_RAY_TRUST_REMOTE_CODE", "TORCH_EXTENSIONS_DIR",
+                   "VLLM_CACHE_ROOT", "DS_ACCELERATOR", "CAI_RAY_FORCE_CPU", "HF_HUB_OFFLINE",
+                   "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM")
 
 
 def default_env() -> None:
@@ -91,11 +91,40 @@ def _without_autoscaler():
         parameter.RayParams.__init__ = init
 
 
+ADDRESS_SCHEMES = ("ray://",)
+"""ray.address: HOST:PORT (a head's GCS), ray://HOST:PORT (Ray Client), or Ray's own words."""
+ADDRESS_WORDS = ("auto", "local")
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with the form of a cluster address, or None (checked at load time)."""
+    if address in ADDRESS_WORDS:
+        return None
+    scheme, sep, rest = address.rpartition("://")
+    if sep and f"{scheme}://" not in ADDRESS_SCHEMES:
+        return (f"scheme {scheme}:// is not a Ray address; give HOST:PORT (the head's GCS, "
+                f"port 6379 by default), ray://HOST:PORT or auto")
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "expected HOST:PORT with a port from 1 to 65535 (or ray://HOST:PORT, or auto)"
+    return None
+
+
+RAY_PROBES = {"": "/ray.rpc.NodeInfoGcsService/GetClusterId",
+              "ray://": "/ray.rpc.RayletDriver/ClusterInfo"}
+"""A call every Ray head answers (a GCS, or its Ray Client server), whatever its token says."""
+NOT_RAY = ("UNIMPLEMENTED", "UNAVAILABLE", "DEADLINE_EXCEEDED")
+"""What a gRPC call to a listener that is not Ray's ends in (an HTTP or other server, a proxy
+that answers 404 for every path, one that never answers)."""
+
+
 def check_answers(address: str | None, hint: str = "start its head or fix the address "
                   "(ray.address, --address)", timeout_s: float = 5.0) -> None:
-    """A cluster address HOST:PORT (or ray://HOST:PORT) must accept a TCP connection within
-    seconds; Ray itself waits minutes on an address nobody listens on. InputError (exit 2, with
-    `hint`) if not; other forms ("auto", "local") are left to Ray."""
+    """A cluster address HOST:PORT (or ray://HOST:PORT) must accept a TCP connection and answer
+    a Ray RPC within seconds; Ray itself waits minutes on an address nobody listens on, and on
+    one where something else does. InputError (exit 2, with `hint`) if not; other forms ("auto",
+    "local") are left to Ray."""
+    scheme = "ray://" if (address or "").startswith("ray://") else ""
     host, sep, port = (address or "").removeprefix("ray://").rpartition(":")
     if not sep or not port.isdigit() or "://" in host:
         return
@@ -104,6 +133,27 @@ def check_answers(address: str | None, hint: str = "start its head or fix the ad
     except OSError as exc:
         raise InputError(f"Ray address {address}: no cluster answers there "
                          f"({exc.strerror or exc}); {hint}") from None
+    if os.environ.get("RAY_USE_TLS", "").lower() in ("1", "true"):
+        return  # a TLS cluster answers only after the handshake: left to Ray
+    status = _ray_rpc_status(f"{host}:{port}", RAY_PROBES[scheme], timeout_s)
+    if status in NOT_RAY:
+        raise InputError(f"Ray address {address}: something listens there, but it does not "
+                         f"answer as a Ray cluster ({status.lower()}); {hint}")
+
+
+def _ray_rpc_status(target: str, method: str, timeout_s: float) -> str:
+    """The gRPC status name of an empty call to `method` at target (OK when it succeeds;
+    UNAUTHENTICATED from a Ray head whose token we did not send: still Ray)."""
+    import grpc
+
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(method, request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        try:
+            call(b"", timeout=timeout_s)
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
 
 
 def is_loopback(host: str) -> bool:

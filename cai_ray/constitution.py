@@ -23,10 +23,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cai_ray.errors import InputError
+from cai_ray.rundir import readers
 
 CONSTITUTION_DIR = Path(__file__).resolve().parent.parent / "constitutions"
 
@@ -106,8 +106,8 @@ class Constitution(_Strict):
         if not self.critique_revision and not self.judge:
             raise ValueError("no principles: give critique_revision pairs and/or judge principles")
         for field in ("critique_revision", "judge"):
-            ids = [p.id for p in getattr(self, field)]
-            dup = sorted({i for i in ids if ids.count(i) > 1})
+            seen: set[str] = set()
+            dup = sorted({p.id for p in getattr(self, field) if p.id in seen or seen.add(p.id)})
             if dup:
                 raise ValueError(f"{field}: duplicate ids {dup}")
         known = {p.id for p in self.critique_revision}
@@ -168,7 +168,7 @@ def _rng(seed: int, key: str) -> random.Random:
 def resolve_path(spec: str) -> Path:
     """A path, or a name of a file in constitutions/ ('default', 'short')."""
     p = Path(spec)
-    if p.exists():
+    if readers.exists(p):
         return p
     for cand in (CONSTITUTION_DIR / spec, CONSTITUTION_DIR / f"{spec}.yaml"):
         if cand.exists():
@@ -188,33 +188,20 @@ def load_constitution(spec: str | Path) -> Constitution:
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
         msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
         raise InputError(f"{path}: {loc}: {msg}") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}:" if mark else ""
-        raise InputError(f"{path}:{line} invalid YAML ({getattr(exc, 'problem', exc)})") from None
-    except PermissionError as exc:
-        raise InputError(f"{exc.filename or path}: not readable by this user; fix its "
-                         f"permissions (chmod a+r) or point constitution.path elsewhere") from None
-    except IsADirectoryError as exc:
-        raise InputError(f"{exc.filename or path}: a folder where a file was expected") from None
 
 
 def _load(path: Path) -> Constitution:
-    if path.is_dir():
-        return _from_cai_paper(path)
-    text = path.read_text(encoding="utf-8")
+    if readers.is_dir(path):
+        return _from_cai_paper(readers.check_dir(path, "constitution folder"))
     if path.suffix == ".json":
-        data = json.loads(text)
+        data = readers.read_json(path, "constitution", "constitution")
         if isinstance(data, dict) and "constitutions" in data:
             return _from_hf_recipe(data, path)
-        return Constitution.model_validate(data)
-    data = yaml.safe_load(text)
+    else:
+        data = readers.read_yaml(path, "constitution", "constitution")
     if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a mapping with critique_revision / judge lists")
+        raise InputError(f"{path}: expected a mapping with critique_revision / judge lists, got "
+                         f"{readers.type_name(data)}")
     return Constitution.model_validate(data)
 
 
@@ -228,15 +215,16 @@ class _Foreign:
     def get(self, obj, key, where: str, kind: type = str):
         if not isinstance(obj, (dict, list)):
             raise InputError(f"{self.path}: {where}: expected an object or a list, got "
-                             f"{type(obj).__name__}")
+                             f"{readers.type_name(obj)}")
         try:
             value = obj[key]
         except (KeyError, IndexError, TypeError):
             raise InputError(f"{self.path}: {where}.{key}: missing; every entry of this "
                              f"format needs it (add it, or remove the entry)") from None
         if not isinstance(value, kind):
-            raise InputError(f"{self.path}: {where}.{key}: expected {kind.__name__}, got "
-                             f"{type(value).__name__}")
+            raise InputError(f"{self.path}: {where}.{key}: expected "
+                             f"{'text' if kind is str else kind.__name__}, got "
+                             f"{readers.type_name(value)}")
         return value
 
 
@@ -246,7 +234,11 @@ def _from_hf_recipe(data: dict, path: Path) -> Constitution:
               "revision": f.get(c, "revision", f"constitutions.{i}")}
              for i, c in enumerate(f.get(data, "constitutions", "(top level)", list))]
     shots = []
-    for j, conv in enumerate(data.get("system_chat", [])):
+    chats = data.get("system_chat", [])
+    if not isinstance(chats, list):
+        raise InputError(f"{path}: system_chat: expected a list of conversations, got "
+                         f"{readers.type_name(chats)}")
+    for j, conv in enumerate(chats):
         # user prompt, assistant answer, user critique request, assistant critique, user revision
         # request, assistant revision
         if not isinstance(conv, list) or len(conv) < 6:
@@ -276,12 +268,9 @@ def _messages(turns: list[tuple[str, str]]) -> list[dict]:
 def _from_cai_paper(folder: Path) -> Constitution:
     def read(name, kind):
         p = folder / name
-        if not p.exists():
+        if not readers.exists(p):
             return kind()
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{p}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        data = readers.read_json(p, "constitution", "constitution file")
         if not isinstance(data, kind):
             raise InputError(f"{p}: expected a JSON {kind.__name__}, got {type(data).__name__}")
         return data

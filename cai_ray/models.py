@@ -11,6 +11,7 @@ Prepared folders live in $CAI_RAY_CACHE (default ~/.cache/cai-ray/models), writt
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from cai_ray.errors import InputError
+from cai_ray.rundir import readers
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -75,15 +77,16 @@ def build_smollm2(out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                        trust_remote_code=False)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                  dtype=torch.float32)
+                                                  dtype=torch.float32, trust_remote_code=False)
     # The GGUF-loaded model carries a quantization marker that save_pretrained refuses; rebuild a
     # plain float32 model from its config and dequantized weights.
     cfg = loaded.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, trust_remote_code=False)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     if not tok.chat_template:
@@ -164,20 +167,95 @@ def prepare(name: str, force: bool = False) -> Path:
     return out
 
 
+def trust_remote_code() -> bool:
+    """Whether model folders may run their own code: the job's model.trust_remote_code, which
+    the pipeline puts in CAI_RAY_TRUST_REMOTE_CODE for the driver and every actor. Every load
+    passes it explicitly, so transformers never asks (and a `y` on standard input cannot
+    answer)."""
+    return os.environ.get("CAI_RAY_TRUST_REMOTE_CODE") == "1"
+
+
+def allow_remote_code(allowed: bool) -> None:
+    """Set this process's answer (and, through cluster.WORKER_ENV_KEYS, every actor's) from the
+    job's model.trust_remote_code; an outer environment cannot turn it on behind the job."""
+    os.environ["CAI_RAY_TRUST_REMOTE_CODE"] = "1" if allowed else "0"
+
+
 def resolve(name: str) -> str:
     """A registry name, folder or hub id -> something from_pretrained and vLLM accept.
     Raises InputError for an unknown name (it names the known ones)."""
     if name in REGISTRY:
         return str(prepare(name))
     p = Path(name).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").exists():
+    if readers.is_dir(p):
+        if not readers.exists(p / "config.json"):
             raise InputError(f"{name}: folder has no config.json (not a save_pretrained folder)")
         return str(p.resolve())
     if "/" in name and not name.startswith((".", "/")) and name.count("/") == 1:
         return name  # a hub id; loading it needs a network
     raise InputError(f"model {name!r}: unknown (not a folder, not ORG/NAME); known names: "
                      f"{sorted(REGISTRY)}")
+
+
+def check(name: str, what: str) -> str:
+    """resolve(name), then what a load needs, checked now rather than inside an actor: a
+    folder's config.json is a transformers config (model_type), asks for no code of its own
+    unless the job allows it (auto_map), and its tokenizer loads; a hub id is in the local
+    cache or the hub answers. InputError naming `what` (e.g. model.name) and the fix."""
+    try:
+        return _checked(resolve(name), trust_remote_code(), what)
+    except InputError as err:
+        msg = str(err)
+        raise InputError(msg if msg.startswith(what) or what in msg else f"{what}: {msg}") \
+            from None
+
+
+@functools.lru_cache(maxsize=32)
+def _checked(path: str, trusted: bool, what: str) -> str:
+    if not readers.exists(path):
+        return _check_hub(path, what)
+    cfg_path = Path(path) / "config.json"
+    cfg = readers.read_json(cfg_path, "model_config", f"{what}'s config")
+    if not isinstance(cfg, dict):
+        raise InputError(f"{cfg_path}: {what}: expected a JSON object, got "
+                         f"{readers.type_name(cfg)}")
+    if not isinstance(cfg.get("model_type"), str) or not cfg["model_type"]:
+        raise InputError(f"{cfg_path}: {what}: no model_type; not a transformers model folder "
+                         f"(save it with save_pretrained)")
+    if cfg.get("auto_map") and not trust_remote_code():
+        files = sorted({str(v).split(".")[0] + ".py" for v in (cfg["auto_map"].values()
+                        if isinstance(cfg["auto_map"], dict) else [cfg["auto_map"]])})
+        raise InputError(f"{cfg_path}: {what}: auto_map asks to run code from this folder "
+                         f"({', '.join(files)}); set model.trust_remote_code: true to allow "
+                         f"it, or use a model without custom code")
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code())
+    except Exception as exc:  # transformers raises many kinds for a broken tokenizer
+        raise InputError(f"{path}: {what}: its tokenizer does not load ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+    return path
+
+
+def _check_hub(repo: str, what: str) -> str:
+    """A hub id: in the local Hugging Face cache, or the hub answers (HF_HUB_OFFLINE: only the
+    cache)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return repo
+    why = "HF_HUB_OFFLINE is set"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes"):
+        try:
+            from huggingface_hub import HfApi
+
+            HfApi().model_info(repo, timeout=5)
+            return repo
+        except Exception as exc:  # no network, no such repo, gated: all the same to a run
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    raise InputError(f"{what} {repo!r}: not in the local Hugging Face cache, and the hub cannot "
+                     f"be reached ({why}); download it first or give a local folder")
 
 
 def list_models() -> list[dict]:

@@ -22,7 +22,7 @@ from cai_ray.config import JobConfig
 from cai_ray.constitution import load_constitution
 from cai_ray.errors import InputError
 from cai_ray.prompts.sources import load_prompts
-from cai_ray.rundir import nodeview
+from cai_ray.rundir import disk, nodeview
 from cai_ray.rundir.layout import DiskWatch, RunDir, RunLock, open_run_dir
 from cai_ray.rundir.storage import Syncer
 from cai_ray.stages import graph, registry, resources
@@ -33,11 +33,16 @@ log = logging.getLogger("cai_ray")
 IDENTITY_SECTIONS = ("name", "model", "constitution", "prompts")
 
 
-def build_context(job: JobConfig, quiet: bool = False) -> Context:
-    """Load and check every input; raises InputError before anything is written."""
+def build_context(job: JobConfig, quiet: bool = False, force: bool = False,
+                  resume: bool = False) -> Context:
+    """Load and check every input, the run directory's owner included (another job's run
+    directory needs `force`); raises InputError before anything is written. A cluster address
+    is probed only when something will run on it (a resume with every stage complete joins
+    nothing)."""
     from cai_ray import models
 
     job = job.model_copy(update={"stages": registry.canonical(job.stages)})
+    models.allow_remote_code(job.model.trust_remote_code)
     constitution = load_constitution(job.constitution.path)
     p = job.prompts
     red = load_prompts(p.red_team, limit=p.limit, max_chars=p.max_chars, on_too_long=p.on_too_long)
@@ -46,7 +51,7 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
                          f"(read {red.counts.get('read', 0)}, counts {dict(red.counts)})")
     helpful = load_prompts(p.helpful, limit=p.limit, max_chars=p.max_chars,
                            on_too_long=p.on_too_long) if p.helpful else load_prompts([])
-    base = models.resolve(job.model.name)
+    base = models.check(job.model.name, "model.name")
     for stage in job.stages:  # each stage's own load-time checks, and its adapters' targets
         st = registry.get(stage)
         if st.check is not None:
@@ -56,12 +61,31 @@ def build_context(job: JobConfig, quiet: bool = False) -> Context:
         resources.check(job, resources.local_machine())
     run = open_run_dir(job.run_dir)
     run.check_usable()
-    plan = graph.resolve(job, run.manifest().get("stages", {}))
+    plan = graph.resolve(job, _recorded(run))
     graph.check(job, plan, job.run_dir)
+    if job.ray.address and not (resume and all(run.is_complete(
+            s, plan.digests[s], registry.get(s).outputs) for s in job.stages)):
+        from cai_ray.cluster import check_answers
+
+        check_answers(job.ray.address)  # answers as a Ray cluster in seconds (Ray waits minutes)
     check_adapter_exports(job, plan)
-    start = models.resolve(job.start_policy) if job.start_policy not in (None, "base") else base
+    run.check_identity(identity(job), job.name, force=force)
+    start = models.check(job.start_policy, "start_policy") if job.start_policy not in (
+        None, "base") else base
     return Context(job, run, constitution, red, helpful, base, quiet=quiet, plan=plan,
                    start_policy=start)
+
+
+def _recorded(run: RunDir) -> dict:
+    """The manifest's stage records, a stage marked complete whose outputs are gone (or whose
+    result.json is unreadable) taken as incomplete: nothing later reads what is not there."""
+    out = {}
+    for stage, rec in run.manifest().get("stages", {}).items():
+        if rec.get("status") == "complete" and stage in registry.STAGES and not run.is_complete(
+                stage, rec.get("digest"), registry.get(stage).outputs):
+            rec = {**rec, "status": "incomplete"}
+        out[stage] = rec
+    return out
 
 
 def check_lora(job: JobConfig, stage: str, base: str) -> None:
@@ -111,14 +135,18 @@ def identity(job: JobConfig) -> str:
 def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: bool = False,
         ctx: Context | None = None) -> dict:
     """Run job.stages in order; return {stage: {status, seconds, result}}."""
-    ctx = ctx or build_context(job, quiet=quiet)
+    ctx = ctx or build_context(job, quiet=quiet, force=force, resume=resume)
     job = ctx.job  # its stages checked and in the order data flows
     rd = ctx.run
-    rd.check_identity(identity(job), job.name, force=force)
     digests = ctx.plan.digests
-    if resume and all(rd.is_complete(s, digests[s]) for s in job.stages):
+    if resume and all(rd.is_complete(s, digests[s], registry.get(s).outputs)
+                      for s in job.stages):
         # nothing to run: answered from the manifest, with no cluster started or joined
         return {s: run_stage(ctx, s, digests[s], resume) for s in job.stages}
+    todo = [s for s in job.stages if not (resume and rd.is_complete(
+        s, digests[s], registry.get(s).outputs))]
+    if todo:  # the first stage to run fits on the disk, before a cluster starts
+        check_disk(ctx, todo[0])
     start_cluster(job)
     lock = RunLock(rd.path)
     sync = None
@@ -187,11 +215,12 @@ def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
     rd = ctx.run
     st = registry.get(stage)
     ctx.stage = stage
-    if resume and rd.is_complete(stage, digest):
+    if resume and rd.is_complete(stage, digest, st.outputs):
         return {"status": "skipped (complete)", "seconds": 0.0, "result": rd.result(stage)}
     rec = rd.stage_record(stage)
     if rec.get("digest") and rec["digest"] != digest and (rd.path / stage).exists():
         _move_aside(rd, stage, ctx.job.keep_previous)
+    check_disk(ctx, stage)
     rd.mark(stage, status="running", digest=digest, started=time.time())
     t0 = time.time()
     watch = DiskWatch(rd.path)
@@ -199,23 +228,50 @@ def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
         with watch:
             result = st.run(ctx)
     except InputError:
-        rd.mark(stage, status="failed", seconds=time.time() - t0)
+        _mark_failed(rd, stage, time.time() - t0)
         raise
     except BaseException as exc:
-        rd.mark(stage, status="failed", seconds=time.time() - t0,
-                error=f"{type(exc).__name__}: {exc}")
+        full = None if isinstance(exc, (KeyboardInterrupt, SystemExit)) else \
+            disk.disk_full(exc, rd.path, stage)
+        _mark_failed(rd, stage, time.time() - t0, error=f"{type(exc).__name__}: {exc}")
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
+        if full is not None:
+            raise full from None
         traceback.print_exc(file=sys.stderr)
         return {"status": "failed", "seconds": time.time() - t0, "result": {},
                 "error": f"{type(exc).__name__}: {exc}"}
     seconds = time.time() - t0
     disk_mb = watch.peak_bytes / 2**20
     result = {**result, "timing/stage_s": seconds, "disk/run_dir_peak_mb": disk_mb}
-    rd.write_result(stage, result)
-    rd.mark(stage, status="complete", seconds=seconds, finished=time.time(),
-            disk_peak_mb=round(disk_mb, 1))
+    try:
+        rd.write_result(stage, result)
+        rd.mark(stage, status="complete", seconds=seconds, finished=time.time(),
+                disk_peak_mb=round(disk_mb, 1))
+    except OSError as exc:  # the outputs are written; their record did not fit
+        full = disk.disk_full(exc, rd.path, stage)
+        if full is None:
+            raise
+        raise full from None
     return {"status": "complete", "seconds": seconds, "result": result}
+
+
+def check_disk(ctx: Context, stage: str) -> None:
+    """The stage's estimated peak output fits on the run directory's file system (DiskFull,
+    one line, before the stage starts)."""
+    if ctx.run.remote is not None and not ctx.run.path.exists():
+        return
+    need, what = resources.disk_need(ctx.job, stage, disk.model_bytes(ctx.base_model))
+    disk.check_free(ctx.run.path, need, stage, what)
+
+
+def _mark_failed(rd: RunDir, stage: str, seconds: float, **fields) -> None:
+    """Record the failure; on a full disk the manifest may not take it, and then it keeps
+    `running`, which a resume treats the same way (the stage runs again)."""
+    try:
+        rd.mark(stage, status="failed", seconds=seconds, **fields)
+    except OSError as exc:
+        log.warning("%s: could not record the failure in the manifest (%s)", stage, exc)
 
 
 def _move_aside(rd: RunDir, stage: str, keep: int = 1) -> None:

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from cai_ray.judges import JudgeItem, build
 
     path = models.resolve(args.model)
-    const, tok = load_constitution("default"), AutoTokenizer.from_pretrained(path)
+    const = load_constitution("default")
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     pairs = hh_pairs(DEFAULT_HH, args.pairs)
     items = [JudgeItem(p["id"], p["conversation"], p["chosen"], p["rejected"]) for p in pairs]
     rows, labels = [], {}

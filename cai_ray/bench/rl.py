@@ -76,7 +76,7 @@ def trl(model: str, kind: str, iterations: int, prompts: int, answers: int,
     from cai_ray.prompts.sources import load_prompts
 
     path = models.resolve(model)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     stamp, stamps = step_timer()
 
     def short(completions, **kw):

@@ -90,7 +90,7 @@ def trl(task: str, model: str, length: int, batch: int, steps: int,
     from transformers import AutoTokenizer
 
     stamp, stamps = step_timer()
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     common = dict(output_dir=str(scratch()), per_device_train_batch_size=batch,
                   gradient_accumulation_steps=1, max_steps=steps, learning_rate=1e-5,
                   logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
@@ -102,7 +102,8 @@ def trl(task: str, model: str, length: int, batch: int, steps: int,
 
         ds = datasets.Dataset.from_list([{"messages": r["messages"]}
                                          for r in sft_rows(batch * steps)])
-        m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32,
+                                                 trust_remote_code=False)
         tr = SFTTrainer(model=m, args=SFTConfig(packing=False, **common), train_dataset=ds,
                         processing_class=tok, callbacks=[stamp])
     elif task == "dpo":  # TRL's defaults for the reference: a frozen copy of the model, run at
@@ -115,7 +116,8 @@ def trl(task: str, model: str, length: int, batch: int, steps: int,
              "chosen": [{"role": "assistant", "content": r["chosen"]}],
              "rejected": [{"role": "assistant", "content": r["rejected"]}]}
             for r in dpo_rows(model, batch * steps, length, dpo_data)])
-        m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32,
+                                                 trust_remote_code=False)
         tr = DPOTrainer(model=m, args=DPOConfig(beta=BETA, loss_type=["sigmoid"], **common),
                         train_dataset=ds, processing_class=tok, callbacks=[stamp])
     else:
@@ -148,7 +150,7 @@ def padding(sft_data: str, model: str, batch: int, max_len: int, seed: int = 0) 
     from cai_ray.train.core import batches, pad_share
     from cai_ray.train.sft import SftTask
 
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     task = SftTask(max_len=max_len)
     items = task.encode(read_rows(sft_data, ("messages",), "the SFT data"), tok)
     out = {"rows": len(items), "batch": batch, "max_len": max_len}
@@ -255,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(
-        AutoConfig.from_pretrained(path)).parameters())
+        AutoConfig.from_pretrained(path, trust_remote_code=False),
+        trust_remote_code=False).parameters())
     peaks = {t: matmul_peak(t) for t in (1, 2)}
     rows, hh_tokens = [], {}
     runs = args.runs.split(",")

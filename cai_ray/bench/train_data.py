@@ -44,7 +44,7 @@ def pair_rows(model: str, n: int, length: int) -> list[dict]:
     """rm_rows with answers fitted to `length` (prompt, chosen, rejected as strings)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     return [{**r, "chosen": fitted(tok, r["prompt"], r["chosen"], length)[-1]["content"],
              "rejected": fitted(tok, r["prompt"], r["rejected"], length)[-1]["content"]}
             for r in rm_rows(n)]
@@ -59,7 +59,7 @@ def hh_pair_rows(model: str, n: int, length: int) -> list[dict]:
     from cai_ray.eval.instruments import DEFAULT_HH, hh_pairs
     from cai_ray.train.reward import conversation
 
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     out = []
     for p in hh_pairs(DEFAULT_HH, 20 * n):
         if len(out) == n:
@@ -85,5 +85,6 @@ def pair_tokens(model: str, rows: list[dict], length: int) -> int:
 
     from cai_ray.train.dpo import DpoTask
 
-    items = DpoTask(max_len=length).encode(rows, AutoTokenizer.from_pretrained(model))
+    tok = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+    items = DpoTask(max_len=length).encode(rows, tok)
     return sum(len(x["chosen"]) + len(x["rejected"]) for x in items)

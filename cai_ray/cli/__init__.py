@@ -95,7 +95,8 @@ def _stages():
 
 
 def _auth_args(p) -> None:
-    p.add_argument("--address", default="http://127.0.0.1:8265", help="Ray dashboard / Jobs API")
+    p.add_argument("--address", help="the cluster's Ray dashboard / Jobs API, e.g. "
+                   "http://127.0.0.1:8265 (else $RAY_API_SERVER_ADDRESS; never guessed)")
     p.add_argument("--token", help="Ray auth token (else RAY_AUTH_TOKEN or ~/.ray/auth_token)")
     p.add_argument("--token-file", help="file holding the Ray auth token")
     p.add_argument("--insecure", action="store_true", help="allow the token over plain http to "
@@ -170,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--gpus-per-replica", type=float, help="serve.num_gpus_per_replica")
     v.add_argument("--tensor-parallel-size", type=int, help="serve.tensor_parallel_size")
     v.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask")
+    v.add_argument("--max-n", type=int, help="largest n a request may ask (serve.max_n)")
+    v.add_argument("--read-timeout", type=float, help="seconds a client has to send its request "
+                   "(serve.read_timeout_s, default 10)")
     v.add_argument("--request-timeout", type=float, help="seconds before a request gets 408 "
                    "(serve.request_timeout_s, default 300)")
     v.add_argument("--ingress", choices=["auto", "proxy", "haproxy"], help="how HTTP reaches "

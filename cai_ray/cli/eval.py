@@ -15,6 +15,7 @@ from cai_ray.eval.instruments import (
     refusal_labels,
     reward_accuracy,
 )
+from cai_ray.rundir import readers
 
 
 def main(target: str, argv: list[str]) -> int:
@@ -30,7 +31,7 @@ def main(target: str, argv: list[str]) -> int:
 def run_dir_main(target: str) -> int:
     """`cai-ray eval RUN_DIR`: the eval stage on a run directory as it is."""
     from cai_ray import pipeline
-    from cai_ray.config import JobConfig
+    from cai_ray.config.load import job_from_record
     from cai_ray.rundir.layout import open_run_dir
 
     run = open_run_dir(target)  # a folder, or a URI: its manifest pulled (exit 2 when the
@@ -39,10 +40,7 @@ def run_dir_main(target: str) -> int:
         raise InputError(f"eval {target}: give `judge`, `reward`, `refusals`, `compare` "
                          f"or a run directory (no {manifest})")
     cfg = run.manifest().get("config")  # InputError for a damaged manifest
-    if not isinstance(cfg, dict):
-        raise InputError(f"{manifest}: no job config recorded; run `cai-ray run` on this "
-                         f"run directory first")
-    job = JobConfig.model_validate({**cfg, "stages": ["eval"], "run_dir": target})
+    job = job_from_record(cfg, str(manifest), stages=["eval"], run_dir=target)
     summary = pipeline.run(job, quiet=True)
     print(pipeline.format_summary(summary))
     return 1 if summary["eval"]["status"] == "failed" else 0
@@ -112,6 +110,10 @@ def _instrument_main(target: str, argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=64 if target == "judge" else 256)
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
+    if args.out:
+        readers.check_output(args.out, "--out")
+    if args.n < 1:
+        raise InputError(f"--n {args.n}: give at least 1 pair")
     job = _judge_job(args) if target == "judge" else None
     pairs = labelled_pairs(args.data, args.n)
     if not pairs:
@@ -119,7 +121,7 @@ def _instrument_main(target: str, argv: list[str]) -> int:
     if target == "reward":
         from cai_ray import models
 
-        res = reward_accuracy(models.resolve(args.model), pairs)
+        res = reward_accuracy(models.check(args.model, "--model"), pairs)
         a = res["accuracy"]
         print(f"reward model {args.model}: pairwise accuracy {a['rate']:.3f} (95% CI "
               f"{a['low']:.3f}-{a['high']:.3f}) on {res['pairs']} pairs of {args.data}")
@@ -176,6 +178,9 @@ def _refusals_main(argv: list[str]) -> int:
                     ".refusals.jsonl)")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
+    for flag, value in (("--out", args.out), ("--labels-out", args.labels_out)):
+        if value:
+            readers.check_output(value, flag)
     res = refusal_labels(args.data, args.answer_field, args.label_field, args.labels_out)
     _print_refusals(res)
     if args.out:

@@ -27,10 +27,9 @@ def _auth_headers(token: str | None, token_file: str | None) -> dict:
     """An explicit bearer header for --token / --token-file (Ray reads its own token settings
     once, when it is imported, so setting them later would not reach the client)."""
     if token_file:
-        p = Path(token_file)
-        if not p.is_file():
-            raise InputError(f"{token_file}: token file not found")
-        token = p.read_text().strip()
+        from cai_ray.rundir import readers
+
+        token = readers.read_text(token_file, "key", "token file").strip()
         if not token:
             raise InputError(f"{token_file}: token file is empty")
     return {"Authorization": f"Bearer {token}"} if token else {}
@@ -59,10 +58,32 @@ def check_transport(address: str, headers: dict, insecure: bool = False) -> None
                          f"dashboard), or pass --insecure on a network you trust")
 
 
-def client(address: str, token: str | None = None, token_file: str | None = None,
+def jobs_address(address: str | None) -> str:
+    """--address, else $RAY_API_SERVER_ADDRESS: an http(s) URL or HOST:PORT. Never a guess: a
+    default port would reach whatever dashboard happens to listen on this machine."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if not address:
+        raise InputError("--address: name the cluster's Jobs API (its dashboard, e.g. "
+                         "http://127.0.0.1:8265), or set RAY_API_SERVER_ADDRESS")
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme not in ("http", "https"):
+        raise InputError(f"--address {address}: the Jobs API speaks http:// or https://, not "
+                         f"{scheme}://")
+    host, colon, port = (rest if sep else address).split("/")[0].rpartition(":")
+    if not host and not colon:
+        host = port
+    if colon and not (port.isdigit() and 0 < int(port) < 65536):
+        raise InputError(f"--address {address}: the port must be a number from 1 to 65535")
+    if not host:
+        raise InputError(f"--address {address}: no host; give e.g. http://127.0.0.1:8265")
+    return address
+
+
+def client(address: str | None, token: str | None = None, token_file: str | None = None,
            insecure: bool = False):
     from ray.job_submission import JobSubmissionClient
 
+    address = jobs_address(address)
     headers = _auth_headers(token, token_file)
     check_transport(address, headers, insecure)
     if token:

@@ -14,7 +14,8 @@ def run_command(args) -> int:
 
     job = load_job(args.job, args.set or [], model=args.model, prompts=args.prompts,
                    limit=args.limit, run_dir=args.run_dir, stages=args.stages)
-    ctx = pipeline.build_context(job, quiet=args.quiet or args.dry_run)
+    ctx = pipeline.build_context(job, quiet=args.quiet or args.dry_run, force=args.force,
+                                 resume=args.resume)
     job = ctx.job
     if args.dry_run:
         info = {"job": job.name, "run_dir": job.run_dir, "stages": job.stages,

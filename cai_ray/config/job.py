@@ -121,6 +121,17 @@ class JobConfig(_Section):
             return getattr(self, name)
         return self.ext[name] if name in self.ext else EXTRA_SECTIONS[name]()
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        """A label (manifests, served model names), never a path: no separators, no `..`."""
+        if not v.strip() or len(v) > 100:
+            raise ValueError("give a short label (1-100 characters), e.g. my-job")
+        if any(c in v for c in "/\\") or v in (".", "..") or any(ord(c) < 32 for c in v):
+            raise ValueError(f"{v!r}: a label, not a path; use letters, digits, - _ . (no / or "
+                             f"\\, not . or ..)")
+        return v
+
     @field_validator("run_dir")
     @classmethod
     def _run_dir_path(cls, v: str) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from cai_ray.config import legacy
 from cai_ray.config.job import JobConfig, _format_validation, error_location
-from cai_ray.errors import ConfigError
+from cai_ray.errors import ConfigError, InputError
+from cai_ray.rundir import readers
 
 PACKAGED_JOBS = Path(__file__).resolve().parents[1] / "jobs"
 SHORTCUTS = {"model": ["model", "name"], "prompts": ["prompts", "red_team"],
@@ -31,9 +31,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = readers.parse_yaml(raw, f"--set {key}") if raw.strip() else ""
+    except InputError as exc:
+        if ": invalid YAML (" not in str(exc):  # a duplicate key, nesting: refused
+            raise ConfigError(str(exc)) from None
+        value = raw  # not YAML: the text itself
     return path, value
 
 
@@ -52,29 +54,29 @@ def read_job_file(path: str | Path | None, _depth: int = 0) -> tuple[dict, str]:
     file with `extends: NAME` is that job file with this one's fields over it."""
     if path is None:
         path = PACKAGED_JOBS / "default.yaml"
-    elif not Path(path).exists() and (PACKAGED_JOBS / f"{path}.yaml").exists():
+    elif not readers.exists(path) and (PACKAGED_JOBS / f"{path}.yaml").exists():
         path = PACKAGED_JOBS / f"{path}.yaml"
     p = Path(path)
-    if not p.is_file():
+    if not readers.exists(p):
         raise ConfigError(f"{p}: job file not found (give a YAML path, or one of "
                           f"{sorted(x.stem for x in PACKAGED_JOBS.glob('*.yaml'))})")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}:{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        data = readers.read_yaml(p, "job", "job file")
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the job file must be a mapping of sections, got "
-                          f"{type(data).__name__}")
+                          f"{readers.type_name(data)}")
     parent = data.pop("extends", None)
     if parent is not None:  # another job file (a path beside this one, or a packaged name)
         if _depth >= 8:
             raise ConfigError(f"{p}: extends: more than 8 levels (a cycle?)")
-        near = p.parent / str(parent)
-        base, _ = read_job_file(near if near.is_file() else str(parent), _depth + 1)
+        if not isinstance(parent, str):
+            raise ConfigError(f"{p}: extends: give a job file name or path, got "
+                              f"{readers.type_name(parent)}")
+        near = p.parent / parent
+        base, _ = read_job_file(near if readers.exists(near) else parent, _depth + 1)
         data = deep_merge(base, data)
     return data, str(p)
 
@@ -111,7 +113,7 @@ def load_job(path: str | Path | None = None, overrides: list[str] = (), **flags:
             raise ConfigError(f"--limit {value}: prompts.limit must be at least 1")
         apply_override(data, shortcuts[key], value)
     try:
-        return JobConfig.model_validate(data)
+        return _applied(JobConfig.model_validate(data))
     except ValidationError as err:
         loc, _ = error_location(err.errors()[0])
         for item in overrides:  # blame the --set that introduced the bad value, if one did
@@ -123,3 +125,26 @@ def load_job(path: str | Path | None = None, overrides: list[str] = (), **flags:
             if value is not None and tuple(shortcuts[key]) == tuple(loc[:len(shortcuts[key])]):
                 source = f"--{key.replace('_', '-')} {value}"
         raise ConfigError(_format_validation(err, source)) from None
+
+
+def job_from_record(config: Any, source: str, **over: Any) -> JobConfig:
+    """The job a run directory's manifest recorded (`config`), with `over` laid on it; a damaged
+    record is one ConfigError naming its field."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: no job config recorded; run `cai-ray run` on this run "
+                          f"directory first")
+    try:
+        return _applied(JobConfig.model_validate({**config, **over}))
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, f"{source}: config") + "; the recorded job "
+                          "is damaged: restore manifest.json.previous or move the run "
+                          "directory aside") from None
+
+
+def _applied(job: JobConfig) -> JobConfig:
+    """A loaded job's process-wide settings take effect: whether model folders may run their
+    own code is the job's model.trust_remote_code, not whatever the environment said."""
+    from cai_ray import models
+
+    models.allow_remote_code(job.model.trust_remote_code)
+    return job

@@ -4,9 +4,11 @@ with register_section(name, Model)."""
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 OPERATIONAL = {"operational": True}
 """Marks a field that changes how a stage runs, not what it makes (timeouts): JobConfig.digest
@@ -14,7 +16,24 @@ leaves it out, so adding or changing one keeps a run resumable."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Every section refuses unknown fields, non-finite floats (inf, nan) and booleans where a
+    number is meant (`num_rounds: true` is not 1)."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _wants_number(field.annotation):
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        return value
+
+
+def _wants_number(ann: Any) -> bool:
+    """int or float (or an optional one), and not bool: a boolean there is a mistake."""
+    args = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) \
+        else (ann,)
+    return bool({int, float} & set(args)) and bool not in args
 
 
 EXTRA_SECTIONS: dict[str, type[BaseModel]] = {}
@@ -95,7 +114,18 @@ class EngineCfg(_Section):
 
 class RayCfg(_Section):
     address: str | None = None
-    """None starts a local cluster in-process; 'auto' or ray://host:port joins one."""
+    """None starts a local cluster in-process; HOST:PORT (a head's GCS), ray://HOST:PORT or
+    'auto' joins one (it must answer as a Ray cluster within seconds, checked at load time)."""
+
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, v: str | None) -> str | None:
+        from cai_ray.cluster import address_problem
+
+        problem = address_problem(v.strip()) if v is not None else None
+        if problem:
+            raise ValueError(f"{v!r}: {problem}")
+        return v.strip() if v is not None else v
     num_cpus: int | None = Field(None, ge=1)
     temp_dir: str | None = None
     sync_every_s: float = Field(30.0, gt=0, json_schema_extra=OPERATIONAL)
@@ -325,7 +355,18 @@ class ServeCfg(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     max_num_seqs: int = Field(64, ge=1)
     max_tokens: int = Field(1024, ge=1)
-    """The largest max_tokens a request may ask for (400 above it)."""
+    """The largest max_tokens a request may ask for (400 above it); a request that gives none
+    gets this."""
+    max_n: int = Field(8, ge=1)
+    """The largest n (or best_of) a request may ask for (400 above it)."""
+    max_request_tokens: int = Field(4096, ge=1)
+    """n x max_tokens: the most tokens one request may make the model produce (400 above it)."""
+    read_timeout_s: float = Field(10.0, gt=0)
+    """A client must send its request's headers and body within this (408 after it, from
+    HAProxy before the request reaches a replica, else from the replica's guard)."""
+    max_connections_per_client: int = Field(64, ge=1)
+    """Connections one client address may hold open at the HAProxy ingress; more are refused
+    (slow clients cannot take every connection)."""
     request_timeout_s: float = Field(300.0, gt=0)
     """End to end, at Serve's proxy: a request still unanswered after this gets 408 (a replica
     that died or hung holds no client longer than this)."""

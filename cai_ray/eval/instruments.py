@@ -13,23 +13,26 @@ and `answer_b`, or `answers: [a, b]`) and a `label` naming the better (a/b, 0/1,
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 from pathlib import Path
 
 from cai_ray.errors import InputError
 from cai_ray.prompts.sources import SHARED_DATA, hh_messages, jsonl_rows
+from cai_ray.rundir import readers
 
 DEFAULT_HH = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 FIRST, SECOND = {"a", "0", "first", "1st", "answer_a"}, {"b", "1", "second", "2nd", "answer_b"}
 
 
+class _Conversation(readers.Row):
+    conversation: list[readers.Message]
+
+
 def _conversation(row: dict, where: str) -> list[dict]:
-    if isinstance(row.get("conversation"), list):
-        conv = row["conversation"]
-        if not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in conv):
-            raise InputError(f"{where}: conversation must be a list of {{role, content}} messages")
-        return conv
+    if row.get("conversation") is not None:
+        path, _, at = where.rpartition(": ")
+        conv = readers.validate(row, _Conversation, path, at).conversation
+        return [m.model_dump() for m in conv]
     if isinstance(row.get("prompt"), str) and row["prompt"].strip():
         return [{"role": "user", "content": row["prompt"]}]
     raise InputError(f"{where}: no `prompt` (text) or `conversation` (messages)")
@@ -70,13 +73,9 @@ def labelled_pairs(path: str | Path, n: int) -> list[dict]:
     """Up to n labelled pairs from HH-RLHF or a pairs JSONL (rows that cannot be compared, such
     as identical answers or transcripts that differ before the last turn, are skipped)."""
     p = Path(path)
-    if not p.is_file():
+    if not readers.exists(p):
         raise InputError(f"{p}: no such file (pass --data: HH-RLHF or a pairs JSONL)")
-    try:
-        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError, gzip.BadGzipFile) as err:
-        raise InputError(f"{p}: cannot read it ({err})") from None
+    text = readers.read_text(p, "data", "labelled pairs")
     out = []
     for k, row in jsonl_rows(p, text):
         if len(out) >= n:
@@ -144,12 +143,9 @@ def read_rows(path: str | Path) -> list[tuple[int, dict]]:
     import csv
 
     p = Path(path)
-    if not p.is_file():
+    if not readers.exists(p):
         raise InputError(f"{p}: no such file (pass --data FILE, JSONL or CSV)")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{p}: cannot read it as UTF-8 text ({err})") from None
+    text = readers.read_text(p, "data", "answers file")
     if p.suffix.lower() == ".csv":
         return [(k + 2, row) for k, row in enumerate(csv.DictReader(text.splitlines()))]
     rows = list(jsonl_rows(p, text))
@@ -189,6 +185,9 @@ def refusal_labels(data: str, answer_field: str = "answer", label_field: str | N
         if answer_field not in row:
             raise InputError(f"{data}: line {line}: no field {answer_field!r}")
         answer = row[answer_field] or ""
+        if not isinstance(answer, str):
+            raise InputError(f"{data}: line {line}: {answer_field}: expected text, got "
+                             f"{readers.type_name(answer)}")
         pred = R.is_refusal(answer)
         preds.append(pred)
         rec = {**row, "refusal_pred": pred, "refusal_pattern": R.matched(answer),
@@ -221,7 +220,8 @@ def judge_for(job, actors=None):
     const = load_constitution(job.constitution.path)
     const.require("judge", job.constitution.path)
     judges.check(job.judge)
-    return judges.open_judge(job.judge, const, default_model=models.resolve(job.model.name),
+    base = models.check(job.model.name, "model.name")
+    return judges.open_judge(job.judge, const, default_model=base,
                              seed=job.seed, engine=job.engine, judge_engine=job.judge_engine(),
                              actors=actors)
 
@@ -231,7 +231,7 @@ def judge_on_pairs(job, pairs: list[dict]) -> dict:
     from cai_ray import judges, models
     from cai_ray.engines.pool import EnginePool
 
-    base = models.resolve(job.model.name)
+    base = models.check(job.model.name, "model.name")
     actors = None
     judges.check(job.judge)  # before Ray starts
     if judges.own_engines(job.judge):

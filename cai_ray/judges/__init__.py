@@ -24,6 +24,7 @@ from cai_ray.judges.backends import BACKENDS, Backend, register_backend  # noqa:
 from cai_ray.judges.base import Judge, JudgeItem, Judgement  # noqa: F401
 from cai_ray.judges.generative import GenerativeJudge
 from cai_ray.judges.logprob import LogprobJudge
+from cai_ray.models import trust_remote_code as trc
 
 METHODS: dict[str, type[Judge]] = {}
 
@@ -54,10 +55,7 @@ def check(cfg, where: str = "judge") -> None:
                          f"{sorted(METHODS)}")
     _backend(cfg).check(cfg)
     if cfg.model:
-        try:
-            models.resolve(cfg.model)
-        except InputError as err:
-            raise InputError(f"{where}.model: {err}") from None
+        models.check(cfg.model, f"{where}.model")
 
 
 def own_engines(cfg) -> bool:
@@ -138,7 +136,7 @@ def attach(cfg, constitution, *, pool, model_path: str, seed: int, batch_size: i
     pool, _ = _backend(cfg).open(cfg, model_path, pool, None)
     return build(cfg, constitution, pool=pool, seed=seed, batch_size=batch_size,
                  max_in_flight=max_in_flight, principles_per_pair=principles_per_pair,
-                 tokenizer=AutoTokenizer.from_pretrained(model_path, trust_remote_code=False))
+                 tokenizer=AutoTokenizer.from_pretrained(model_path, trust_remote_code=trc()))
 
 
 def open_judge(cfg, constitution, *, default_model: str, seed: int, engine, judge_engine=None,
@@ -154,7 +152,7 @@ def open_judge(cfg, constitution, *, default_model: str, seed: int, engine, judg
     pool, owned = _backend(cfg).open(cfg, path, shared_pool, actors)
     e = judge_engine if cfg.model and judge_engine is not None else engine
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trc())
         judge = build(cfg, constitution, pool=pool, tokenizer=tok, seed=seed,
                       batch_size=e.batch_size, max_in_flight=e.max_in_flight,
                       principles_per_pair=principles_per_pair)

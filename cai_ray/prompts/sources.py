@@ -10,18 +10,15 @@ two files is one prompt, and a rerun finds the same ids.
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
-import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
-
-import yaml
+from typing import Any, Iterable, Iterator
 
 from cai_ray.errors import InputError
+from cai_ray.rundir import readers
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data"
 TEXT_FIELDS = ("prompt", "text", "question", "instruction", "goal", "behavior", "query", "value")
@@ -63,53 +60,56 @@ def prompt_id(text: str) -> str:
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except PermissionError:
-        raise InputError(f"{path}: not readable by this user; fix its permissions (chmod a+r) "
-                         f"or copy it somewhere readable") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    return readers.read_bytes(path, "prompts", "prompt file")
 
 
 def _read_text(path: Path) -> str:
-    raw = _read_bytes(path)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}: line {line}: not UTF-8 text (byte {exc.start}); "
-                         f"re-save the file as UTF-8") from None
+    return readers.decode(_read_bytes(path), path, "prompt file")
 
 
-def jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+def jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) of each non-empty line; a bad line is one InputError."""
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: line {n}: invalid JSON ({exc.msg}); the file may be "
-                             f"truncated") from None
-        yield n, row
+        if line.strip():
+            yield n, readers.parse_json(line, path, n)
+
+
+class _Messages(readers.Row):
+    messages: list[readers.Message]
 
 
 def _field(row, path: Path, where: str) -> str:
     if isinstance(row, str):
         return row
-    if isinstance(row, dict):
-        for key in TEXT_FIELDS:
-            if isinstance(row.get(key), str):
-                return row[key]
-        if isinstance(row.get("messages"), list):
-            users = [m.get("content", "") for m in row["messages"] if m.get("role") == "user"]
-            if users:
-                return users[0]
-        if isinstance(row.get("chosen"), str):  # HH-RLHF row in a plain .jsonl
-            return hh_first_turn(row["chosen"], path, where)
+    if not isinstance(row, dict):
+        raise InputError(f"{path}: {where}: expected a prompt (text, or an object with one of "
+                         f"{list(TEXT_FIELDS)} or messages), got {readers.type_name(row)}")
+    for key in TEXT_FIELDS:
+        if key in row and row[key] is not None:
+            if not isinstance(row[key], str):
+                raise InputError(f"{path}: {where}: {key}: expected text, got "
+                                 f"{readers.type_name(row[key])}")
+            return row[key]
+    if "messages" in row:
+        msgs = readers.validate(row, _Messages, path, where).messages
+        users = [m.content for m in msgs if m.role == "user"]
+        if users:
+            return users[0]
+        raise InputError(f"{path}: {where}: messages: no user message")
+    if isinstance(row.get("chosen"), str):  # HH-RLHF row in a plain .jsonl
+        return hh_first_turn(row["chosen"], path, where)
     raise InputError(f"{path}: {where}: no prompt field (expected one of {list(TEXT_FIELDS)} "
                      f"or messages)")
+
+
+def _category(row, path: Path, where: str) -> str:
+    cat = row.get("category") if isinstance(row, dict) else None
+    if cat is None:
+        return ""
+    if not isinstance(cat, str):
+        raise InputError(f"{path}: {where}: category: expected text, got "
+                         f"{readers.type_name(cat)}")
+    return cat
 
 
 def hh_first_turn(transcript: str, path: Path | str = "", where: str = "") -> str:
@@ -128,40 +128,32 @@ def hh_messages(transcript: str) -> list[dict]:
 
 
 def read_hh_rlhf(path: Path) -> Iterator[tuple[str, str, list]]:
-    raw = _read_bytes(path)
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise InputError(f"{path}: not a complete gzip file ({exc}); re-download it") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    for n, row in jsonl_rows(path, text):
-        if "chosen" not in row:
-            raise InputError(f"{path}: line {n}: no 'chosen' transcript (not HH-RLHF)")
+    for n, row in jsonl_rows(path, _read_text(path)):  # .gz: read_bytes decompresses
+        if not isinstance(row, dict) or not isinstance(row.get("chosen"), str):
+            got = readers.type_name(row.get("chosen") if isinstance(row, dict) else row)
+            raise InputError(f"{path}: line {n}: expected an object with a 'chosen' transcript "
+                             f"(HH-RLHF), got {got}")
         conv = hh_messages(row["chosen"])
         yield hh_first_turn(row["chosen"], path, f"line {n}"), "hh-rlhf", conv
 
 
 def read_advbench(path: Path) -> Iterator[tuple[str, str, list]]:
-    try:
-        data = yaml.safe_load(_read_text(path))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(f"{path}: line {mark.line + 1 if mark else '?'}: invalid YAML") from None
+    data = readers.parse_yaml(_read_text(path), path)
     if not isinstance(data, dict) or not isinstance(data.get("seeds"), list):
         raise InputError(f"{path}: expected an AdvBench YAML with a 'seeds' list")
     for i, seed in enumerate(data["seeds"]):
         if not isinstance(seed, dict) or not isinstance(seed.get("value"), str):
             raise InputError(f"{path}: seeds.{i}.value: missing or not text")
         cats = seed.get("harm_categories") or []
+        cats = [cats] if isinstance(cats, str) else cats
+        if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
+            raise InputError(f"{path}: seeds.{i}.harm_categories: expected a list of names, got "
+                             f"{readers.type_name(seed.get('harm_categories'))}")
         yield seed["value"], (cats[0] if cats else "advbench"), []
 
 
 def read_donotanswer(path: Path) -> Iterator[tuple[str, str, list]]:
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    files = sorted(path.glob("*.jsonl")) if readers.is_dir(path) else [path]
     for f in files:
         for n, row in jsonl_rows(f, _read_text(f)):
             yield _field(row, f, f"line {n}"), f.stem, []
@@ -178,13 +170,9 @@ def read_file(path: Path) -> Iterator[tuple[str, str, list]]:
         yield from read_hh_rlhf(path)
     elif name.endswith(".jsonl"):
         for n, row in jsonl_rows(path, _read_text(path)):
-            cat = row.get("category", "") if isinstance(row, dict) else ""
-            yield _field(row, path, f"line {n}"), str(cat or ""), []
+            yield _field(row, path, f"line {n}"), _category(row, path, f"line {n}"), []
     elif name.endswith(".json"):
-        try:
-            data = json.loads(_read_text(path))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from None
+        data = readers.parse_json(_read_text(path), path)
         if not isinstance(data, list):
             raise InputError(f"{path}: expected a JSON list of prompts")
         for i, row in enumerate(data):
@@ -201,12 +189,13 @@ def read_file(path: Path) -> Iterator[tuple[str, str, list]]:
     elif name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
+        readers.check_file(path, "prompt file")
         try:
             table = pq.read_table(path)
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
         for n, row in enumerate(table.to_pylist()):
-            yield _field(row, path, f"row {n}"), str(row.get("category", "") or ""), []
+            yield _field(row, path, f"row {n}"), _category(row, path, f"row {n}"), []
     elif name.endswith((".yaml", ".yml", ".prompt")):
         yield from read_advbench(path)
     else:  # .txt and anything else: one prompt a line
@@ -277,11 +266,11 @@ def read_source(spec: str) -> Iterator[tuple[str, str, list]]:
     kind, _, rest = spec.partition(":")
     if kind in READERS and rest:
         path = Path(rest)
-        if not path.exists():
+        if not readers.exists(path):
             raise InputError(f"{spec}: file not found")
         return READERS[kind](path)
     path = Path(spec)
-    if not path.exists():
+    if not readers.exists(path):
         raise InputError(f"{spec}: prompt file not found")
     return read_file(path)
 

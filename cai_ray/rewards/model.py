@@ -29,9 +29,10 @@ class RewardScorer:
     def __init__(self, model_path: str, max_len: int = 1024, batch_size: int = 8):
         from transformers import AutoTokenizer
 
+        from cai_ray.models import trust_remote_code
         from cai_ray.train.reward import load_value_model
 
-        self.tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+        self.tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code())
         self.model = load_value_model(model_path).eval()
         self.max_len, self.batch_size = max_len, batch_size
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0

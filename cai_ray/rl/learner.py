@@ -115,15 +115,17 @@ class Learner:
         """Join the process group, then load the models into DeepSpeed engines."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from cai_ray.models import trust_remote_code
         from cai_ray.train.reward import load_value_model
 
         spec = self.spec
         D.join_group(host, port, self.rank, self.world, spec.train.use_gpu, self._listener)
         policy_path, critic_path = (p and on_node(p) for p in self.paths)
-        tok = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=trust_remote_code())
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32,
-                                                      use_safetensors=True)
+                                                      use_safetensors=True,
+                                                      trust_remote_code=trust_remote_code())
         self.tied = bool(getattr(policy.config, "tie_word_embeddings", False))
         from cai_ray.train import lora
 

@@ -18,15 +18,17 @@ class ReferencePolicy:
                  share_prompts: bool = True):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from cai_ray.models import trust_remote_code
         from cai_ray.train.dist import limit_heap
 
         if threads:
             torch.set_num_threads(threads)
         limit_heap()
         model_path = on_node(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                          use_safetensors=True).eval()
-        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch.float32, use_safetensors=True,
+            trust_remote_code=trust_remote_code()).eval()
+        tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code())
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.chunk, self.share = chunk, share_prompts
 

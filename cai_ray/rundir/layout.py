@@ -11,15 +11,41 @@
 from __future__ import annotations
 
 import fcntl
-import json
+import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
 from cai_ray.errors import InputError
+from cai_ray.rundir import readers
 from cai_ray.rundir.files import write_json_atomic
 
+log = logging.getLogger("cai_ray")
+
 MANIFEST = "manifest.json"
+
+
+SYSTEM_DIRS = ("/proc", "/sys", "/dev")
+"""Kernel folders: nothing a run writes belongs there (writes fail, or worse, succeed)."""
+
+
+def check_place(path: Path) -> None:
+    """Refuse a run directory that is the root folder or inside a kernel folder, and a path
+    with a name longer than the file system allows."""
+    long = [part for part in path.parts if len(part.encode()) > 255]
+    if long:
+        raise InputError(f"--run-dir {str(path)[:80]}...: the name {long[0][:40]}... is over "
+                         f"255 bytes, longer than the file system allows; shorten it")
+    real = Path(os.path.realpath(path))
+    if real == Path("/"):
+        raise InputError(f"--run-dir {path}: the root folder; choose a folder of its own (for "
+                         f"example runs/my-job)")
+    for d in SYSTEM_DIRS:
+        if (real == Path(d) or Path(d) in real.parents) and Path("/dev/shm") not in (
+                real, *real.parents):  # /dev/shm is a tmpfs: memory, but storage
+            raise InputError(f"--run-dir {path}: inside {d}, a kernel folder, not storage; "
+                             f"choose a folder on a disk (for example runs/my-job)")
 
 
 class RunDir:
@@ -34,24 +60,51 @@ class RunDir:
         return self.path / MANIFEST
 
     def manifest(self) -> dict:
-        if not self.manifest_path.exists():
+        """The manifest ({} when there is none yet); a damaged one is one InputError naming what
+        is wrong and how to recover."""
+        if not readers.exists(self.manifest_path):
             return {}
         try:
-            return json.loads(self.manifest_path.read_text())
-        except json.JSONDecodeError:
-            raise InputError(f"{self.manifest_path}: damaged manifest (invalid JSON); move the "
-                             f"run directory aside or choose another --run-dir") from None
+            m = readers.read_json(self.manifest_path, "manifest", "manifest")
+        except InputError as exc:
+            raise InputError(f"{exc}; {self._recover()}") from None
+        problem = _manifest_problem(m)
+        if problem:
+            raise InputError(f"{self.manifest_path}: {problem}; {self._recover()}")
+        return m
+
+    def _recover(self) -> str:
+        prev = self.manifest_path.with_name(MANIFEST + ".previous")
+        if readers.exists(prev):
+            return (f"restore the last good copy (cp {prev} {self.manifest_path}) or move the "
+                    f"run directory aside")
+        return "move the run directory aside or choose another --run-dir"
+
+    def _write_manifest(self, m: dict) -> None:
+        """The new manifest, the one it replaces kept as manifest.json.previous (a recovery
+        point for a manifest damaged later)."""
+        if readers.exists(self.manifest_path):
+            prev = self.manifest_path.with_name(MANIFEST + ".previous")
+            tmp = prev.with_name(f".{prev.name}.tmp{os.getpid()}")
+            try:  # whole or not at all: a half-copied backup on a full disk would mislead
+                shutil.copyfile(self.manifest_path, tmp)
+                os.replace(tmp, prev)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+        write_json_atomic(self.manifest_path, m)
 
     def check_usable(self) -> None:
-        """A folder this process can create or write: not a file, not under a read-only parent.
-        Checked before anything is written or any actor starts."""
-        if self.path.exists() and not self.path.is_dir():
+        """A folder this process can create or write: not a file, not under a read-only parent,
+        not the root or a kernel folder (/proc, /sys, /dev). Checked before anything is written
+        or any actor starts."""
+        check_place(self.path)
+        if readers.exists(self.path) and not readers.is_dir(self.path):
             raise InputError(f"--run-dir {self.path}: a file, not a folder; choose a folder "
                              f"(it is created if missing)")
         existing = self.path
-        while not existing.exists():
+        while not readers.exists(existing):
             existing = existing.parent
-        if not existing.is_dir():
+        if not readers.is_dir(existing):
             raise InputError(f"--run-dir {self.path}: {existing} is a file; choose a folder")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise InputError(f"--run-dir {self.path}: {existing} is not writable by this user; "
@@ -65,7 +118,7 @@ class RunDir:
         self.check_usable()
         m = self.manifest()
         if m and m.get("identity") != job_identity and not force:
-            raise InputError(f"{self.path}: this run directory belongs to another job "
+            raise InputError(f"{self.manifest_path}: this run directory belongs to another job "
                              f"({m.get('name')!r}, identity {m.get('identity')}; this job "
                              f"{job_name!r}, identity {job_identity}); choose another --run-dir "
                              f"or pass --force to reuse it")
@@ -77,7 +130,7 @@ class RunDir:
                   "updated": time.time()})
         if platform:
             m["platform"] = platform
-        write_json_atomic(self.manifest_path, m)
+        self._write_manifest(m)
 
     # -- stages --------------------------------------------------------------------------------
     def stage_dir(self, stage: str) -> Path:
@@ -88,23 +141,60 @@ class RunDir:
     def stage_record(self, stage: str) -> dict:
         return self.manifest().get("stages", {}).get(stage, {})
 
-    def is_complete(self, stage: str, digest: str) -> bool:
+    def is_complete(self, stage: str, digest: str, outputs: tuple[str, ...] = ()) -> bool:
+        """Complete under this digest, with a readable result.json and every declared output
+        (paths under the run directory) present. A stage the manifest calls complete whose
+        outputs are missing or unreadable is not, with a warning: it runs again."""
         rec = self.stage_record(stage)
-        return (rec.get("status") == "complete" and rec.get("digest") == digest
-                and (self.path / stage / "result.json").exists())
+        if rec.get("status") != "complete" or rec.get("digest") != digest:
+            return False
+        missing = [o for o in (f"{stage}/result.json", *outputs)
+                   if not readers.exists(self.path / o)]
+        if not missing:
+            try:
+                self.result(stage)
+            except InputError as exc:
+                missing = [f"{stage}/result.json ({str(exc).split(': ', 1)[-1]})"]
+        if missing:
+            log.warning("%s: marked complete in %s, but %s %s missing or unreadable; it runs "
+                        "again", stage, self.manifest_path, ", ".join(missing),
+                        "is" if len(missing) == 1 else "are")
+            return False
+        return True
 
     def mark(self, stage: str, **fields) -> None:
         m = self.manifest()
         m.setdefault("stages", {}).setdefault(stage, {}).update(fields)
         m["updated"] = time.time()
-        write_json_atomic(self.manifest_path, m)
+        self._write_manifest(m)
 
     def write_result(self, stage: str, result: dict) -> None:
         write_json_atomic(self.stage_dir(stage) / "result.json", result)
 
     def result(self, stage: str) -> dict:
         p = self.path / stage / "result.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        if not readers.exists(p):
+            return {}
+        data = readers.read_json(p, "result", "stage result")
+        if not isinstance(data, dict):
+            raise InputError(f"{p}: expected a JSON object of figures, got "
+                             f"{readers.type_name(data)}")
+        return data
+
+
+def _manifest_problem(m) -> str | None:
+    """What makes a parsed manifest unusable, or None."""
+    if not isinstance(m, dict):
+        return f"expected a JSON object, got {readers.type_name(m)}"
+    stages = m.get("stages", {})
+    if not isinstance(stages, dict):
+        return f"stages: expected an object of stage records, got {readers.type_name(stages)}"
+    for name, rec in stages.items():
+        if not isinstance(rec, dict):
+            return f"stages.{name}: expected an object, got {readers.type_name(rec)}"
+    if "config" in m and not isinstance(m["config"], dict):
+        return f"config: expected an object, got {readers.type_name(m['config'])}"
+    return None
 
 
 def tree_bytes(path: Path) -> int:

@@ -49,6 +49,9 @@ class Stage:
     reads: Callable[["JobConfig"], tuple[str, ...]] = _no_inputs
     """The artifacts it needs under this job's settings (the stage graph finds their makers)."""
     produces: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    """Files under the run directory that a complete run of it leaves (besides its result.json):
+    a stage marked complete without them runs again."""
     check: Callable[["JobConfig", "Constitution", str], None] | None = None
     """Load-time checks (job, constitution, base model folder): InputError before anything
     starts."""

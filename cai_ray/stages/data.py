@@ -7,36 +7,34 @@ import json
 from pathlib import Path
 
 from cai_ray.errors import InputError
-from cai_ray.rundir.files import read_jsonl, write_jsonl_atomic
+from cai_ray.rundir import readers
+from cai_ray.rundir.files import write_jsonl_atomic
+from cai_ray.rundir.readers import Row
 
 
-def read_rows(spec: str | Path, need: tuple[str, ...], what: str) -> list[dict]:
-    """Rows of a `datasets` folder (save_to_disk) or a .jsonl file, checked for columns."""
+def read_rows(spec: str | Path, model: type[Row], what: str) -> list[dict]:
+    """Rows of a `datasets` folder (save_to_disk) or a .jsonl file, every one checked against
+    `model` (rundir/rows.py): the first bad row is one InputError naming its line and field."""
     p = Path(spec)
-    if p.is_dir():
+    if readers.is_dir(p):
         import datasets
 
         try:
-            rows = datasets.load_from_disk(str(p)).to_list()
+            raw = datasets.load_from_disk(str(p)).to_list()
         except Exception as exc:  # datasets raises several kinds for a non-dataset folder
             raise InputError(f"{p}: not a saved `datasets` data set ({exc})") from None
-    elif p.exists():
-        try:
-            rows = read_jsonl(p)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{p}: line {exc.lineno}: invalid JSON") from None
-    elif p.with_suffix(".jsonl").exists():
-        rows = read_jsonl(p.with_suffix(".jsonl"))
+        rows = [(f"row {i}", r) for i, r in enumerate(raw)]
     else:
-        raise InputError(f"{p}: {what} not found (run the stage that writes it, or set the "
-                         f"data path in the job file)")
+        if not readers.exists(p) and readers.exists(p.with_suffix(".jsonl")):
+            p = p.with_suffix(".jsonl")
+        if not readers.exists(p):
+            raise InputError(f"{p}: {what} not found (run the stage that writes it, or set the "
+                             f"data path in the job file)")
+        rows = [(f"line {n}", r) for n, r in readers.read_jsonl(p, "data", what)]
     if not rows:
         raise InputError(f"{p}: {what} is empty")
-    missing = [c for c in need if c not in rows[0]]
-    if missing:
-        raise InputError(f"{p}: {what} lacks column(s) {missing} (has {sorted(rows[0])})")
-    return [{k: (json.loads(v) if k in ("messages", "conversation") and isinstance(v, str) else v)
-             for k, v in r.items()} for r in rows]
+    return [readers.validate(r, model, p, where).model_dump(exclude_none=True)
+            for where, r in rows]
 
 
 def split_rows(rows: list[dict], eval_fraction: float) -> tuple[list[dict], list[dict]]:

@@ -13,14 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from cai_ray.config.sections import DPO_DATA
-from cai_ray.errors import InputError
+from cai_ray.rundir.rows import PreferenceRow
 from cai_ray.stages.base import Stage
 from cai_ray.stages.context import Context
 from cai_ray.stages.data import read_rows, split_rows, write_split
 from cai_ray.stages.registry import register_stage
 from cai_ray.stages.resources import trainer_need
-
-NEED = ("chosen", "rejected")
 
 
 def reads(job) -> tuple[str, ...]:
@@ -30,20 +28,10 @@ def reads(job) -> tuple[str, ...]:
 
 
 def check(job, constitution, base: str) -> None:
-    """A user's preference file is read at load time: it exists, has the columns, and its soft
-    labels lie in [0, 1] (the line of the first that does not)."""
-    if job.dpo.data in DPO_DATA:
-        return
-    check_labels(read_rows(job.dpo.data, NEED, "dpo.data"), job.dpo.data)
-
-
-def check_labels(rows: list[dict], source) -> None:
-    if "prompt" not in rows[0] and "conversation" not in rows[0]:
-        raise InputError(f"{source}: preference data needs a prompt or conversation column")
-    for i, r in enumerate(rows, 1):
-        p = r.get("p_chosen", 1.0)
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
-            raise InputError(f"{source}: line {i}: p_chosen {p!r} is not a probability in [0, 1]")
+    """A user's preference file is read at load time: it exists, and every row has a prompt or a
+    conversation, both answers, and a soft label in [0, 1] where it gives one."""
+    if job.dpo.data not in DPO_DATA:
+        read_rows(job.dpo.data, PreferenceRow, "dpo.data")
 
 
 def data_source(ctx: Context) -> Path | str:
@@ -60,8 +48,7 @@ def run(ctx: Context) -> dict:
     cfg = ctx.job.dpo
     out = ctx.run.stage_dir("dpo")
     src = data_source(ctx)
-    rows = read_rows(src, NEED, "the DPO pairs")
-    check_labels(rows, src)
+    rows = read_rows(src, PreferenceRow, "the DPO pairs")
     train, evals = split_rows(rows, cfg.eval_fraction)
     data = write_split(out / "data", train, evals)
     start = ctx.policy_model()
@@ -87,7 +74,7 @@ STAGE = register_stage(Stage(
     about=("or, without a reward model: the policy learns the labelled pairs directly (DPO, IPO, "
            "conservative DPO)"),
     run=run, sections=("model", "dpo", "seed"),
-    reads=reads, produces=("policy",),
+    reads=reads, produces=("policy",), outputs=("dpo/model/config.json",),
     needs=lambda job: trainer_need(job.dpo, "dpo.num_workers"),
     key_figures=("eval/rewards/accuracy", "eval/rewards/margin", "train/loss_last"),
     check=check,

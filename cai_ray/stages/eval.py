@@ -125,7 +125,7 @@ STAGE = register_stage(Stage(
     about=("refusal and over-refusal rates with intervals, judge Elo for every policy of the run; "
            "report.html"),
     run=run, sections=("model", "constitution", "prompts", "eval", "judge", "seed"),
-    reads=reads, produces=("report",),
+    reads=reads, produces=("report",), outputs=("eval/figures.json",),
     needs=needs,
     key_figures=("refusal/harmful/final", "refusal/harmful/base",
                  "refusal/difference/final_vs_base",

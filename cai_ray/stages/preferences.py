@@ -186,7 +186,7 @@ STAGE = register_stage(Stage(
     about=("the policy samples answer pairs; the constitutional judge labels which follows the "
            "principles better (soft labels)"),
     run=run, sections=("model", "constitution", "prompts", "preferences", "judge", "seed"),
-    reads=reads, produces=("preferences",),
+    reads=reads, produces=("preferences",), outputs=("preferences/data.jsonl",),
     needs=needs,
     key_figures=("pairs", "p_chosen_mean", "order_disagreement"),
     check=check))

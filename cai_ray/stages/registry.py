@@ -7,6 +7,8 @@ cai_ray/stages/__init__.py, a plugin's by the job's `plugins:`.
 
 from __future__ import annotations
 
+import logging
+
 from cai_ray.config.legacy import STAGE_ALIASES
 from cai_ray.errors import InputError
 from cai_ray.stages.base import Stage
@@ -14,6 +16,7 @@ from cai_ray.stages.base import Stage
 STAGES: dict[str, Stage] = {}
 """Every stage, in the order data flows (rebuilt at each registration from Stage.after)."""
 _declared: dict[str, Stage] = {}
+log = logging.getLogger("cai_ray")
 
 
 def register_stage(stage: Stage) -> Stage:
@@ -49,7 +52,8 @@ def names() -> list[str]:
 
 def canonical(requested: list[str], where: str = "--stages") -> list[str]:
     """Stage names in the order data flows; old names (ppo) taken as their new ones. Unknown
-    names and repeats are refused (InputError naming `where`)."""
+    names and repeats are refused (InputError naming `where`); names given in another order run
+    in this one, with a warning saying so."""
     given = [STAGE_ALIASES.get(s, s) for s in requested]
     bad = [s for s in given if s not in STAGES]
     if bad:
@@ -59,7 +63,11 @@ def canonical(requested: list[str], where: str = "--stages") -> list[str]:
     if twice:
         raise InputError(f"{where} {','.join(requested)}: {', '.join(twice)} named more than "
                          f"once; name each stage once")
-    return [s for s in STAGES if s in given]
+    ordered = [s for s in STAGES if s in given]
+    if ordered != given:
+        log.warning("%s %s: stages run in the order data flows: %s", where, ",".join(requested),
+                    ",".join(ordered))
+    return ordered
 
 
 def markdown_table(job) -> str:

@@ -3,6 +3,7 @@ sec. 4.1), Bradley-Terry loss, DeepSpeed ZeRO under Ray Train. Writes RUN_DIR/re
 
 from __future__ import annotations
 
+from cai_ray.rundir.rows import PreferenceRow
 from cai_ray.stages.base import Stage
 from cai_ray.stages.context import Context
 from cai_ray.stages.data import read_rows, split_rows, write_split
@@ -16,9 +17,13 @@ def reads(job) -> tuple[str, ...]:
 
 
 def check(job, constitution, base: str) -> None:
-    """A user's preference data is read at load time: it exists and has the pair columns."""
+    """At load time: a user's preference data (every row), and the model the head sits on."""
     if job.reward.data:
-        read_rows(job.reward.data, ("chosen", "rejected"), "reward.data")
+        read_rows(job.reward.data, PreferenceRow, "reward.data")
+    if job.reward.base_model:
+        from cai_ray import models
+
+        models.check(job.reward.base_model, "reward.base_model")
 
 
 def run(ctx: Context) -> dict:
@@ -29,12 +34,8 @@ def run(ctx: Context) -> dict:
 
     cfg = ctx.job.reward
     out = ctx.run.stage_dir("reward")
-    rows = read_rows(cfg.data or ctx.run.path / "preferences" / "data",
-                     ("chosen", "rejected"), "the preference data")
-    if "prompt" not in rows[0] and "conversation" not in rows[0]:
-        from cai_ray.errors import InputError
-
-        raise InputError("preference data needs a prompt or conversation column")
+    rows = read_rows(cfg.data or ctx.run.path / "preferences" / "data", PreferenceRow,
+                     "the preference data")
     train, evals = split_rows(rows, cfg.eval_fraction)
     data = write_split(out / "data", train, evals)
     base = models.resolve(cfg.base_model) if cfg.base_model else ctx.base_model
@@ -53,7 +54,7 @@ STAGE = register_stage(Stage(
     name="reward", after="preferences",
     about=("a preference model learns the judge's soft labels (Bradley-Terry)"),
     run=run, sections=("model", "reward", "seed"),
-    reads=reads, produces=("reward_model",),
+    reads=reads, produces=("reward_model",), outputs=("reward/model/config.json",),
     needs=lambda job: trainer_need(job.reward, "reward.num_workers"),
     key_figures=("eval/accuracy", "train/loss_last"),
     check=check,

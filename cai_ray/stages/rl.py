@@ -39,7 +39,7 @@ def check(job, constitution, base: str) -> None:
 
         judges.check(job.judge)
     if kind == "model" and rl.reward_model:
-        models.resolve(rl.reward_model)
+        models.check(rl.reward_model, "rl.reward_model")
 
 
 def served_judge(reward: str) -> bool:
@@ -288,7 +288,7 @@ STAGE = register_stage(Stage(
     about=("the policy is trained by RL against the reward model or the judge, with a KL term to "
            "its start (GRPO, PPO, RLOO, ...)"),
     run=run, sections=("model", "prompts", "rl", "seed"),
-    reads=reads, produces=("policy",),
+    reads=reads, produces=("policy",), outputs=("rl/model/config.json",),
     needs=needs,
     key_figures=("algorithm", "reward_first", "reward_last", "kl_last"),
     check=check,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from cai_ray.rundir.rows import SftRow
 from cai_ray.stages.base import Stage
 from cai_ray.stages.context import Context
 from cai_ray.stages.data import read_rows, split_rows, write_split
@@ -16,9 +17,10 @@ def reads(job) -> tuple[str, ...]:
 
 
 def check(job, constitution, base: str) -> None:
-    """A user's SFT data is read at load time: it exists and has a messages column."""
+    """A user's SFT data is read at load time: it exists, and every row has messages with an
+    assistant turn."""
     if job.sft.data:
-        read_rows(job.sft.data, ("messages",), "sft.data")
+        read_rows(job.sft.data, SftRow, "sft.data")
 
 
 def run(ctx: Context) -> dict:
@@ -28,7 +30,7 @@ def run(ctx: Context) -> dict:
 
     cfg = ctx.job.sft
     out = ctx.run.stage_dir("sft")
-    rows = read_rows(cfg.data or ctx.run.path / "sl_cai" / "sft", ("messages",), "the SFT data")
+    rows = read_rows(cfg.data or ctx.run.path / "sl_cai" / "sft", SftRow, "the SFT data")
     train, evals = split_rows(rows, cfg.eval_fraction)
     data = write_split(out / "data", train, evals)
     metrics = fit(SftTask(max_len=cfg.max_len, packing=cfg.packing), ctx.base_model, data,
@@ -45,7 +47,7 @@ STAGE = register_stage(Stage(
     about=("fine-tune the policy on the final revisions, mixed with helpful answers (DeepSpeed "
            "ZeRO, Ray Train)"),
     run=run, sections=("model", "sft", "seed"),
-    reads=reads, produces=("policy",),
+    reads=reads, produces=("policy",), outputs=("sft/model/config.json",),
     needs=lambda job: trainer_need(job.sft, "sft.num_workers"),
     key_figures=("train/loss_first", "train/loss_last", "eval/loss"),
     check=check,

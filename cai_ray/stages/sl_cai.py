@@ -273,6 +273,7 @@ STAGE = register_stage(Stage(
            "principles drawn from the constitution (N rounds)"),
     run=run, sections=("model", "constitution", "prompts", "sl_cai", "seed"),
     reads=reads, produces=("sft_data", "pairs"),
+    outputs=("sl_cai/data.jsonl", "sl_cai/sft.jsonl", "sl_cai/pairs.jsonl"),
     needs=lambda job: engine_need(job.engine),
     key_figures=("prompts", "sft_rows", "throughput/prompts_per_s"),
     check=check))

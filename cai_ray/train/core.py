@@ -136,6 +136,7 @@ def train_loop(config: dict) -> None:
     from transformers import AutoTokenizer
 
     from cai_ray.config.plugins import load_plugins
+    from cai_ray.models import trust_remote_code
     from cai_ray.platform import init_deepspeed_comm, peak_rss_mb
     from cai_ray.rundir.nodeview import node_dir, on_node, publish
     from cai_ray.train import lora
@@ -152,7 +153,7 @@ def train_loop(config: dict) -> None:
     limit_heap(TRAINER_MMAP_THRESHOLD)  # speed over a lean heap: a trainer has the machine
     init_deepspeed_comm(cfg.use_gpu)
     _record_workers(out_dir, rank, ray.get_runtime_context().get_node_id())
-    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+    tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code())
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     train_items = task.encode(_read_rows(data_dir, "train"), tok)
     eval_items = task.encode(_read_rows(data_dir, "eval"), tok)

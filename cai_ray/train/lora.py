@@ -85,9 +85,11 @@ def module_names(model_path: str) -> set[str]:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.from_pretrained(model_path)
+    from cai_ray.models import trust_remote_code
+
+    cfg = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code())
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(cfg)
+        model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code())
     return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
 
 

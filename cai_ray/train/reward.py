@@ -13,12 +13,15 @@ def load_value_model(model_path: str, dtype=torch.float32):
     """AutoModelForSequenceClassification with one label (a fresh head on a causal LM folder)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    cfg = AutoConfig.from_pretrained(model_path)
+    from cai_ray.models import trust_remote_code
+
+    cfg = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code())
     cfg.num_labels = 1
     if getattr(cfg, "pad_token_id", None) is None:
         cfg.pad_token_id = cfg.eos_token_id if isinstance(cfg.eos_token_id, int) else 0
-    return AutoModelForSequenceClassification.from_pretrained(model_path, config=cfg, dtype=dtype,
-                                                              use_safetensors=True)
+    return AutoModelForSequenceClassification.from_pretrained(
+        model_path, config=cfg, dtype=dtype, use_safetensors=True,
+        trust_remote_code=trust_remote_code())
 
 
 def token_values(model, input_ids, attention_mask):

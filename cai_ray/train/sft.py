@@ -36,8 +36,11 @@ def load_policy(model_path: str):
     """A causal LM in fp32 master weights, safetensors only (SFT and DPO start from one)."""
     from transformers import AutoModelForCausalLM
 
+    from cai_ray.models import trust_remote_code
+
     return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32,
-                                                use_safetensors=True)
+                                                use_safetensors=True,
+                                                trust_remote_code=trust_remote_code())
 
 
 class SftTask:

@@ -79,7 +79,7 @@ CASES = {
     "sft data missing": (["--set", "sft.data=/nonexistent/sft.jsonl"],
                          "/nonexistent/sft.jsonl: sft.data not found"),
     "sft data without messages": (["--set", "sft.data={badp}"],
-                                  "sft.data lacks column(s) ['messages']"),
+                                  "prefs.jsonl: line 1: messages: missing"),
     "reward data missing": (["--set", "reward.data=/nonexistent/p.jsonl"],
                             "/nonexistent/p.jsonl: reward.data not found"),
     "unknown section from --set": (["--set", "bogus.field=1"], "--set bogus.field=1: bogus"),
@@ -195,7 +195,7 @@ def test_submit_env_without_a_value_exits_2_before_contacting_anyone(tmp_path):
     assert len(lines) == 1 and "--env FOO: give KEY=VALUE" in lines[0], res.stderr[-2000:]
 
 
-@pytest.mark.parametrize("manifest, expect", [("{bad", "damaged manifest (invalid JSON)"),
+@pytest.mark.parametrize("manifest, expect", [("{bad", "manifest.json: line 1: invalid JSON"),
                                               ('{"stages": {}}', "no job config recorded")])
 def test_eval_on_a_damaged_manifest_exits_2_untouched(tmp_path, manifest, expect):
     run = tmp_path / "run"
