@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from cai_ray.cluster import check_answers, is_loopback, ray_token_available
 from cai_ray.errors import InputError
+from cai_ray.serve import process
 
 APPS = {"policy": ("cai-policy", "/"), "score": ("cai-score", "/v1/score"),
         "judge": ("cai-judge", "/v1/judge")}
@@ -49,6 +50,7 @@ def serve_cfg(target, args):
              "max_replicas": args.max_replicas,
              "num_gpus_per_replica": args.gpus_per_replica,
              "tensor_parallel_size": args.tensor_parallel_size, "max_tokens": args.max_tokens,
+             "max_n": args.max_n, "read_timeout_s": args.read_timeout,
              "request_timeout_s": args.request_timeout, "ingress": args.ingress,
              "reserved_cpus": args.reserved_cpus,
              "score": args.score or None, "judge": args.judge or None,
@@ -65,6 +67,9 @@ def serve_cfg(target, args):
     from cai_ray.serve.ingress import resolve_ingress
 
     cfg = cfg.model_copy(update={"ingress": resolve_ingress(cfg.ingress)})  # auto -> which
+    if cfg.max_request_tokens < cfg.max_tokens:
+        raise InputError(f"serve: max_request_tokens {cfg.max_request_tokens} is below max_tokens "
+                         f"{cfg.max_tokens} (a request without max_tokens gets max_tokens)")
     if cfg.max_replicas < cfg.min_replicas:
         raise InputError(f"serve: max_replicas {cfg.max_replicas} is below min_replicas "
                          f"{cfg.min_replicas}")
@@ -73,11 +78,12 @@ def serve_cfg(target, args):
 
 def api_key(args, cfg) -> str | None:
     if args.api_key_file:
+        from cai_ray.rundir import readers
+
         try:
-            key = open(args.api_key_file, encoding="utf-8").read().strip()
-        except OSError as exc:
-            raise InputError(f"--api-key-file {args.api_key_file}: cannot read it "
-                             f"({exc.strerror})") from None
+            key = readers.read_text(args.api_key_file, "key", "API key file").strip()
+        except InputError as exc:
+            raise InputError(f"--api-key-file {exc}") from None
         if not key:
             raise InputError(f"--api-key-file {args.api_key_file}: the file is empty")
         return key
@@ -184,7 +190,7 @@ def deploy(p: Plan) -> dict:
 
     cfg, t = p.cfg, p.target
     limits = guard.Limits(guard.key_digest(p.key) if p.key else None, cfg.max_request_bytes,
-                          cfg.max_tokens)
+                          cfg.max_tokens, cfg.max_n, cfg.max_request_tokens, cfg.read_timeout_s)
     serve.start(http_options={"host": cfg.host, "port": cfg.port,
                               "request_timeout_s": cfg.request_timeout_s})
     apps = {"policy": build_policy_app(t, cfg, limits, on_gpu=p.on_gpu,
@@ -251,9 +257,11 @@ def _wait_running(names: list[str], timeout_s: float = 900) -> None:
     raise TimeoutError(f"serve: not ready after {timeout_s:.0f} s: {states}")
 
 
-def foreground(info: dict) -> int:
+def foreground(info: dict, teardown) -> int:
     """Serve until Ctrl-C, SIGTERM, or `cai-ray serve --stop` (which deletes the applications,
-    then the cluster's record of what is served)."""
+    then the cluster's record of what is served). A signal ends the applications (for at most
+    SHUTDOWN_S: with a process group stopped at once, Ray's own processes may be gone already),
+    then `teardown` ends everything this command started."""
     from ray import serve
     from ray.experimental import internal_kv
 
@@ -280,11 +288,19 @@ def foreground(info: dict) -> int:
             time.sleep(3)  # let the stopping command leave before this cluster goes
             return 0
     print("cai-ray serve: shutting down", file=sys.stderr)
-    serve.shutdown()
+    import threading
+
+    done = threading.Thread(target=serve.shutdown, daemon=True)
+    done.start()
+    done.join(SHUTDOWN_S)
+    teardown(0)
     return 0
 
 
-def status(address: str | None) -> int:
+SHUTDOWN_S = 20.0
+
+
+def status(address: str) -> int:
     _attach(address)  # first: it sets how Ray authenticates before Ray is imported
     from ray import serve
     from ray.experimental import internal_kv
@@ -309,7 +325,7 @@ def status(address: str | None) -> int:
     return 0
 
 
-def stop(address: str | None) -> int:
+def stop(address: str) -> int:
     _attach(address)  # first: it sets how Ray authenticates before Ray is imported
     from ray import serve
     from ray.experimental import internal_kv
@@ -326,8 +342,9 @@ def stop(address: str | None) -> int:
     os._exit(0)
 
 
-def _attach(address: str | None) -> None:
-    """--status / --stop: the cluster at --address, else the local one `cai-ray serve` started."""
+def _attach(address: str) -> None:
+    """--status / --stop: the cluster at --address, or the one this machine's `cai-ray serve`
+    started (its record's address)."""
     if ray_token_available():
         # Ray sends its token to a cluster it finds itself, but to a named address only in token
         # mode, which it reads when it is imported: so before `import ray`
@@ -339,35 +356,36 @@ def _attach(address: str | None) -> None:
 
     default_env()
     kw = {}
-    if not address or "127.0.0.1" in address or "localhost" in address:
+    if "127.0.0.1" in address or "localhost" in address:
         from cai_ray.cluster import loopback_only
 
         loopback_only()  # the local cluster's node is 127.0.0.1; so is this driver
         kw["_node_ip_address"] = "127.0.0.1"
     try:
-        ray.init(address=address or "auto", logging_level="ERROR", log_to_driver=False, **kw)
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False, **kw)
     except (ConnectionError, RuntimeError) as exc:
-        raise InputError(f"serve: no Ray cluster to ask at {address or 'this machine'} "
+        raise InputError(f"serve: no Ray cluster to ask at {address} "
                          f"({str(exc).splitlines()[0][:120]}); is `cai-ray serve` running?"
                          ) from None
 
 
 def main(args) -> int:
-    if args.status:
-        return status(args.address)
-    if args.stop:
-        return stop(args.address)
+    if args.status or args.stop:
+        address = args.address or our_cluster(args.port)
+        if address is None:
+            what = "nothing to stop" if args.stop else "nothing is being served"
+            print(f"cai-ray serve: {what}: no `cai-ray serve` runs on this machine (give "
+                  f"--address for a cluster elsewhere)", file=sys.stderr)
+            return 0 if args.stop else 1
+        return status(address) if args.status else stop(address)
     p = plan(args)
+    workdir = None
     if not args.address:
         from cai_ray.serve.ingress import apply_local_cluster_env
 
         env = apply_local_cluster_env(p.cfg)
-        if not args.detach and "RAY_SERVE_HAPROXY_SERVER_STATE_BASE" in env:
-            import atexit
-            import shutil
-
-            # registered before Ray's own exit hook, so it runs after the cluster is down
-            atexit.register(shutil.rmtree, env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"], True)
+        workdir = env.get("RAY_SERVE_HAPROXY_SERVER_STATE_BASE")
+    teardown = _owner(p.cfg.port, workdir, local=not args.address, detach=args.detach)
     connect(args.address, p.cfg)
     check_resources(p.cfg, p.on_gpu)
     print(f"cai-ray serve: deploying {p.target.model_id} ({p.target.source}) ...", file=sys.stderr)
@@ -379,7 +397,51 @@ def main(args) -> int:
     print(json.dumps(info), flush=True)
     if args.detach:
         return 0
-    return foreground(info)
+    process.write_record(p.cfg.port, {"ray_address": info["ray_address"], "url": info["url"],
+                                      "model": info["model"], "local": not args.address})
+    return foreground(info, teardown)
+
+
+def _owner(port: int, workdir: str | None, *, local: bool, detach: bool):
+    """Make this command the owner of what it starts, and return its teardown(code): the record
+    removed, on a local cluster every descendant process ended (process.sweep) and HAProxy's
+    folder removed, then exit. Until the foreground loop takes over, SIGTERM and SIGINT tear down
+    at once; the same happens at a normal exit (atexit, after Ray's own hook)."""
+    import atexit
+    import shutil
+
+    def cleanup() -> None:
+        process.remove_record(port)
+        if local:
+            process.sweep()
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def teardown(code: int) -> None:
+        cleanup()
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)
+
+    if detach:
+        return teardown
+    if local:
+        process.become_subreaper()
+    atexit.register(cleanup)  # before ray.init: runs after Ray's own exit hook
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _: teardown(128 + signum))
+    return teardown
+
+
+def our_cluster(port: int | None) -> str | None:
+    """The Ray address of the `cai-ray serve` running on this machine (on `port` when given),
+    from its record; None when none runs. Never another cluster found on the machine."""
+    recs = [r for r in process.live_records() if port is None or r.get("port") == port]
+    if len(recs) > 1:
+        ports = ", ".join(str(r.get("port")) for r in recs)
+        raise InputError(f"serve: several `cai-ray serve` run here (ports {ports}); choose one "
+                         f"with --port or --address")
+    return recs[0]["ray_address"] if recs else None
 
 
 def _name(status) -> str:

@@ -1,5 +1,9 @@
 """The checks every route of `cai-ray serve` passes first, as one ASGI middleware: the API key
-(401 without touching the model), the body size (413) and, for generation routes, max_tokens (400).
+(401 without touching the model), the body size (413), the time a client takes to send its body
+(408), and, for generation routes, what one request may ask of the model (400): max_tokens an
+integer within the limit, n (and best_of) within its limit, and n x max_tokens within the tokens
+one request may produce. A generation request without max_tokens gets the limit as its max_tokens
+(the body is rewritten), so no request runs to the end of the context unasked.
 
 Deployments are built from their class in each replica's process, so the limits reach the
 middleware through `configure()`, which each deployment's constructor calls with what the command
@@ -8,6 +12,7 @@ line decided. Only the key's SHA-256 travels to the replicas.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -19,6 +24,12 @@ class Limits:
     key_sha256: str | None = None
     max_request_bytes: int = 1_000_000
     max_tokens: int = 1024
+    max_n: int = 8
+    max_request_tokens: int = 4096
+    """n x max_tokens: what one request may make the model produce."""
+    read_timeout_s: float = 10.0
+    """A body not received in full by then gets 408 (behind HAProxy the ingress enforces it
+    first; behind Ray's proxy this is the one check)."""
 
 
 _LIMITS = Limits()
@@ -54,22 +65,52 @@ def check_key(headers: dict[str, str], limits: Limits) -> str | None:
     return None
 
 
-def check_body(path: str, body: bytes, limits: Limits) -> str | None:
-    """max_tokens (and max_completion_tokens) within the server's limit; None when fine. A body
-    that is not JSON passes through: the route answers it with its own 400."""
+def check_body(path: str, body: bytes, limits: Limits) -> tuple[str | None, bytes]:
+    """(why the request is refused, or None; the body to pass on). For generation routes:
+    max_tokens and max_completion_tokens integers within the limit (a string or a float is
+    refused, not read as a number), n and best_of integers within max_n, and n x max_tokens
+    within max_request_tokens; max_tokens set to the limit when the request gives none. A body
+    that is not a JSON object passes through as it is: the route answers it with its own 400."""
     if not path.rstrip("/").endswith(GENERATION_PATHS):
-        return None
+        return None, body
     try:
         data = json.loads(body or b"{}")
-    except ValueError:
-        return None
+    except (ValueError, RecursionError):
+        return None, body
     if not isinstance(data, dict):
-        return None
+        return None, body
+    tokens = None
     for key in ("max_tokens", "max_completion_tokens"):
         v = data.get(key)
-        if isinstance(v, int) and v > limits.max_tokens:
-            return f"{key} {v} is above this server's limit of {limits.max_tokens}"
-    return None
+        if v is None:
+            continue
+        if not _is_int(v):
+            return f"{key} must be an integer, got {json.dumps(v)[:40]}", body
+        if v > limits.max_tokens:
+            return f"{key} {v} is above this server's limit of {limits.max_tokens}", body
+        tokens = v if tokens is None else min(tokens, v)
+    count = 1
+    for key in ("n", "best_of"):
+        v = data.get(key)
+        if v is None:
+            continue
+        if not _is_int(v):
+            return f"{key} must be an integer, got {json.dumps(v)[:40]}", body
+        if v > limits.max_n:
+            return f"{key} {v} is above this server's limit of {limits.max_n}", body
+        count = max(count, v)
+    if tokens is None:  # unbounded by the client: the server's limit applies
+        tokens = limits.max_tokens
+        data["max_tokens"] = tokens
+        body = json.dumps(data).encode()
+    if count * tokens > limits.max_request_tokens:
+        return (f"n x max_tokens = {count} x {tokens} = {count * tokens} tokens is above this "
+                f"server's limit of {limits.max_request_tokens} per request"), body
+    return None, body
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 class Guard:
@@ -91,21 +132,23 @@ class Guard:
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
             return await _reply(send, 413, _too_big(limits), "invalid_request_error")
-        chunks, size, more = [], 0, True
-        while more:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > limits.max_request_bytes:
-                return await _reply(send, 413, _too_big(limits), "invalid_request_error")
-            chunks.append(chunk)
-            more = msg.get("more_body", False)
-        body = b"".join(chunks)
-        why = check_body(scope.get("path", ""), body, limits)
+        try:
+            body = await asyncio.wait_for(_read_body(receive, limits), limits.read_timeout_s)
+        except asyncio.TimeoutError:
+            return await _reply(send, 408, f"request body not received within "
+                                f"{limits.read_timeout_s:g} s", "invalid_request_error")
+        if body is None:  # the client left
+            return
+        if isinstance(body, str):
+            return await _reply(send, 413, body, "invalid_request_error")
+        why, passed = check_body(scope.get("path", ""), body, limits)
         if why:
             return await _reply(send, 400, why, "invalid_request_error")
+        if passed is not body:  # rewritten (max_tokens added): its length changed
+            body = passed
+            scope = {**scope, "headers": [(k, v) for k, v in scope.get("headers", [])
+                                          if k.lower() != b"content-length"]
+                     + [(b"content-length", str(len(body)).encode())]}
         sent = False
 
         async def replay():
@@ -116,6 +159,22 @@ class Guard:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+
+async def _read_body(receive, limits: Limits) -> bytes | str | None:
+    """The whole body; a str (why) when it is over the size limit; None when the client left."""
+    chunks, size, more = [], 0, True
+    while more:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limits.max_request_bytes:
+            return _too_big(limits)
+        chunks.append(chunk)
+        more = msg.get("more_body", False)
+    return b"".join(chunks)
 
 
 def _prefix_is_root(scope: dict) -> dict:

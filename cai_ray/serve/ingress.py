@@ -23,13 +23,19 @@ from pathlib import Path
 from cai_ray.cluster import free_port
 
 WRAPPER = r"""#!/bin/sh
-# cai-ray: Ray's HAProxy with its wildcard binds (stats, Prometheus) moved to loopback, and
-# each request on a server connection of its own (`http-reuse always` -> never, server-close).
+# cai-ray: Ray's HAProxy with its wildcard binds (stats, Prometheus) moved to loopback, each
+# request on a server connection of its own (`http-reuse always` -> never, server-close), a
+# request's headers and body read in full within {read_timeout}s before it goes to a replica
+# (slow clients get 408 and never take a replica's slot), and at most {per_client} connections
+# per client address.
 prev=
 for a in "$@"; do
-  if [ "$prev" = "-f" ]; then
-    sed -i -E -e 's/^([[:space:]]*bind[[:space:]]+)\*?:([0-9])/\1127.0.0.1:\2/' \
+  if [ "$prev" = "-f" ] && ! grep -q '^# cai-ray edits' "$a"; then
+    sed -i -E -e '1i\# cai-ray edits (serve/ingress.py)' \
+      -e 's/^([[:space:]]*bind[[:space:]]+)\*?:([0-9])/\1127.0.0.1:\2/' \
       -e 's/^([[:space:]]*)http-reuse[[:space:]]+always/\1http-reuse never\n\1option http-server-close/' \
+      -e '/^defaults/a\    timeout http-request {read_timeout}s\n    option http-buffer-request' \
+      -e '/^frontend http_frontend/a\    stick-table type ip size 100k expire 60s store conn_cur\n    tcp-request connection track-sc0 src\n    tcp-request connection reject if { sc0_conn_cur gt {per_client} }' \
       "$a" || exit 1
   fi
   prev=$a
@@ -54,6 +60,15 @@ def haproxy_binary() -> str:
         return found
 
 
+def write_wrapper(path: Path, real: str, read_timeout_s: float, per_client: int) -> Path:
+    """The shell script Ray runs as its HAProxy binary (WRAPPER, filled in), mode 0700."""
+    text = WRAPPER.replace("{real}", real).replace("{read_timeout}", str(
+        max(1, round(read_timeout_s)))).replace("{per_client}", str(int(per_client)))
+    path.write_text(text)
+    path.chmod(stat.S_IRWXU)
+    return path
+
+
 def resolve_ingress(name: str) -> str:
     """`auto` -> `haproxy` where a binary is installed, else `proxy`; the others as they are."""
     if name != "auto":
@@ -67,11 +82,12 @@ def resolve_ingress(name: str) -> str:
     return "haproxy"
 
 
-def haproxy_env(workdir: Path, request_timeout_s: float) -> dict[str, str]:
-    """Ray's HAProxy settings: its files under `workdir`, its side listeners on loopback."""
+def haproxy_env(workdir: Path, request_timeout_s: float, read_timeout_s: float = 10.0,
+                per_client: int = 64) -> dict[str, str]:
+    """Ray's HAProxy settings: its files under `workdir`, its side listeners on loopback, the
+    request-read timeout and per-client connection limit in the config (WRAPPER)."""
     wrapper = workdir / "haproxy"
-    wrapper.write_text(WRAPPER.replace("{real}", haproxy_binary()))
-    wrapper.chmod(stat.S_IRWXU)
+    write_wrapper(wrapper, haproxy_binary(), read_timeout_s, per_client)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -103,7 +119,8 @@ def local_cluster_env(cfg) -> dict[str, str]:
         # 0700; short, since HAProxy caps socket paths at 97 bytes and Ray adds the node's id (56)
         workdir = Path(tempfile.mkdtemp(prefix="cai-hap-", dir="/tmp" if os.path.isdir("/tmp")
                                         else None))
-        env.update(haproxy_env(workdir, cfg.request_timeout_s))
+        env.update(haproxy_env(workdir, cfg.request_timeout_s, cfg.read_timeout_s,
+                               cfg.max_connections_per_client))
         env["RAY_SERVE_HAPROXY_METRICS_ENABLED"] = "0"
     return env
 

@@ -84,10 +84,11 @@ def llm_config(target, cfg, *, on_gpu: bool, max_model_len: int, dtype: str):
     from ray.serve.llm import LLMConfig
 
     from cai_ray.engines.vllm_engine import CPU_BLOCK_SIZE
+    from cai_ray.models import trust_remote_code  # the run's model.trust_remote_code
 
     engine = {"dtype": dtype, "max_model_len": max_model_len, "enforce_eager": not on_gpu,
               "max_num_seqs": cfg.max_num_seqs, "tensor_parallel_size": cfg.tensor_parallel_size,
-              "trust_remote_code": False}
+              "trust_remote_code": trust_remote_code()}
     if on_gpu:
         engine["gpu_memory_utilization"] = cfg.gpu_memory_utilization
     else:

@@ -5,7 +5,6 @@ and checked before Ray starts: a bad target is one line and exit 2.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +62,12 @@ def _complete(manifest: dict, stage: str) -> bool:
 
 def from_run_dir(run_dir: Path, stage: str | None, name: str | None,
                  want_score: bool, want_judge: bool) -> ServeTarget:
-    from cai_ray.config import JobConfig
+    from cai_ray.config.load import job_from_record
+    from cai_ray.rundir.layout import RunDir
 
-    try:
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-        job = JobConfig.model_validate({**manifest["config"], "run_dir": str(run_dir)})
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{run_dir}/manifest.json: unreadable ({type(exc).__name__}); "
-                         f"is this a cai-ray run directory?") from None
+    manifest = RunDir(run_dir).manifest()  # InputError for a damaged one
+    job = job_from_record(manifest.get("config"), f"{run_dir}/manifest.json",
+                          run_dir=str(run_dir))
     policies = policy_stages()
     done = [s for s in policies if _complete(manifest, s)]
     if stage is None:
@@ -98,7 +95,7 @@ def from_model(spec: str, name: str | None, want_score: bool, want_judge: bool, 
                job=None, run_dir: Path | None = None) -> ServeTarget:
     from cai_ray import models
 
-    path = models.resolve(spec)
+    path = models.check(spec, "the model to serve")
     if not Path(path).is_dir():
         raise InputError(f"{spec}: not a run directory, a model folder or a registry name "
                          f"(`cai-ray models list`); serving needs the model on this machine")
@@ -123,7 +120,7 @@ def _attach_scorers(target: ServeTarget, run_dir: Path, manifest: dict, want_sco
         if rm:
             from cai_ray import models
 
-            target.reward_model = models.resolve(rm)
+            target.reward_model = models.check(rm, "rl.reward_model")
         elif _complete(manifest, "reward"):
             target.reward_model = _model_folder(run_dir / "reward" / "model",
                                                 f"{run_dir} stage reward")
@@ -140,7 +137,7 @@ def _judge_model(job, run_dir: Path, manifest: dict) -> str:
     from cai_ray import models
 
     if job.judge.model:
-        return models.resolve(job.judge.model)
+        return models.check(job.judge.model, "judge.model")
     from cai_ray.stages.registry import STAGES
 
     order = list(STAGES)
@@ -148,7 +145,7 @@ def _judge_model(job, run_dir: Path, manifest: dict) -> str:
               and _complete(manifest, s)]
     if before:
         return _model_folder(run_dir / before[-1] / "model", f"{run_dir} stage {before[-1]}")
-    return models.resolve(job.model.name)
+    return models.check(job.model.name, "model.name")
 
 
 def _judge_spec(job, model: str) -> JudgeSpec:

@@ -147,3 +147,93 @@ def test_ray_s_own_config_cuts_those_connections(tmp_path, haproxy):
     ended, ran = _kill_mid_request(tmp_path, haproxy)
     assert "http-reuse always" in ran
     assert ended["RemoteProtocolError"] >= 8, dict(ended)
+
+
+ONE_AT_A_TIME = r"""
+import sys
+from http.server import HTTPServer, BaseHTTPRequestHandler
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    do_GET = do_POST
+    def log_message(self, *a):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+"""A replica with a single request slot: a body it waits for holds everyone else."""
+
+
+def _slow_client(port: int, source: str):
+    """Headers and 1 byte of a 1,000-byte body, then silence (slowloris); None when the
+    connection is refused."""
+    import socket
+
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                     source_address=(source, 0))
+    except OSError:
+        return None
+    try:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+                  b"Content-Type: application/json\r\n\r\n{")
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+def _answer(s) -> bytes:
+    """What the server sent before closing (b'' for a connection it refused)."""
+    if s is None:
+        return b""
+    try:
+        s.settimeout(10)
+        return s.recv(200)
+    except OSError:
+        return b""
+    finally:
+        s.close()
+
+
+def test_slow_clients_get_408_at_the_ingress_and_a_normal_request_is_answered(tmp_path, haproxy):
+    """100 slow connections from one client (127.0.0.2) while a replica has one request slot: the
+    ingress reads every body before a replica sees it, so a normal client (127.0.0.1) is answered
+    at once; the client's connections beyond its limit (64) are refused, and the rest get 408
+    when the read timeout (2 s) ends. Ray's config as it is (no read timeout, bodies streamed to
+    the replica) keeps the normal request waiting on the first slow body for `timeout client`."""
+    from cai_ray.serve.ingress import write_wrapper
+
+    ports = dict(port=free_port(), metrics=free_port(), replica=free_port(), fallback=free_port())
+    wrapper = write_wrapper(tmp_path / "haproxy", haproxy, read_timeout_s=2, per_client=64)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(CONFIG.format(retry_on="conn-failure", **ports))
+    procs = [subprocess.Popen([sys.executable, "-c", ONE_AT_A_TIME, str(ports["replica"])])]
+    slow = []
+    try:
+        _wait_listening(ports["replica"])
+        procs.append(subprocess.Popen([str(wrapper), "-f", str(cfg), "-db"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_listening(ports["port"])
+        slow = [_slow_client(ports["port"], "127.0.0.2") for _ in range(100)]
+        t0 = time.time()
+        r = httpx.post(f"http://127.0.0.1:{ports['port']}/v1/chat/completions", json={"m": 1},
+                       timeout=30)
+        waited = time.time() - t0
+        answers = Counter(_answer(s).split(b"\r\n")[0] for s in slow)
+    finally:
+        for s in slow:
+            if s is not None:
+                s.close()
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert r.status_code == 200 and waited < 5, (r.status_code, waited)
+    assert answers == {b"HTTP/1.1 408 Request Time-out": 64, b"": 36}, answers
+    ran = cfg.read_text()
+    assert "timeout http-request 2s" in ran and "sc0_conn_cur gt 64" in ran
+    assert ran.count("# cai-ray edits") == 1

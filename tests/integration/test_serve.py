@@ -9,97 +9,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
-
-from cai_ray.cluster import free_port
-
-KEY = "test-key-0123"
-READY_S = 600
-
-
-def make_run_dir(root: Path, tiny_model: str) -> Path:
-    """A run directory as the pipeline leaves it after sft and reward: the tiny model as the SFT
-    policy, and a value model with a seeded fresh head as the reward model."""
-    import shutil
-
-    import torch
-    from transformers import AutoTokenizer
-
-    from cai_ray.config import load_job
-    from cai_ray.train.reward import load_value_model
-
-    run = root / "run"
-    shutil.copytree(tiny_model, run / "sft" / "model")
-    torch.manual_seed(0)
-    rm = load_value_model(tiny_model)
-    torch.nn.init.normal_(rm.score.weight, std=0.5)
-    rm.save_pretrained(run / "reward" / "model", safe_serialization=True)
-    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(run / "reward" / "model")
-    job = load_job("tiny", run_dir=str(run))
-    done = {"status": "complete", "digest": "test"}
-    (run / "manifest.json").write_text(json.dumps({
-        "config": job.model_dump(), "name": job.name, "identity": "test",
-        "stages": {"sft": done, "reward": done}}))
-    return run
-
-
-class Server:
-    def __init__(self, run: Path, port: int, key_file: Path, log: Path, flags: tuple[str, ...]):
-        self.port, self.base = port, f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "cai_ray.cli", "serve", str(run), "--port", str(port),
-               "--api-key-file", str(key_file), "--request-timeout", "30", *flags]
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     start_new_session=True)
-        self.info = self._ready()
-
-    def _ready(self) -> dict:
-        got: list[str] = []
-        reader = threading.Thread(target=lambda: got.append(self.proc.stdout.readline()),
-                                  daemon=True)
-        reader.start()
-        reader.join(READY_S)
-        if not got or not got[0].strip():
-            self.kill()
-            raise AssertionError(f"server not ready in {READY_S} s; see {self.log.name}")
-        return json.loads(got[0])
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cai_ray.cli", "serve", *args, "--address",
-                               self.info["ray_address"]], capture_output=True, text=True,
-                              timeout=timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        subprocess.run(["pkill", "-9", "-f", "--", f"--port {self.port}"], check=False)
-
-
-def _serving(tmp_path_factory, tiny_model, flags: tuple[str, ...] = ("--score", "--judge")):
-    root = tmp_path_factory.mktemp("serve")
-    run = make_run_dir(root, tiny_model)
-    key_file = root / "key"
-    key_file.write_text(KEY + "\n")
-    srv = Server(run, free_port(), key_file, root / "server.log", flags)
-    srv.run, srv.tiny = run, tiny_model
-    yield srv
-    if srv.proc.poll() is None:  # the last test stops it; this is for an early failure
-        srv.cli("--stop")
-    try:
-        srv.proc.wait(60)
-    finally:
-        srv.kill()
+from serving import KEY, run_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model):
-    yield from _serving(tmp_path_factory, tiny_model)
+    yield from run_server(tmp_path_factory, tiny_model)
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +109,9 @@ def test_openai_client_chat_stream_equals_plain_and_usage_matches_tokenizer(serv
 
 
 @pytest.mark.parametrize("case", ["unknown_model", "negative_max_tokens", "max_tokens_over_limit",
-                                  "not_json", "prompt_too_long", "body_too_big", "no_key",
-                                  "wrong_key", "route_not_served"])
+                                  "max_tokens_string", "max_tokens_float", "n_over_limit",
+                                  "n_times_max_tokens_over_limit", "not_json", "prompt_too_long",
+                                  "body_too_big", "no_key", "wrong_key", "route_not_served"])
 def test_bad_requests_get_4xx_with_a_message_and_serving_goes_on(server, case):
     url = f"{server.base}/v1/chat/completions"
     body = {"model": "cai-tiny-sft", "messages": MSGS, "max_tokens": 4}
@@ -202,6 +123,14 @@ def test_bad_requests_get_4xx_with_a_message_and_serving_goes_on(server, case):
         body["max_tokens"] = -3
     elif case == "max_tokens_over_limit":
         body["max_tokens"] = 100_000
+    elif case == "max_tokens_string":  # vLLM would read "2000" as 2000
+        body["max_tokens"] = "2000"
+    elif case == "max_tokens_float":
+        body["max_tokens"] = 2000.0
+    elif case == "n_over_limit":
+        body["n"] = 1000
+    elif case == "n_times_max_tokens_over_limit":  # 8 x 1024 tokens from one request
+        body["n"], body["max_tokens"] = 8, 1024
     elif case == "not_json":
         content, headers["content-type"] = b"{this is not json", "application/json"
     elif case == "prompt_too_long":
@@ -418,7 +347,7 @@ def test_status_then_stop_ends_the_foreground_server(server):
 
 @pytest.fixture(scope="module")
 def proxy_server(tmp_path_factory, tiny_model):
-    yield from _serving(tmp_path_factory, tiny_model, ("--ingress", "proxy"))
+    yield from run_server(tmp_path_factory, tiny_model, ("--ingress", "proxy"))
 
 
 @pytest.mark.slow
