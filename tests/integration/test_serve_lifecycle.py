@@ -62,17 +62,27 @@ def test_100_slow_connections_do_not_starve_a_normal_request(lean):
     assert "sc0_conn_cur gt 64" in ran
 
 
-def _haproxy_config(pid: int) -> str:
+def _haproxy_config(pid: int, wait_s: float = 60) -> str:
+    """The config file of the HAProxy under the server, once our wrapper has edited it: Ray
+    rewrites the file before each reload and the reload's wrapper edits it before HAProxy reads
+    it, so the file is briefly unedited while a reload is under way."""
     import psutil
 
-    for p in psutil.Process(pid).children(recursive=True):
-        try:
-            cmd = p.cmdline()
-        except psutil.Error:
-            continue
-        if p.name() == "haproxy" and "-f" in cmd:
-            return open(cmd[cmd.index("-f") + 1]).read()
-    raise AssertionError("no HAProxy process under the server")
+    deadline = time.time() + wait_s
+    while True:
+        found = None
+        for p in psutil.Process(pid).children(recursive=True):
+            try:
+                cmd = p.cmdline()
+            except psutil.Error:
+                continue
+            if p.name() == "haproxy" and "-f" in cmd:
+                found = open(cmd[cmd.index("-f") + 1]).read()
+                break
+        assert found is not None, "no HAProxy process under the server"
+        if "# cai-ray edits" in found or time.time() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
