@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cai_ray.cli import main
+
 
 def cli(*args, cwd=None):
     """A bad input is answered in seconds: one that hangs fails the test at 120 s."""
@@ -142,18 +144,24 @@ CASES = {
 }
 
 
+@pytest.mark.timeout(120)  # a bad input is answered in seconds; a hang fails here, with a report
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_exit_2(tmp_path, run_dir, case):
+def test_bad_input_exit_2(tmp_path, run_dir, case, capsys, monkeypatch):
+    """In process (the CLI's main, as `cai-ray` calls it): a subprocess each cost 4 s of imports.
+    The subprocess path is covered by the tests below and by tests/integration."""
     files = _files(tmp_path)
     args, expect = CASES[case]
     args = [a.format(**files) for a in args]
     before = tree_digest(run_dir)
     (tmp_path / "my_rewards.py").write_text("def one(prompts, completions, **kw):\n"
                                             "    return [1.0]\n")
-    res = cli("run", "tiny", "--run-dir", str(run_dir), *args, cwd=tmp_path)
-    assert res.returncode == 2, res.stderr[-2000:]
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("cai-ray: error:")]
-    assert len(lines) == 1 and expect in lines[0], res.stderr[-2000:]
+    monkeypatch.setenv("CAI_RAY_FORCE_CPU", "1")
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", "tiny", "--run-dir", str(run_dir), *args])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("cai-ray: error:")]
+    assert len(lines) == 1 and expect in lines[0], err[-2000:]
     assert tree_digest(run_dir) == before
 
 
