@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 # folders we control (vLLM, DeepSpeed and Ray otherwise write under ~/.cache and /tmp).
 WORKER_ENV_KEYS = ("CAI_RAY_CACHE", "CAI_RAY_TRUST_REMOTE_CODE", "TORCH_EXTENSIONS_DIR",
                    "VLLM_CACHE_ROOT", "DS_ACCELERATOR", "CAI_RAY_FORCE_CPU", "HF_HUB_OFFLINE",
-                   "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM")
+                   "VLLM_LOGGING_LEVEL", "TOKENIZERS_PARALLELISM", "CAI_RAY_TENSORBOARD")
 
 
 def default_env() -> None:
@@ -35,18 +35,20 @@ def default_env() -> None:
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
-             temp_dir: str | None = None, dashboard: bool = True, autoscaler: bool = True) -> None:
+             temp_dir: str | None = None, dashboard: bool = True, autoscaler: bool = True,
+             workers_to_console: bool = True) -> None:
     """Start (or join) Ray once per process. A local cluster binds to 127.0.0.1 and keeps Ray's
     token authentication as Ray configures it (on by default in 2.60); `dashboard` says whether it
     starts Ray's dashboard (the pipeline needs it, see below); `autoscaler=False` leaves out Ray's
-    autoscaler monitor (see `_without_autoscaler`)."""
+    autoscaler monitor (see `_without_autoscaler`); `workers_to_console=False` leaves the actors'
+    and workers' output in Ray's log files (RUN_DIR/logs/ray) instead of the driver's console."""
     import ray
 
     default_env()
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in WORKER_ENV_KEYS if k in os.environ}
-    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": True,
+    kwargs: dict = {"runtime_env": {"env_vars": env}, "log_to_driver": workers_to_console,
                     "logging_level": logging.WARNING}
     if not address and os.environ.get("RAY_ADDRESS"):
         # Inside a submitted Ray job: its runtime env (working dir, env vars) already applies.

@@ -11,13 +11,16 @@ RUN_DIR/.previous/, not deleted).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import sys
 import time
 import traceback
 from pathlib import Path
 
+from cai_ray import console
 from cai_ray.config import JobConfig
 from cai_ray.constitution import load_constitution
 from cai_ray.errors import InputError
@@ -27,6 +30,7 @@ from cai_ray.rundir.layout import DiskWatch, RunDir, RunLock, open_run_dir
 from cai_ray.rundir.storage import Syncer
 from cai_ray.stages import graph, registry, resources
 from cai_ray.stages.context import Context
+from cai_ray.tracking import Tracking
 
 log = logging.getLogger("cai_ray")
 
@@ -59,6 +63,9 @@ def build_context(job: JobConfig, quiet: bool = False, force: bool = False,
         check_lora(job, stage, base)
     if not joins_existing_cluster(job):  # a local cluster gets this machine's GPUs and memory
         resources.check(job, resources.local_machine())
+    from cai_ray import tracking
+
+    tracking.check(job)
     run = open_run_dir(job.run_dir)
     run.check_usable()
     plan = graph.resolve(job, _recorded(run))
@@ -142,14 +149,15 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
     if resume and all(rd.is_complete(s, digests[s], registry.get(s).outputs)
                       for s in job.stages):
         # nothing to run: answered from the manifest, with no cluster started or joined
-        return {s: run_stage(ctx, s, digests[s], resume) for s in job.stages}
+        return {s: run_stage(ctx, s, digests[s], resume, None) for s in job.stages}
     todo = [s for s in job.stages if not (resume and rd.is_complete(
         s, digests[s], registry.get(s).outputs))]
     if todo:  # the first stage to run fits on the disk, before a cluster starts
         check_disk(ctx, todo[0])
+    os.environ["CAI_RAY_TENSORBOARD"] = "1" if job.tracking.tensorboard else "0"  # to workers
     start_cluster(job)
     lock = RunLock(rd.path)
-    sync = None
+    sync, tracking, status = None, None, "FAILED"
     try:
         nodeview.announce(rd.path.resolve(), rd.remote)  # where actors on any node find the run
         if rd.remote is not None:  # everything the last run pushed: resume from the bucket
@@ -157,15 +165,24 @@ def run(job: JobConfig, *, resume: bool = False, force: bool = False, quiet: boo
             log.warning("run directory %s: working copy %s (%d file(s) pulled)", rd.uri, rd.path, n)
             sync = Syncer(rd.remote, rd.path, job.ray.sync_every_s).__enter__()
         rd.open(identity(job), job.name, job.model_dump(mode="json"), platform_record(job))
+        console.link_ray_logs(console.to_run_dir(rd.path))
+        tracking = Tracking.open(job, rd)
         summary = {}
         for stage in job.stages:
-            summary[stage] = run_stage(ctx, stage, digests[stage], resume)
+            summary[stage] = run_stage(ctx, stage, digests[stage], resume, tracking)
             if summary[stage]["status"] == "failed":
                 break
             if sync is not None:
                 sync.push()  # each finished stage lands in the bucket at once
+        status = "FAILED" if any(r["status"] == "failed" for r in summary.values()) \
+            else "FINISHED"
         return summary
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
     finally:
+        if tracking is not None:
+            tracking.close(status)
         nodeview.withdraw()
         if sync is not None:
             sync.__exit__(None, None, None)
@@ -190,7 +207,9 @@ def start_cluster(job: JobConfig) -> None:
     from cai_ray.cluster import init_ray
 
     existing = joins_existing_cluster(job)
-    init_ray(job.ray.address, resources.local_cpus(job), job.ray.temp_dir)
+    console.adopt_library_loggers()  # ray is imported: its console handler goes
+    init_ray(job.ray.address, resources.local_cpus(job), job.ray.temp_dir,
+             workers_to_console=console.verbose())
     if existing:
         where = job.ray.address or ray.get_runtime_context().gcs_address
         resources.check(job, resources.cluster_have(ray.cluster_resources(), where))
@@ -211,12 +230,14 @@ def check_shared(run_dir: str) -> None:
                          f"use a shared folder or an object-store URI (s3://bucket/run)")
 
 
-def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
+def run_stage(ctx: Context, stage: str, digest: str, resume: bool,
+              tracking: Tracking | None) -> dict:
     rd = ctx.run
     st = registry.get(stage)
     ctx.stage = stage
     if resume and rd.is_complete(stage, digest, st.outputs):
         return {"status": "skipped (complete)", "seconds": 0.0, "result": rd.result(stage)}
+    console.stage_line(ctx.job.stages.index(stage) + 1, len(ctx.job.stages), stage, st.about)
     rec = rd.stage_record(stage)
     if rec.get("digest") and rec["digest"] != digest and (rd.path / stage).exists():
         _move_aside(rd, stage, ctx.job.keep_previous)
@@ -224,8 +245,9 @@ def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
     rd.mark(stage, status="running", digest=digest, started=time.time())
     t0 = time.time()
     watch = DiskWatch(rd.path)
+    tracked = tracking.stage(stage, digest) if tracking is not None else None
     try:
-        with watch:
+        with watch, tracked or contextlib.nullcontext():
             result = st.run(ctx)
     except InputError:
         _mark_failed(rd, stage, time.time() - t0)
@@ -239,6 +261,8 @@ def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
         if full is not None:
             raise full from None
         traceback.print_exc(file=sys.stderr)
+        print(f"cai-ray: stage {stage} failed; the full logs: {rd.path / 'logs'} (driver.log, "
+              f"and ray/: one file per process)", file=sys.stderr)
         return {"status": "failed", "seconds": time.time() - t0, "result": {},
                 "error": f"{type(exc).__name__}: {exc}"}
     seconds = time.time() - t0
@@ -253,6 +277,8 @@ def run_stage(ctx: Context, stage: str, digest: str, resume: bool) -> dict:
         if full is None:
             raise
         raise full from None
+    if tracked is not None:
+        tracked.finish(result)
     return {"status": "complete", "seconds": seconds, "result": result}
 
 
@@ -293,7 +319,9 @@ def _move_aside(rd: RunDir, stage: str, keep: int = 1) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: dict, run_dir: str | None = None) -> str:
+    """The run's table: a row per stage (status, seconds, key figures), then the total, the peak
+    disk use and where the run directory is."""
     rows = [("stage", "status", "seconds", "key figures")]
     for stage, rec in summary.items():
         res = rec.get("result", {})
@@ -307,10 +335,9 @@ def format_summary(summary: dict) -> str:
     peaks = {s: r["result"]["disk/run_dir_peak_mb"] for s, r in summary.items()
              if "disk/run_dir_peak_mb" in r.get("result", {})}
     top = max(peaks, key=peaks.get) if peaks else None
-    rows.append(("total", "", f"{total:.1f}",
-                 f"peak disk use of the run directory {peaks[top]:.0f} MB (during {top})"
-                 if top else ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    where = [f"run directory {run_dir}"] if run_dir else []
+    disk = [f"peak disk {peaks[top]:.0f} MB (during {top})"] if top else []
+    rows.append(("total", "", f"{total:.1f}", "; ".join(where + disk)))
+    widths = [max(len(r[i]) for r in rows[:-1]) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths + [0])).rstrip()
+                     for r in rows)

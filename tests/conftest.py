@@ -69,3 +69,27 @@ def engine_generating(pid: int) -> bool:
 @pytest.fixture
 def is_generating():
     return engine_generating
+
+
+@pytest.fixture(autouse=True)
+def _cli_in_process_leaves_nothing(monkeypatch):
+    """Tests that call the CLI's main() in process: what it sets for the process (the console's
+    root handler and level, Python warnings as log records, the libraries' log-level variables)
+    and user modules it imported (my_rewards.py of one tmp_path) end with the test."""
+    import logging
+    import sys
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    for key in ("CAI_RAY_VERBOSE", "VLLM_LOGGING_LEVEL", "TRANSFORMERS_VERBOSITY", "WANDB_SILENT"):
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
+    before = set(sys.modules)
+    yield
+    logging.captureWarnings(False)
+    for name in set(sys.modules) - before:
+        if name.startswith("my_"):
+            del sys.modules[name]

@@ -8,10 +8,10 @@ line), 1 anything else.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
+from cai_ray import console
 from cai_ray.errors import InputError
 
 
@@ -208,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, run_args = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
     args.run_args = run_args
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    console.setup(args.verbose)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return args.fn(args) or 0

@@ -28,6 +28,5 @@ def run_command(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     summary = pipeline.run(job, resume=args.resume, force=args.force, quiet=args.quiet, ctx=ctx)
-    print(pipeline.format_summary(summary))
-    print(f"run directory: {job.run_dir}")
+    print(pipeline.format_summary(summary, job.run_dir))
     return 1 if any(s["status"] == "failed" for s in summary.values()) else 0

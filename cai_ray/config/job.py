@@ -40,6 +40,7 @@ from cai_ray.config.sections import (
     ServeCfg,
     SftCfg,
     SlCaiCfg,
+    TrackingCfg,
     TrainCfg,
     _Section,
 )
@@ -84,6 +85,7 @@ class JobConfig(_Section):
     rl: RlCfg = RlCfg()
     eval: EvalCfg = EvalCfg()
     serve: ServeCfg = ServeCfg()
+    tracking: TrackingCfg = TrackingCfg()
 
     @model_validator(mode="before")
     @classmethod

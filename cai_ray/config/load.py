@@ -22,6 +22,13 @@ SHORTCUTS = {"model": ["model", "name"], "prompts": ["prompts", "red_team"],
 """The CLI's flags and the job fields they set."""
 
 
+def redact(text: str) -> str:
+    """`scheme://user:password@host` with the user and password hidden (error lines, logs)."""
+    import re
+
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """'sl_cai.num_rounds=2' -> (['sl_cai', 'num_rounds'], 2); values are parsed as YAML."""
     if "=" not in item:
@@ -120,7 +127,7 @@ def load_job(path: str | Path | None = None, overrides: list[str] = (), **flags:
             path = list(legacy.override_path(parse_override(item)[0]))
             n = min(len(path), len(loc))  # the --set's path lies under the error, or above it
             if n and path[:n] == list(loc[:n]):
-                source = f"--set {item}"
+                source = f"--set {redact(item)}"
         for key, value in flags.items():  # ... or the flag (--stages, --run-dir, ...)
             if value is not None and tuple(shortcuts[key]) == tuple(loc[:len(shortcuts[key])]):
                 source = f"--{key.replace('_', '-')} {value}"

@@ -381,3 +381,49 @@ class ServeCfg(_Section):
     scorer_cpus: float = Field(1.0, gt=0)
     scorer_gpus: float = Field(0.0, ge=0)
     """Resources of the /v1/score and /v1/judge deployments, one replica each."""
+
+
+class MlflowCfg(_Section):
+    uri: str = ""
+    """Tracking URI: a server (`http://127.0.0.1:5000`) or a local store (`sqlite:///runs.db`, a
+    folder). Empty: off. `tracking.mlflow: URI` is short for `tracking.mlflow.uri: URI`. Put no
+    user or password in it (they would land in the manifest): MLflow reads
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD / MLFLOW_TRACKING_TOKEN from the
+    environment."""
+    experiment: str = Field("cai-ray", min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _uri_alone(cls, data: Any) -> Any:
+        return {"uri": data} if isinstance(data, str) else data
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, uri: str) -> str:
+        from urllib.parse import urlsplit
+
+        if "://" in uri and (urlsplit(uri).username or urlsplit(uri).password):
+            raise ValueError("has a user or password in it, which would land in the manifest; "
+                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+        return uri
+
+
+class WandbCfg(_Section):
+    mode: Literal["off", "offline", "online"] = "off"
+    """offline: a run folder under `dir` that `wandb sync` uploads later; online: W&B's servers
+    (the key from WANDB_API_KEY or `wandb login`, never from the job file)."""
+    project: str = Field("cai-ray", min_length=1)
+    entity: str | None = None
+    dir: str | None = None
+    """Where W&B writes its run folders (default: RUN_DIR/wandb)."""
+
+
+class TrackingCfg(_Section):
+    """Experiment trackers: one parent run per job and one child run per stage, with the resolved
+    job as parameters, every stage's per-step metrics, key figures and plots/report as artifacts
+    (cai_ray/tracking). Any combination may be on."""
+
+    tensorboard: bool = True
+    """TensorBoard event files next to each training stage's metrics.jsonl (as before)."""
+    mlflow: MlflowCfg = MlflowCfg()
+    wandb: WandbCfg = WandbCfg()

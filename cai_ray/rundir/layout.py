@@ -168,6 +168,13 @@ class RunDir:
         m["updated"] = time.time()
         self._write_manifest(m)
 
+    def note(self, key: str, value) -> None:
+        """A top-level field of the manifest (the trackers' run ids: `tracking`)."""
+        m = self.manifest()
+        m[key] = value
+        m["updated"] = time.time()
+        self._write_manifest(m)
+
     def write_result(self, stage: str, result: dict) -> None:
         write_json_atomic(self.stage_dir(stage) / "result.json", result)
 
@@ -192,6 +199,8 @@ def _manifest_problem(m) -> str | None:
     for name, rec in stages.items():
         if not isinstance(rec, dict):
             return f"stages.{name}: expected an object, got {readers.type_name(rec)}"
+    if "tracking" in m and not isinstance(m["tracking"], dict):
+        return f"tracking: expected an object of run ids, got {readers.type_name(m['tracking'])}"
     if "config" in m and not isinstance(m["config"], dict):
         return f"config: expected an object, got {readers.type_name(m['config'])}"
     return None

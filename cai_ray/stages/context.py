@@ -93,7 +93,8 @@ class Context:
         from tqdm import tqdm
 
         return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr,
-                    disable=self.quiet, dynamic_ncols=True, mininterval=1.0)
+                    disable=self.quiet, dynamic_ncols=True, mininterval=1.0,
+                    leave=False)  # a bar while the work runs; its figures go to the summary
 
 
 def model_label(path: str) -> str:

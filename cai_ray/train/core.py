@@ -105,6 +105,9 @@ class MetricsWriter:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         self.fh = open(out_dir / "metrics.jsonl", "a")
+        self.tb = None
+        if os.environ.get("CAI_RAY_TENSORBOARD", "1") == "0":  # tracking.tensorboard: false
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
 

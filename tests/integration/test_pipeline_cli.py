@@ -8,17 +8,27 @@ import sys
 import time
 
 import pytest
+from tracking_checks import check_mlflow, check_wandb, start_mlflow
 
 from cai_ray.prompts.sources import SHARED_DATA
 from cai_ray.rundir.files import read_jsonl
 
 pytestmark = pytest.mark.integration
 
+CONSOLE_LINES = 14
+"""The resumed tiny job's console, at most, as a terminal shows it: the tracking line, a line per
+stage run (5), the summary (header, 6 stages, total). Progress bars are redrawn in place and
+cleared when done. Before the quiet console: 73 lines through rl alone; 73 / 5 = 14.6."""
+
 
 def cai(*args, timeout=1200):
+    """Output as bytes, decoded here: text=True would turn each progress-bar refresh (a \r)
+    into a line of its own, which a terminal does not show."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "cai_ray.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    res = subprocess.run([sys.executable, "-m", "cai_ray.cli", *args], capture_output=True,
+                         timeout=timeout, env=env)
+    res.stdout, res.stderr = (b.decode("utf-8", "replace") for b in (res.stdout, res.stderr))
+    return res
 
 
 STAGES = ("sl_cai", "sft", "preferences", "reward", "rl", "eval")
@@ -39,20 +49,41 @@ def kill_driver_when(run_args: list[str], ready, log_path, timeout: float = 900)
     proc.wait(timeout=60)
 
 
-def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path):
+@pytest.fixture
+def mlflow_server(tmp_path):
+    proc, uri = start_mlflow(tmp_path)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+
+
+def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path, mlflow_server):
     """The tiny job through all six stages, with its driver killed mid-SFT (after sl_cai finished)
     and the run finished by `--resume`: sl_cai's output is kept byte for byte, nothing is lost or
-    duplicated, every stage completes once."""
+    duplicated, every stage completes once. Tracked in a real MLflow server and a W&B offline
+    run: the resume goes on in the same runs, with each step once. The console shows the job:
+    one line per stage, warnings and the summary, not its libraries' logs."""
     run = tmp_path / "run"
-    kill_driver_when(["run", "tiny", "--run-dir", str(run), "--quiet"],
+    track = ["--set", f"tracking.mlflow={mlflow_server}", "--set", "tracking.wandb.mode=offline"]
+    kill_driver_when(["run", "tiny", "--run-dir", str(run), "--quiet", *track],
                      lambda: (run / "sft" / "workers.jsonl").exists(), tmp_path / "killed.log")
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["sl_cai"]["status"] == "complete"
     assert manifest["stages"]["sft"]["status"] != "complete"
     sl_cai_before = (run / "sl_cai" / "data.jsonl").read_bytes()
 
-    res = cai("run", "tiny", "--run-dir", str(run), "--quiet", "--resume")
+    parent = json.loads((run / "manifest.json").read_text())["tracking"]["mlflow"]["run_id"]
+    res = cai("run", "tiny", "--run-dir", str(run), "--resume", *track)  # the default console
     assert res.returncode == 0, res.stderr[-4000:]
+    console = [ln.rsplit("\r", 1)[-1] for ln in (res.stdout + res.stderr).split("\n")[:-1]]
+    print(f"console of the resumed run ({len(console)} lines):", *console, sep="\n")
+    assert len(console) <= CONSOLE_LINES, len(console)
+    assert sum(ln.startswith("[") and "/6] " in ln for ln in console) == len(STAGES) - 1
+    assert (run / "logs" / "driver.log").stat().st_size > 0 and (run / "logs" / "ray").is_dir()
+    assert json.loads((run / "manifest.json").read_text())["tracking"]["mlflow"]["run_id"] == \
+        parent  # the same parent run goes on
+    print("mlflow read back:", check_mlflow(mlflow_server, run, STAGES, rl_iterations=2))
+    print("wandb offline history rows:", check_wandb(run, STAGES, rl_iterations=2))
     assert "sl_cai" in res.stdout and res.stdout.count("skipped (complete)") == 1
     assert (run / "sl_cai" / "data.jsonl").read_bytes() == sl_cai_before
     for stage in STAGES:

@@ -94,7 +94,8 @@ WRONG_TYPES = {
     "job": ["- just\n- a list\n", "sl_cai: 5\n", "sl_cai:\n  num_rounds: true\n",
             "rl:\n  lr: .inf\n", "sl_cai:\n  num_rounds: 1\n  num_rounds: 2\n"],
     "manifest": ["[1, 2]", "null", '{"stages": [1]}', '{"stages": {"sft": "complete"}}',
-                 '{"stages": {}, "config": {"sl_cai": {"num_rounds": "many"}}}'],
+                 '{"stages": {}, "config": {"sl_cai": {"num_rounds": "many"}}}',
+                 '{"stages": {}, "tracking": ["run-1"]}'],
     "key": ["\n"],
 }
 """Each entry is one case: `wrong_types[0]`, `wrong_types[1]`, ..."""
