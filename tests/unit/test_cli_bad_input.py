@@ -144,6 +144,13 @@ CASES = {
 }
 
 
+def ray_is_up_in_this_process() -> bool:
+    """Whether a test before this one left Ray initialised in pytest's process (the session's
+    ray_cluster fixture when tests/integration ran first): the CLI in its own process then."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 @pytest.mark.timeout(120)  # a bad input is answered in seconds; a hang fails here, with a report
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_exit_2(tmp_path, run_dir, case, capsys, monkeypatch):
@@ -155,10 +162,14 @@ def test_bad_input_exit_2(tmp_path, run_dir, case, capsys, monkeypatch):
     before = tree_digest(run_dir)
     (tmp_path / "my_rewards.py").write_text("def one(prompts, completions, **kw):\n"
                                             "    return [1.0]\n")
-    monkeypatch.setenv("CAI_RAY_FORCE_CPU", "1")
-    monkeypatch.chdir(tmp_path)
-    code = main(["run", "tiny", "--run-dir", str(run_dir), *args])
-    err = capsys.readouterr().err
+    if ray_is_up_in_this_process():  # main() would join it, as a library caller's Ray
+        res = cli("run", "tiny", "--run-dir", str(run_dir), *args, cwd=tmp_path)
+        code, err = res.returncode, res.stderr
+    else:
+        monkeypatch.setenv("CAI_RAY_FORCE_CPU", "1")
+        monkeypatch.chdir(tmp_path)
+        code = main(["run", "tiny", "--run-dir", str(run_dir), *args])
+        err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     lines = [ln for ln in err.splitlines() if ln.startswith("cai-ray: error:")]
     assert len(lines) == 1 and expect in lines[0], err[-2000:]
