@@ -238,6 +238,9 @@ class DpoCfg(TrainCfg):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     soft_labels: bool | None = None
     """Use p_chosen as the target; unset: on for cdpo, off for dpo and ipo."""
+    ipo_per_token: bool = True
+    """ipo: each log-ratio divided by its answer's token count, as the IPO authors and TRL run
+    it; false: summed log-ratios (long answers dominate the square)."""
     data: str = "preferences"
     """preferences (the preferences stage's pairs and soft labels), sl_cai_pairs (revision chosen
     over the initial answer, as the HF Constitutional AI recipe does), or a .jsonl / saved data

@@ -54,7 +54,8 @@ def run(ctx: Context) -> dict:
     start = ctx.policy_model()
     task = DpoTask(max_len=cfg.max_len, beta=cfg.beta, loss_type=cfg.loss_type,
                    label_smoothing=cfg.label_smoothing, soft_labels=cfg.soft_labels,
-                   packing=cfg.packing, share_prompt=cfg.share_prompt)
+                   packing=cfg.packing, share_prompt=cfg.share_prompt,
+                   ipo_per_token=cfg.ipo_per_token)
     m = fit(task, start, data, TrainSpec.of(cfg, plugins=tuple(ctx.job.plugins)), out,
             seed=ctx.job.seed)
     keys = ("eval/loss", "eval/rewards/accuracy", "eval/rewards/margin", "eval/rewards/chosen",
@@ -63,6 +64,7 @@ def run(ctx: Context) -> dict:
             "perf/tokens_per_s", "perf/pad_share")
     return {"pairs_train": len(train), "pairs_eval": len(evals), "data": str(src),
             "start_model": str(start), "loss_type": cfg.loss_type, "beta": cfg.beta,
+            **({"ipo_per_token": cfg.ipo_per_token} if cfg.loss_type == "ipo" else {}),
             "soft_labels": any(0 < float(r.get("p_chosen", 1.0)) < 1 for r in rows),
             "steps": m.get("step"), "train/loss_first": m.get("train/loss_first"),
             "train/loss_last": m.get("train/loss"), **{k: m.get(k) for k in keys},

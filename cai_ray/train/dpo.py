@@ -58,6 +58,11 @@ def encode_answer(row: dict, answer: str, tokenizer, max_len: int) -> tuple[list
     return ids, labels
 
 
+def answer_tokens(labels: list[int]) -> int:
+    """How many tokens of the answer are scored (its labels that are not IGNORE)."""
+    return sum(t != IGNORE for t in labels)
+
+
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     """Right-padded (B, T) of label rows (token rows and their mask: reward.pad_right)."""
     width = max(len(s) for s in seqs)
@@ -101,8 +106,9 @@ class DpoTask:
 
     def __init__(self, max_len: int = 512, beta: float = 0.1, loss_type: str = "cdpo",
                  label_smoothing: float = 0.0, soft_labels: bool | None = None,
-                 packing: bool = False, share_prompt: bool = True):
+                 packing: bool = False, share_prompt: bool = True, ipo_per_token: bool = True):
         self.max_len, self.beta, self.loss_type, self.packing = max_len, beta, loss_type, packing
+        self.ipo_per_token = ipo_per_token
         self.share_prompt = share_prompt
         self.label_smoothing, self.soft_labels = label_smoothing, soft_labels
 
@@ -142,8 +148,11 @@ class DpoTask:
             else:
                 ids, mask = pad_right(seqs, pad_id)
                 out = {"input_ids": ids, "attention_mask": mask, "labels": pad(labels, IGNORE)}
+        lengths = [[answer_tokens(x["chosen_labels"]), answer_tokens(x["rejected_labels"])]
+                   for x in items]
         return {**out, "p": torch.tensor([x["p"] for x in items]),
-                "ref": torch.tensor(ref, dtype=torch.float32)}  # (B, 2): chosen, rejected
+                "ref": torch.tensor(ref, dtype=torch.float32),  # (B, 2): chosen, rejected
+                "lengths": torch.tensor(lengths, dtype=torch.long)}  # (B, 2): answer tokens
 
     def policy_logprobs(self, engine, batch: dict):
         dev = engine.device
@@ -156,7 +165,8 @@ class DpoTask:
         ref = batch["ref"].to(pi_c.device)
         return preference_loss(pi_c, pi_r, ref[:, 0], ref[:, 1], batch["p"], beta=self.beta,
                                loss_type=self.loss_type, label_smoothing=self.label_smoothing,
-                               soft_labels=self.soft_labels)
+                               soft_labels=self.soft_labels, lengths=batch["lengths"],
+                               ipo_per_token=self.ipo_per_token)
 
     @torch.no_grad()
     def evaluate(self, engine, batches: list[dict]) -> dict:

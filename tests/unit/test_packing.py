@@ -173,3 +173,17 @@ def test_rejected_answer_never_sees_the_chosen_one(tiny_model):
         b = sequence_logprobs(m, task.collate(other, 0), "cpu")
     assert not torch.isclose(a[0], b[0], atol=1e-3)  # the chosen answer changed
     assert torch.allclose(a[1:], b[1:], atol=1e-5)  # its rejected twin and the others did not
+
+
+@pytest.mark.parametrize("share,packing", [(False, False), (False, True), (True, False),
+                                           (True, True)])
+def test_dpo_answer_lengths_are_the_scored_tokens_of_each_answer(share, packing):
+    """ipo divides each log-ratio by batch["lengths"]: on every layout, the number of positions
+    sequence_logprobs sums for that answer."""
+    from cai_ray.train.dpo import DpoTask, scored_positions
+
+    batch = DpoTask(share_prompt=share, packing=packing).collate(pairs(), pad_id=0)
+    _, _, _, seqs, n = scored_positions(batch)
+    counts = torch.bincount(seqs, minlength=n)  # (2B,): chosen answers, then rejected
+    assert batch["lengths"].tolist() == torch.stack([counts[:n // 2], counts[n // 2:]], 1).tolist()
+    assert batch["lengths"].tolist() == [[5, 9], [8, 9], [11, 5]]  # 5 + 3i; 9 - 2i (+2 at i=1)
