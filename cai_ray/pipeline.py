@@ -20,7 +20,6 @@ import time
 import traceback
 from pathlib import Path
 
-from cai_ray import console
 from cai_ray.config import JobConfig
 from cai_ray.constitution import load_constitution
 from cai_ray.errors import InputError
@@ -30,7 +29,7 @@ from cai_ray.rundir.layout import DiskWatch, RunDir, RunLock, open_run_dir
 from cai_ray.rundir.storage import Syncer
 from cai_ray.stages import graph, registry, resources
 from cai_ray.stages.context import Context
-from cai_ray.tracking import Tracking
+from cai_ray.tracking import Tracking, console
 
 log = logging.getLogger("cai_ray")
 

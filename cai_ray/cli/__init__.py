@@ -11,8 +11,8 @@ import argparse
 import os
 import sys
 
-from cai_ray import console
 from cai_ray.errors import InputError
+from cai_ray.tracking import console
 
 
 def _run(args) -> int:

@@ -1,5 +1,5 @@
-"""Experiment tracking: the job as one parent run and each stage as a child run in MLflow and/or
-Weights & Biases, from the driver alone.
+"""What a run reports: experiment tracking (here: the job as one parent run and each stage as a
+child run in MLflow and/or Weights & Biases, from the driver alone) and the console (console.py).
 
     tracking = Tracking.open(job, run_dir)            # load-time checked: check(job)
     with tracking.stage("sft", digest) as st:         # child run; follows sft/metrics.jsonl

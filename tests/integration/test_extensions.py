@@ -97,3 +97,21 @@ def test_a_plugin_policy_loss_trains_the_learner(run):
     assert len(metrics) == 2
     for m in metrics:  # the learner ran the plugin's loss, not the clipped surrogate
         assert m["plain_pg/used"] == 1.0 and "policy/clipfrac" not in m
+
+
+
+def test_a_failing_stage_reaches_the_console_with_the_path_of_the_full_logs(run, tmp_path,
+                                                                              capsys):
+    """The quiet console hides the libraries' logs, not a failure: the stage's traceback and
+    where RUN_DIR/logs/ is (the plugin's stage raises when its greeting says so)."""
+    from cai_ray import pipeline
+    from cai_ray.config import load_job
+
+    job = load_job("tiny", [f"plugins=[{PLUGIN}]", "start_policy=base",
+                            "notes.greeting=raise"], stages="notes", run_dir=str(tmp_path / "r"))
+    summary = pipeline.run(job, quiet=True)
+    err = capsys.readouterr().err
+    assert summary["notes"]["status"] == "failed", summary
+    assert "RuntimeError: the notes stage was asked to fail" in err, err[-3000:]
+    assert f"cai-ray: stage notes failed; the full logs: {tmp_path / 'r' / 'logs'}" in err
+    assert (tmp_path / "r" / "logs" / "driver.log").is_file()

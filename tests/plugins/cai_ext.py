@@ -36,6 +36,8 @@ register_section("notes", NotesCfg)
 
 
 def _notes(ctx) -> dict:
+    if ctx.job.section("notes").greeting == "raise":  # a stage that fails, for the console test
+        raise RuntimeError("the notes stage was asked to fail")
     out = ctx.run.stage_dir("notes")
     fig = {"greeting": ctx.job.section("notes").greeting, "policy": ctx.policy_model()}
     write_json_atomic(out / "notes.json", fig)

@@ -124,3 +124,32 @@ def test_mlflow_tracker_parent_child_metrics_figures_and_resume(tmp_path):
     assert parent.data.metrics["sft/train/loss_last"] == 1.5
     assert [a.path for a in c.list_artifacts(sft["run_id"])] == ["plot.png"]
     assert (tmp_path / "mlruns").is_dir()  # beside the database, not in the folder we ran from
+
+
+def test_console_shows_ours_and_errors_and_the_run_dir_log_has_everything(tmp_path, capsys):
+    """Default console: cai-ray's warnings and anyone's errors; a library's warning and info only
+    in RUN_DIR/logs/driver.log, with what came before the run directory opened written first.
+    -v: everything on the console."""
+    import logging
+
+    from cai_ray.tracking import console
+
+    console.setup(False)
+    console.adopt_library_loggers()
+    logging.getLogger("ray").warning("ray before the run directory")
+    console.to_run_dir(tmp_path)
+    logging.getLogger("vllm").info("vllm info")
+    logging.getLogger("vllm").warning("vllm warning")
+    logging.getLogger("deepspeed").error("deepspeed error")
+    logging.getLogger("cai_ray.stages").warning("our warning")
+    logging.getLogger("cai_ray.stages").info("our info")
+    shown = capsys.readouterr().err.splitlines()
+    assert shown == ["ERROR deepspeed: deepspeed error", "WARNING cai_ray.stages: our warning"]
+    logged = [ln.split(" ", 2)[2] for ln in (tmp_path / "logs" / "driver.log").read_text()
+              .splitlines()]
+    assert logged == ["WARNING ray: ray before the run directory", "INFO vllm: vllm info",
+                      "WARNING vllm: vllm warning", "ERROR deepspeed: deepspeed error",
+                      "WARNING cai_ray.stages: our warning", "INFO cai_ray.stages: our info"]
+    console.setup(True)
+    logging.getLogger("vllm").info("now shown")
+    assert capsys.readouterr().err.splitlines() == ["INFO vllm: now shown"]
