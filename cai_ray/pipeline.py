@@ -30,6 +30,7 @@ from cai_ray.rundir.storage import Syncer
 from cai_ray.stages import graph, registry, resources
 from cai_ray.stages.context import Context
 from cai_ray.tracking import Tracking, console
+from cai_ray.tracking import check as check_trackers
 
 log = logging.getLogger("cai_ray")
 
@@ -62,9 +63,7 @@ def build_context(job: JobConfig, quiet: bool = False, force: bool = False,
         check_lora(job, stage, base)
     if not joins_existing_cluster(job):  # a local cluster gets this machine's GPUs and memory
         resources.check(job, resources.local_machine())
-    from cai_ray import tracking
-
-    tracking.check(job)
+    check_trackers(job)
     run = open_run_dir(job.run_dir)
     run.check_usable()
     plan = graph.resolve(job, _recorded(run))

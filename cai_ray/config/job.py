@@ -40,10 +40,10 @@ from cai_ray.config.sections import (
     ServeCfg,
     SftCfg,
     SlCaiCfg,
-    TrackingCfg,
     TrainCfg,
     _Section,
 )
+from cai_ray.config.tracking import TrackingCfg
 
 DEFAULT_STAGES = ("sl_cai", "sft", "preferences", "reward", "rl", "eval")
 """What a job runs when it names no stages: the paper's pipeline (RL-CAI). The packaged `dpo` job

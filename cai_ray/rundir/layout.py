@@ -163,15 +163,15 @@ class RunDir:
         return True
 
     def mark(self, stage: str, **fields) -> None:
-        m = self.manifest()
-        m.setdefault("stages", {}).setdefault(stage, {}).update(fields)
-        m["updated"] = time.time()
-        self._write_manifest(m)
+        self._update(lambda m: m.setdefault("stages", {}).setdefault(stage, {}).update(fields))
 
     def note(self, key: str, value) -> None:
         """A top-level field of the manifest (the trackers' run ids: `tracking`)."""
+        self._update(lambda m: m.__setitem__(key, value))
+
+    def _update(self, change) -> None:
         m = self.manifest()
-        m[key] = value
+        change(m)
         m["updated"] = time.time()
         self._write_manifest(m)
 

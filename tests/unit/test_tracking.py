@@ -93,7 +93,7 @@ def test_mlflow_tracker_parent_child_metrics_figures_and_resume(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from cai_ray.config.sections import MlflowCfg
+    from cai_ray.config.tracking import MlflowCfg
     from cai_ray.tracking.mlflow_tracker import MlflowTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
