@@ -318,8 +318,13 @@ def _move_aside(rd: RunDir, stage: str, keep: int = 1) -> None:
 
 
 def format_summary(summary: dict, run_dir: str | None = None) -> str:
-    """The run's table: a row per stage (status, seconds, key figures), then the total, the peak
-    disk use and where the run directory is."""
+    """The judge checks of the run (judge.gate) first, then the run's table: a row per stage
+    (status, seconds, key figures), then the total, the peak disk use and where the run directory
+    is."""
+    from cai_ray.judges.gate import describe
+
+    checks = [f"{stage}: {describe(rec['result']['judge_check'])}" for stage, rec in
+              summary.items() if isinstance(rec.get("result", {}).get("judge_check"), dict)]
     rows = [("stage", "status", "seconds", "key figures")]
     for stage, rec in summary.items():
         res = rec.get("result", {})
@@ -337,5 +342,5 @@ def format_summary(summary: dict, run_dir: str | None = None) -> str:
     disk = [f"peak disk {peaks[top]:.0f} MB (during {top})"] if top else []
     rows.append(("total", "", f"{total:.1f}", "; ".join(where + disk)))
     widths = [max(len(r[i]) for r in rows[:-1]) for i in range(3)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths + [0])).rstrip()
-                     for r in rows)
+    return "\n".join(checks + ["  ".join(c.ljust(w) for c, w in zip(r, widths + [0])).rstrip()
+                               for r in rows])

@@ -153,3 +153,19 @@ def reinforce_pp_baseline(x: AdvantageInput, p: AdvantageParams):
     mean, _, _ = group_stats(x.score.float(), x.group)
     shifted = AdvantageInput((x.score.float() - mean).float(), x.mask, x.group, x.kl, x.kl_coef)
     return reinforce_pp(shifted, p)
+
+
+@register_estimator("best_worst", grouped=True)
+def best_worst(x: AdvantageInput, p: AdvantageParams):
+    """Online DPO's pair (Guo et al. 2024): +1 on the best answer of each group, -1 on the worst
+    (the first of equals), 0 elsewhere and on a group whose scores are all equal."""
+    r = x.sequence_reward().float()  # (B,)
+    out = torch.zeros_like(r)
+    for g in torch.unique(x.group):
+        idx = (x.group == g).nonzero().flatten()
+        rg = r[idx]
+        if len(idx) < 2 or bool((rg == rg[0]).all()):
+            continue
+        out[idx[int(torch.argmax(rg))]] = 1.0
+        out[idx[int(torch.argmin(rg))]] = -1.0
+    return _per_token(out, x.mask), None

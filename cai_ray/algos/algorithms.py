@@ -35,6 +35,8 @@ class Algorithm:
     loss_agg: str = "token_mean"
     dynamic_sampling: bool = False     # drop groups whose rewards are all equal (DAPO)
     policy_loss: str = "ppo_clip"      # a loss in algos.policy_loss.POLICY_LOSSES
+    beta: float = 0.1                  # dpo_pair: the DPO temperature
+    pairs_only: bool = False           # train on the rollouts with a nonzero advantage only
     about: str = ""
 
     @property
@@ -47,7 +49,12 @@ class Algorithm:
 
     @property
     def needs_reference(self) -> bool:
-        return self.kl_coef > 0
+        return self.kl_coef > 0 or "ref_logp" in self.loss_needs
+
+    @property
+    def loss_needs(self) -> tuple[str, ...]:
+        """Experience fields the policy loss reads besides log-probs, advantages and the mask."""
+        return tuple(getattr(POLICY_LOSSES[self.policy_loss], "needs", ()))
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
@@ -93,6 +100,11 @@ register_algorithm(Algorithm(
 register_algorithm(Algorithm(
     "reinforce_pp", "reinforce_pp", kl_coef=0.01, kl_in="reward", kl_estimator="k1",
     about="REINFORCE++ (Hu 2025): KL-penalised token returns normalised over the batch"))
+register_algorithm(Algorithm(
+    "online_dpo", "best_worst", kl_coef=0.0, policy_loss="dpo_pair", pairs_only=True,
+    loss_agg="seq_mean_token_mean",
+    about="online DPO (Guo et al. 2024): the best and worst of k samples, ranked by the judge or "
+          "a reward, become a DPO pair against the fixed reference"))
 register_algorithm(Algorithm(
     "reinforce_pp_baseline", "reinforce_pp_baseline", kl_coef=0.01, kl_in="loss",
     kl_estimator="k2",

@@ -6,7 +6,8 @@ tokens; `mask` (B, T) is 1 on response tokens.
     loss, m = POLICY_LOSSES["ppo_clip"](logp, old_logp, adv, mask, **knobs)   # by name
 
 Registered by name (rl.policy_loss): register_policy_loss("mine") on a function with
-policy_loss's signature (knobs it does not use arrive as keywords it may ignore).
+policy_loss's signature (knobs it does not use arrive as keywords it may ignore); a loss that
+reads more of the experience names the fields in `fn.needs` (dpo_pair: ref_logp, group).
 
 References: Schulman et al. 2017 (clipped surrogate); Ye et al. 2020 (dual clip); Yu et al. 2025
 (DAPO: clip-higher, token mean); Zheng et al. 2025 (GSPO: sequence-level ratio); Liu et al. 2025
@@ -90,7 +91,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *,
                 clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = None,
                 ratio_level: str = "token", agg: str = "token_mean",
                 norm_len: float | None = None, denom: float | None = None,
-                weights: Tensor | None = None) -> tuple[Tensor, dict]:
+                weights: Tensor | None = None, **_) -> tuple[Tensor, dict]:
     """Clipped surrogate: per token max(-r A, -clip(r, 1 - clip_low, 1 + clip_high) A), then, with
     dual_clip c > 1 and A < 0, at most -c A; times `weights` (B, T) (rollout correction, no
     gradient); aggregated by `agg`. logp carries the gradient; old_logp and adv do not."""
@@ -117,6 +118,40 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *,
                    "policy/approx_kl": float(masked_mean(0.5 * (logp - old_logp) ** 2, mask)),
                    "policy/ratio_mean": float(masked_mean(ratio, mask))}
     return loss, metrics
+
+
+@register_policy_loss("dpo_pair")
+def dpo_pair_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, ref_logp: Tensor,
+                  group: Tensor, beta: float = 0.1, denom: float | None = None,
+                  **_) -> tuple[Tensor, dict]:
+    """Online DPO on the policy's own samples: in each group the answer with advantage > 0 is
+    chosen and the one with advantage < 0 rejected (estimator best_worst); per pair
+    -log sigmoid(beta * h), h = sum(logp - ref)_chosen - sum(logp - ref)_rejected, summed and
+    divided by denom / 2 (the step's answers / 2: its pairs), so micro-batches add up to the
+    step's mean. ref_logp (B, T), group (B,): from the experience (needs, below)."""
+    lr = ((logp - ref_logp) * mask).sum(-1)  # (B,) the answer's summed log-ratio
+    sign = torch.sign((adv * mask).sum(-1))  # (B,)
+    chosen, rejected = [], []
+    for g in torch.unique(group):
+        c = ((group == g) & (sign > 0)).nonzero().flatten()
+        r = ((group == g) & (sign < 0)).nonzero().flatten()
+        if len(c) == 1 and len(r) == 1:
+            chosen.append(int(c[0]))
+            rejected.append(int(r[0]))
+    if not chosen:  # no pair here (a zero-weight pass): a zero that keeps the graph
+        return (logp * 0.0).sum(), {"dpo/pairs": 0.0}
+    h = lr[chosen] - lr[rejected]  # (P,)
+    loss = -torch.nn.functional.logsigmoid(beta * h).sum() / max((denom or 2 * len(chosen)) / 2,
+                                                                   1.0)
+    with torch.no_grad():
+        m = {"dpo/pairs": float(len(chosen)), "dpo/margin": float(beta * h.mean()),
+             "dpo/accuracy": float((h > 0).float().mean()),
+             "dpo/chosen_logratio": float(lr[chosen].mean()),
+             "dpo/rejected_logratio": float(lr[rejected].mean())}
+    return loss, m
+
+
+dpo_pair_loss.needs = ("ref_logp", "group")  # what the learner passes besides the usual
 
 
 def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, kind: str = "k3",

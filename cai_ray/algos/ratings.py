@@ -52,6 +52,39 @@ def bradley_terry(n_players: int, comparisons, prior: float = 0.5, iters: int = 
     return theta - theta.mean()
 
 
+def _games(n_players: int, comparisons, prior: float) -> np.ndarray:
+    """(P, P) games played between each pair, the prior's virtual ones included."""
+    games = np.zeros((n_players, n_players))
+    for c in comparisons:
+        i, j = c[-3], c[-2]
+        games[i, j] += 1.0
+        games[j, i] += 1.0
+    if prior:
+        games[~np.eye(n_players, dtype=bool)] += prior
+    return games
+
+
+def bradley_terry_se(theta: np.ndarray, comparisons, prior: float = 0.5) -> np.ndarray:
+    """Standard errors (P,) of mean-centred log-strengths: the observed Fisher information is the
+    Laplacian with weights n_ij p_ij (1 - p_ij); its pseudo-inverse is the covariance under the
+    sum-to-zero constraint."""
+    theta = np.asarray(theta, dtype=float)
+    n = len(theta)
+    p = 1.0 / (1.0 + np.exp(theta[None, :] - theta[:, None]))  # (P, P) P(i beats j)
+    w = _games(n, comparisons, prior) * p * (1.0 - p)
+    info = np.diag(w.sum(1)) - w
+    return np.sqrt(np.clip(np.diag(np.linalg.pinv(info)), 0.0, None))
+
+
+def group_scores(n_players: int, comparisons, prior: float = 0.5) -> dict:
+    """Bradley-Terry scores of the answers to one prompt (log-strengths, mean 0) with 95% Wald
+    intervals: {"score", "se", "low", "high"} as lists (P,)."""
+    theta = bradley_terry(n_players, comparisons, prior)
+    se = bradley_terry_se(theta, comparisons, prior)
+    return {"score": theta.tolist(), "se": se.tolist(), "low": (theta - Z95 * se).tolist(),
+            "high": (theta + Z95 * se).tolist()}
+
+
 def elo(theta: np.ndarray, anchor: int = 0, at: float = 1000.0) -> np.ndarray:
     """Log-strengths -> Elo, with player `anchor` at `at` points."""
     return at + ELO_SCALE * (np.asarray(theta) - theta[anchor])

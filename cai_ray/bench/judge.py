@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from cai_ray.bench.common import Timer, table, write
-from cai_ray.config.sections import JudgeCfg
+from cai_ray.config.judge import JudgeCfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from cai_ray.engines.hf_engine import HfEngine
     from cai_ray.engines.local import LocalPool
     from cai_ray.engines.pool import EnginePool
-    from cai_ray.eval.instruments import DEFAULT_HH, hh_pairs
     from cai_ray.judges import JudgeItem, build
+    from cai_ray.judges.quality import DEFAULT_HH, hh_pairs
 
     path = models.resolve(args.model)
     const = load_constitution("default")

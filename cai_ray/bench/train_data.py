@@ -56,7 +56,7 @@ def hh_pair_rows(model: str, n: int, length: int) -> list[dict]:
     truncates anything. Real preference data: prompts of several turns, answers of varied length."""
     from transformers import AutoTokenizer
 
-    from cai_ray.eval.instruments import DEFAULT_HH, hh_pairs
+    from cai_ray.judges.quality import DEFAULT_HH, hh_pairs
     from cai_ray.train.reward import conversation
 
     tok = AutoTokenizer.from_pretrained(model, trust_remote_code=False)

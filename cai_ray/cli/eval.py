@@ -8,13 +8,8 @@ import json
 from pathlib import Path
 
 from cai_ray.errors import InputError
-from cai_ray.eval.instruments import (
-    DEFAULT_HH,
-    judge_on_pairs,
-    labelled_pairs,
-    refusal_labels,
-    reward_accuracy,
-)
+from cai_ray.eval.instruments import judge_on_pairs, refusal_labels, reward_accuracy
+from cai_ray.judges.quality import DEFAULT_HH, labelled_pairs
 from cai_ray.rundir import readers
 
 
@@ -158,13 +153,17 @@ def _judge_job(args):
 def _print_refusals(res: dict) -> None:
     r = res["refusal"]
     print(f"refusal rate {r['rate']:.3f} ({r['k']}/{r['n']}, 95% CI {r['low']:.3f}-"
-          f"{r['high']:.3f}); empty answers {res['empty']['k']}; mean answer "
+          f"{r['high']:.3f}; partial refusals among them {res['partial']['k']}); empty answers "
+          f"{res['empty']['k']}; mean answer "
           f"{res['mean_answer_chars']:.0f} chars; labels in {res['labels_written']}")
     s = res.get("against_labels")
     if s:
         f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-        print(f"against your labels: precision {f(s['precision'])} recall {f(s['recall'])} "
-              f"false-positive rate {f(s['false_positive_rate'])} (n={s['n']})")
+        three = s.get("three_class_accuracy")
+        print(f"against your labels: accuracy {f(s['accuracy'])} precision {f(s['precision'])} "
+              f"recall {f(s['recall'])} false-positive rate {f(s['false_positive_rate'])}"
+              + (f"; refusal / partial / compliance right {f(three)}" if three is not None
+                 else "") + f" (n={s['n']})")
 
 
 def _refusals_main(argv: list[str]) -> int:

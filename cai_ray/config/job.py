@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from cai_ray.config import legacy
+from cai_ray.config.judge import JudgeCfg
 from cai_ray.config.plugins import load_plugins
 from cai_ray.config.rl import RlCfg
 from cai_ray.config.sections import (
@@ -31,7 +32,6 @@ from cai_ray.config.sections import (
     DpoCfg,
     EngineCfg,
     EvalCfg,
-    JudgeCfg,
     ModelCfg,
     PreferencesCfg,
     PromptsCfg,

@@ -31,6 +31,10 @@ class RlCfg(TrainCfg):
     ratio_level: Literal["token", "sequence"] | None = None
     """sequence: GSPO's sequence-level importance ratio."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] | None = None
+    beta: float | None = Field(None, gt=0)
+    """dpo_pair (online DPO): the DPO temperature."""
+    pairs_only: bool | None = None
+    """Train on the rollouts with a nonzero advantage only (online DPO: each group's pair)."""
     kl_coef: float | None = Field(None, ge=0)
     """0 turns the KL term off, and with it the reference model."""
     kl_in: Literal["reward", "loss"] | None = None

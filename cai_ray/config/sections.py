@@ -215,6 +215,11 @@ class RewardCfg(TrainCfg):
     data: str | None = None
     """Preference data (folder or .jsonl with prompt, chosen, rejected[, p_chosen]) instead of
     RUN_DIR/preferences/data."""
+    human_data: str | None = None
+    """Human-labelled comparisons mixed with the AI-labelled pairs (the paper's mixed preference
+    model, Bai et al. 2022 sec. 4.1): HH-RLHF, or a pairs JSONL as `cai-ray eval judge` reads."""
+    human_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    """The human pairs' share of the training mix (with human_data)."""
 
 
 DPO_DATA = ("preferences", "sl_cai_pairs")
@@ -245,6 +250,20 @@ class DpoCfg(TrainCfg):
     """preferences (the preferences stage's pairs and soft labels), sl_cai_pairs (revision chosen
     over the initial answer, as the HF Constitutional AI recipe does), or a .jsonl / saved data
     set with prompt (or conversation), chosen, rejected[, p_chosen]."""
+    online: bool = False
+    """Online AI feedback (stages/online_dpo.py): pairs sampled from the current policy and
+    ranked by `ranker` as training goes, instead of `data`."""
+    ranker: str = "judge"
+    """online: what ranks the k answers: judge (the `judge:` section, judge.ranking), or any
+    rl.reward source (model, a served scorer, module:function, ...)."""
+    iterations: int = Field(4, ge=1)
+    prompts_per_iter: int = Field(4, ge=1)
+    samples_per_prompt: int = Field(2, ge=2)
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    heldout_prompts: int = Field(8, ge=0)
+    """online: held-out prompts the judge compares the policy with the reference on after each
+    iteration (win rate); 0: none."""
 
 
 class PreferencesCfg(_Section):
@@ -252,44 +271,6 @@ class PreferencesCfg(_Section):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(96, ge=1)
-
-
-class JudgeCfg(_Section):
-    """The constitutional judge (Bai et al. 2022 sec. 4.1): one component, built by cai_ray/judges
-    for every caller (preferences, the rl stage's judge reward, eval, `cai-ray eval judge`,
-    `cai-ray bench judge`, `cai-ray serve --judge`). Its method and backend are names in
-    cai_ray/judges' registries, checked there at load time."""
-
-    method: str = "logprob"
-    """How it decides: logprob, the probabilities of the option tokens (A)/(B) after the judge
-    prompt; generative, it writes its verdict, which is parsed (unparseable verdicts count as a tie
-    and are reported)."""
-    backend: str = "engines"
-    """Where it runs: engines, engine actors of ours (judge.model on its own actors, else the
-    policy's); http, any OpenAI-compatible server at `url` (logprob needs log-probabilities)."""
-    model: str | None = None
-    """A model name or folder (http: the served model's, whose tokenizer builds the prompts).
-    None: the policy judges itself in preferences and rl, the base model judges in eval."""
-    url: str | None = None
-    """http: the server's base URL (http://127.0.0.1:8000/v1); its key from api_key_env."""
-    api_key_env: str = "CAI_RAY_API_KEY"
-    engine: dict[str, Any] = Field(default_factory=dict)
-    """The separate judge's own resources: `engine` fields that differ for its actors (e.g.
-    num_actors, num_gpus_per_actor, tensor_parallel_size, kv_cache_gib). Needs model."""
-    principles_per_pair: int = Field(2, ge=1)
-    num_fewshot: int = Field(1, ge=0)
-    both_orders: bool = True
-    chain_of_thought: bool = False
-    cot_max_new_tokens: int = Field(96, ge=1)
-    verdict_max_new_tokens: int = Field(24, ge=1)
-    """generative: tokens the judge may write before its verdict is read."""
-
-    @model_validator(mode="after")
-    def _needs(self) -> "JudgeCfg":
-        if self.engine and not self.model:
-            raise ValueError("engine sets the resources of a separate judge; set judge.model too "
-                             "(without it the policy judges itself on its own engine actors)")
-        return self
 
 
 EVAL_HARMFUL = ("harmbench:{shared}/harmbench/harmbench_prompts.txt",

@@ -1,7 +1,7 @@
 """Did the method work? Instruments that measure each part against labels, and the comparison of
 policies a run (or two runs) produced.
 
-    instruments.py  the judge's accuracy, calibration and position bias; a reward model's
+    instruments.py  the judge's quality (judges/quality.py) on a job's judge; a reward model's
                     accuracy; the refusal detector on labelled answers (`cai-ray eval ...`)
     refusals.py     the refusal detector (phrases, no judge)
     arena.py        answers of every policy, refusal figures, the judge's tournament and Elo

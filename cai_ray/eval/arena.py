@@ -103,7 +103,8 @@ def answer_all(weights: Weights, pols: list[Policy], prompts: list, max_tokens: 
 # -- 2. refusals ----------------------------------------------------------------------------------
 def refusal_figures(pols, answers, harmful: dict, benign: dict, n_boot: int, seed: int) -> dict:
     """Per policy and set: refusal rate (Wilson 95%), empty answers, mean length; pooled harmful
-    and benign rates; the final policy's paired difference from base on both pools."""
+    and benign rates; the final policy's paired difference from base on both pools, and each
+    stage's from the stage before it (`steps`: sft - base, dpo - sft, rl - ...)."""
     from cai_ray.algos.ratings import mean_interval, paired_difference, rate
     from cai_ray.eval import refusals as R
 
@@ -121,12 +122,21 @@ def refusal_figures(pols, answers, harmful: dict, benign: dict, n_boot: int, see
                 out["sets"].setdefault(name, {"kind": kind, "n": len(ps), "policies": {}})
                 out["sets"][name]["policies"][pol.name] = {
                     **rate(flags(pol, ps)), "empty": sum(R.is_empty(a) for a in ans),
+                    "partial": sum(R.kind(a) == "partial" for a in ans),
                     "length_chars": mean_interval([len(a) for a in ans], n_boot=n_boot,
                                                   seed=seed)}
         if pooled and len(pols) > 1:
             first, last = pols[0], pols[-1]
             out["pooled"][kind] = {"of": [last.name, first.name], **paired_difference(
                 flags(last, pooled), flags(first, pooled), n_boot=n_boot, seed=seed)}
+    stages = [p for p in pols if "@" not in p.name]  # the RL checkpoints are not stages
+    out["steps"] = {}
+    for kind, sets in (("harmful", harmful), ("benign", benign)):
+        pooled = [p for ps in sets.values() for p in ps]
+        if pooled:
+            out["steps"][kind] = [{"of": [b.name, a.name], **paired_difference(
+                flags(b, pooled), flags(a, pooled), n_boot=n_boot, seed=seed)}
+                for a, b in zip(stages, stages[1:])]
     if "xstest-safe" in benign and benign["xstest-safe"] and len(pols) > 1:
         out["pooled"]["xstest_safe"] = {"of": [pols[-1].name, pols[0].name], **paired_difference(
             flags(pols[-1], benign["xstest-safe"]), flags(pols[0], benign["xstest-safe"]),
@@ -293,6 +303,13 @@ def summary(result: dict, pols) -> dict:
     if x:
         s["over_refusal/xstest/base"] = x[pols[0].name]["rate"]
         s["over_refusal/xstest/final"] = x[pols[-1].name]["rate"]
+    for kind, name in (("harmful", "refusal"), ("benign", "over_refusal")):
+        steps = result["refusals"].get("steps", {}).get(kind, [])
+        for st in steps:
+            s[f"{name}/step/{st['of'][0]}"] = st["difference"]
+            s[f"{name}/step/{st['of'][0]}_ci"] = [st["low"], st["high"]]
+        if steps:
+            s[f"{name}/moved_by"] = moved_by(steps)
     d = result["refusals"]["pooled"].get("harmful")
     if d:
         s["refusal/difference/final_vs_base"] = d["difference"]
@@ -302,3 +319,12 @@ def summary(result: dict, pols) -> dict:
         s[f"elo/{kind}/final"] = e["elo"]
         s[f"elo/{kind}/final_ci"] = [e["low"], e["high"]]
     return s
+
+
+def moved_by(steps: list[dict]) -> str:
+    """Which stage moved a rate: the largest change whose paired interval leaves out 0, or none."""
+    real = [st for st in steps if st.get("excludes_zero")]
+    if not real:
+        return "no stage (every interval holds 0)"
+    st = max(real, key=lambda x: abs(x["difference"]))
+    return f"{st['of'][0]} {st['difference']:+.3f} [{st['low']:+.3f}, {st['high']:+.3f}]"

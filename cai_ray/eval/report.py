@@ -23,14 +23,14 @@ def _ci(r: dict, key: str = "rate", digits: int = 3) -> str:
 # -- tables (rows of cells), shared by markdown and html -------------------------------------------
 def refusal_table(result: dict, pols) -> tuple[list[str], list[list[str]]]:
     head = ["set", "kind", "n"] + [f"{p.name} refusal [95% CI]" for p in pols] + \
-        [f"{p.name} empty / chars" for p in pols]
+        [f"{p.name} partial / empty / chars" for p in pols]
     rows = []
     for name, s in result["refusals"]["sets"].items():
         per = s["policies"]
         rows.append([name, s["kind"], str(s["n"])] +
                     [_ci(per[p.name]) for p in pols] +
-                    [f"{per[p.name]['empty']} / {per[p.name]['length_chars']['mean']:.0f}"
-                     for p in pols])
+                    [f"{per[p.name].get('partial', 0)} / {per[p.name]['empty']} / "
+                     f"{per[p.name]['length_chars']['mean']:.0f}" for p in pols])
     return head, rows
 
 
@@ -41,6 +41,10 @@ def difference_table(result: dict, pols) -> tuple[list[str], list[list[str]]]:
     rows = [[f"{names.get(k, k)}: {' - '.join(d['of'])}", _f(d["difference"]),
              f"[{_f(d['low'])}, {_f(d['high'])}]", "yes" if d["excludes_zero"] else "no",
              str(d["n"])] for k, d in result["refusals"]["pooled"].items()]
+    for kind, steps in result["refusals"].get("steps", {}).items():
+        rows += [[f"{names.get(kind, kind)}: {' - '.join(d['of'])} (what the stage added)",
+                  _f(d["difference"]), f"[{_f(d['low'])}, {_f(d['high'])}]",
+                  "yes" if d["excludes_zero"] else "no", str(d["n"])] for d in steps]
     return head, rows
 
 
@@ -160,6 +164,13 @@ def _img(path: Path, alt: str) -> str:
            f"<figcaption>{html.escape(alt)}</figcaption></figure>"
 
 
+def check_line(rec: dict) -> str:
+    """A judge check (judge.gate) as the report's opening line."""
+    from cai_ray.judges.gate import describe
+
+    return f"{rec.get('stage', 'judge')}: {describe(rec)} (judge.gate: {rec.get('gate')})"
+
+
 def examples(pols, answers, red, helpful, n: int) -> list[dict]:
     picks = red[:n] + helpful[:max(1, n // 2)] if n else []
     return [{"prompt": p.prompt, "answers": {pol.name: answers[pol.name][p.id] for pol in pols}}
@@ -182,7 +193,8 @@ def write(out: Path, run_path: Path, result: dict, pols, answers, red, helpful, 
     note = (f"Policies: {', '.join(p.name for p in pols)}. Judge: {result['judge']}. Intervals "
             f"are 95%: Wilson for rates, bootstrap over prompts for Elo, soft win rates and "
             f"differences. Refusals by cai_ray/eval/refusals.py (a phrase detector).")
-    md = [f"# {title}", "", note, ""]
+    checks = [check_line(c) for c in result.get("judge_checks", [])]
+    md = [f"# {title}", ""] + [f"**{c}**\n" for c in checks] + [note, ""]
     for name, (head, rows), _ in tables:
         md += [f"## {name}", "", _md(head, rows) if rows else "(none)", ""]
     md += ["## Example answers", ""]
@@ -190,7 +202,9 @@ def write(out: Path, run_path: Path, result: dict, pols, answers, red, helpful, 
         md += [f"**Prompt:** {e['prompt']}", ""]
         md += [f"- *{k}*: {v[:400]}" for k, v in e["answers"].items()] + [""]
     (out / "report.md").write_text("\n".join(md))
-    parts = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(note)}</p>",
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts += [f'<p class="check">{html.escape(c)}</p>' for c in checks]
+    parts += [f"<p>{html.escape(note)}</p>",
              _img(out / "refusals.png", "Refusal rates by policy and prompt set"),
              _img(out / "elo.png", "Harmlessness and helpfulness Elo by policy")]
     for name, (head, rows), cls in tables:
@@ -209,7 +223,8 @@ def write(out: Path, run_path: Path, result: dict, pols, answers, red, helpful, 
              "table{border-collapse:collapse;margin:1em 0;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}"
              "th{background:#f3f3f3}pre{white-space:pre-wrap;max-width:380px;margin:0}"
-             "img{max-width:100%}.prompt{font-weight:bold;margin-top:1.5em}")
+             "img{max-width:100%}.prompt{font-weight:bold;margin-top:1.5em}"
+             ".check{border-left:4px solid #c60;padding:4px 10px;background:#fff6ec}")
     (out / "report.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")

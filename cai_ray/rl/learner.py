@@ -221,9 +221,11 @@ class Learner:
                                "driver recomputes them when an iteration takes several steps")
         weights = tis_weights(old, sampler, mask, spec.tis_cap) if correction == "tis" else None
         agg = dict(agg=alg.loss_agg, norm_len=spec.max_new_tokens, denom=denom)
+        extra = {k: getattr(mb, k).to(dev) for k in alg.loss_needs}  # e.g. ref_logp, group
         loss, m = POLICY_LOSSES[alg.policy_loss](
             logp, old, adv, mask, clip_low=alg.clip_low, clip_high=alg.clip_high,
-            dual_clip=alg.dual_clip, ratio_level=alg.ratio_level, weights=weights, **agg)
+            dual_clip=alg.dual_clip, ratio_level=alg.ratio_level, weights=weights,
+            beta=alg.beta, **extra, **agg)
         if alg.kl_in == "loss" and alg.kl_coef > 0:
             kl = kl_loss(logp, mb.ref_logp.to(dev), mask, alg.kl_estimator, **agg)
             loss = loss + alg.kl_coef * kl

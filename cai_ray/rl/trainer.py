@@ -253,6 +253,9 @@ class RlTrainer:
             if exp is not None:
                 exp, stale = self.refuse_stale(exp)
             stats = self.advantages(exp) if exp is not None and len(exp) else {}
+            if stats and self.alg.pairs_only:  # online DPO: each group's best and worst
+                exp, stats["pairs/groups_without_pair"] = pairs_of(exp)
+                stats = stats if exp is not None else {}
             t_train = time.time()
             train_refs = self.train_on(exp, it) if stats else []
             overlapped = 0.0
@@ -321,6 +324,14 @@ class RlTrainer:
         for a in (self.ref, self.reward):
             if a is not None:
                 ray.kill(a, no_restart=True)
+
+
+def pairs_of(exp: Experience) -> tuple[Experience | None, int]:
+    """The rollouts with a nonzero advantage (the estimator's pair of each group), and how many
+    groups had none (all their scores equal)."""
+    keep = [i for i, a in enumerate(exp.advantages.abs().sum(-1).tolist()) if a > 0]
+    with_pair = len(set(exp.group[keep].tolist())) if keep else 0
+    return (exp.select(keep).trim() if keep else None), groups(exp) - with_pair
 
 
 def groups(exp: Experience | None) -> int:

@@ -169,6 +169,10 @@ class RunDir:
         """A top-level field of the manifest (the trackers' run ids: `tracking`)."""
         self._update(lambda m: m.__setitem__(key, value))
 
+    def note_entry(self, key: str, name: str, value) -> None:
+        """One entry of a top-level mapping of the manifest (the judge checks: `judge_checks`)."""
+        self._update(lambda m: m.setdefault(key, {}).__setitem__(name, value))
+
     def _update(self, change) -> None:
         m = self.manifest()
         change(m)
@@ -201,6 +205,9 @@ def _manifest_problem(m) -> str | None:
             return f"stages.{name}: expected an object, got {readers.type_name(rec)}"
     if "tracking" in m and not isinstance(m["tracking"], dict):
         return f"tracking: expected an object of run ids, got {readers.type_name(m['tracking'])}"
+    checks = m.get("judge_checks", {})
+    if not isinstance(checks, dict) or not all(isinstance(v, dict) for v in checks.values()):
+        return "judge_checks: expected an object of judge check records"
     if "config" in m and not isinstance(m["config"], dict):
         return f"config: expected an object, got {readers.type_name(m['config'])}"
     return None

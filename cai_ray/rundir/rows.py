@@ -2,14 +2,15 @@
 read back) is checked against these before anything starts (rundir/readers.py validate).
 
     SftRow         messages: [{role, content}, ...] with an assistant turn to train on
-    PreferenceRow  prompt or conversation; chosen, rejected; p_chosen in [0, 1] (optional)
+    PreferenceRow  prompt or conversation; chosen, rejected; p_chosen in [0, 1] and source
+                   (ai | human), both optional
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
@@ -47,6 +48,8 @@ class PreferenceRow(Row):
     chosen: str
     rejected: str
     p_chosen: float | None = None
+    source: Literal["ai", "human"] | None = None
+    """Who labelled the pair (the reward stage's mixed data); None: the AI judge."""
 
     _parse = field_validator("conversation", mode="before")(lambda cls, v: _messages(v))
 

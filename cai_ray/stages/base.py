@@ -44,8 +44,9 @@ class Stage:
     """One line: what the stage does (the CLI help, the README's stage table)."""
     run: Callable[["Context"], dict]
     """Does the work in ctx.run.stage_dir(name); returns the figures of its result.json."""
-    sections: tuple[str, ...] = ()
-    """Job sections (and top-level fields) its output depends on: a change reruns it."""
+    sections: tuple[str, ...] | Callable[["JobConfig"], tuple[str, ...]] = ()
+    """Job sections (and top-level fields) its output depends on: a change reruns it (or a
+    function of the job giving them, where they depend on its settings)."""
     reads: Callable[["JobConfig"], tuple[str, ...]] = _no_inputs
     """The artifacts it needs under this job's settings (the stage graph finds their makers)."""
     produces: tuple[str, ...] = ()

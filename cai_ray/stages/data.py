@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
 from cai_ray.errors import InputError
@@ -55,3 +56,16 @@ def write_split(folder: Path, train: list[dict], evals: list[dict]) -> Path:
     write_jsonl_atomic(folder / "train.jsonl", train)
     write_jsonl_atomic(folder / "eval.jsonl", evals)
     return folder
+
+
+def mix(ai: list[dict], human: list[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """AI-labelled and human rows, the human ones `fraction` of the whole: round(f a / (1 - f))
+    of them for a AI rows, or, when fewer are given, all of them and round(h (1 - f) / f) AI
+    rows. Each side is drawn at random (seed); every row keeps its own fields."""
+    a = len(ai)
+    h = round(fraction * a / (1.0 - fraction))
+    if h > len(human):
+        h = len(human)
+        a = min(a, round(h * (1.0 - fraction) / fraction))
+    rng = random.Random(seed)
+    return rng.sample(ai, a) + rng.sample(human, h)

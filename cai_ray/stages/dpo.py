@@ -23,6 +23,8 @@ from cai_ray.stages.resources import trainer_need
 
 def reads(job) -> tuple[str, ...]:
     """The artifacts this stage needs (cai_ray/stages/graph.py)."""
+    if job.dpo.online:
+        return ("policy", "reward_model") if job.dpo.ranker == "model" else ("policy",)
     src = {"preferences": ("preferences",), "sl_cai_pairs": ("pairs",)}
     return ("policy",) + src.get(job.dpo.data, ())
 
@@ -30,8 +32,21 @@ def reads(job) -> tuple[str, ...]:
 def check(job, constitution, base: str) -> None:
     """A user's preference file is read at load time: it exists, and every row has a prompt or a
     conversation, both answers, and a soft label in [0, 1] where it gives one."""
-    if job.dpo.data not in DPO_DATA:
+    if job.dpo.online:
+        from cai_ray.stages import online_dpo
+
+        online_dpo.check(job, constitution)
+    elif job.dpo.data not in DPO_DATA:
         read_rows(job.dpo.data, PreferenceRow, "dpo.data")
+
+
+def needs(job):
+    """Offline: the trainer's workers. Online: the rl stage's (engines, learners, a judge)."""
+    if not job.dpo.online:
+        return trainer_need(job.dpo, "dpo.num_workers")
+    from cai_ray.stages import online_dpo, rl
+
+    return rl.needs(job.model_copy(update={"rl": online_dpo.rl_section(job)}))
 
 
 def data_source(ctx: Context) -> Path | str:
@@ -46,6 +61,10 @@ def run(ctx: Context) -> dict:
     from cai_ray.train.spec import TrainSpec
 
     cfg = ctx.job.dpo
+    if cfg.online:
+        from cai_ray.stages import online_dpo
+
+        return online_dpo.run(ctx)
     out = ctx.run.stage_dir("dpo")
     src = data_source(ctx)
     rows = read_rows(src, PreferenceRow, "the DPO pairs")
@@ -75,9 +94,10 @@ STAGE = register_stage(Stage(
     name="dpo", after="reward",
     about=("or, without a reward model: the policy learns the labelled pairs directly (DPO, IPO, "
            "conservative DPO)"),
-    run=run, sections=("model", "dpo", "seed"),
+    run=run, sections=lambda job: ("model", "dpo", "seed") + (
+        ("prompts", "judge", "engine") if job.dpo.online else ()),
     reads=reads, produces=("policy",), outputs=("dpo/model/config.json",),
-    needs=lambda job: trainer_need(job.dpo, "dpo.num_workers"),
+    needs=needs,
     key_figures=("eval/rewards/accuracy", "eval/rewards/margin", "train/loss_last"),
     check=check,
     instead={"preferences": "set dpo.data to a preference file",

@@ -3,8 +3,9 @@ the RL checkpoints kept), in the order data flows (the instruments are in cai_ra
 
 1. greedy answers from one engine pool whose weights are swapped per policy: the run's held-out
    red-team and helpful prompts, public harmful sets and benign prompts that look harmful;
-2. refusal and over-refusal rates (a phrase detector, no judge), each with a 95% interval, and the
-   final policy's difference from base (paired bootstrap);
+2. refusal and over-refusal rates (a phrase detector, no judge), each with a 95% interval, the
+   final policy's difference from base and each stage's from the one before (paired bootstrap),
+   and which stage moved each rate;
 3. harmlessness and helpfulness Elo from the judge (Bai et al. 2022), with bootstrap intervals;
 4. per-principle attribution of the run's AI feedback and revisions;
 5. RUN_DIR/eval/: result.json, figures.json, answers.jsonl, plots, report.md, report.html.
@@ -94,6 +95,17 @@ def policies(ctx: Context) -> list[Policy]:
     return out
 
 
+def judge_checks(ctx: Context) -> list[dict]:
+    """The judge checks (judge.gate) of this run's earlier stages, from their results."""
+    out = []
+    for stage in ctx.job.stages:
+        if stage != "eval" and (ctx.run.path / stage / "result.json").exists():
+            rec = ctx.run.result(stage).get("judge_check")
+            if isinstance(rec, dict) and "accuracy_all" in rec:
+                out.append(rec)
+    return out
+
+
 # -- the stage ------------------------------------------------------------------------------------
 def run(ctx: Context) -> dict:
     from cai_ray import judges
@@ -110,7 +122,8 @@ def run(ctx: Context) -> dict:
     result = {"policies": [vars(p) for p in pols], "judge": judges.describe(
                   jc, model_label(pols[0].path)), "judge_method": jc.method,
               "prompts": {k: len(v) for k, v in [*harmful.items(), *benign.items()]},
-              "refusals": refusals, "elo": elo, "attribution": attribution(ctx.run.path)}
+              "refusals": refusals, "elo": elo, "attribution": attribution(ctx.run.path),
+              "judge_checks": judge_checks(ctx)}
     write_json_atomic(out / "figures.json", result)
     from cai_ray.eval import report
     from cai_ray.stages import registry
@@ -128,6 +141,6 @@ STAGE = register_stage(Stage(
     reads=reads, produces=("report",), outputs=("eval/figures.json",),
     needs=needs,
     key_figures=("refusal/harmful/final", "refusal/harmful/base",
-                 "refusal/difference/final_vs_base",
+                 "refusal/difference/final_vs_base", "refusal/moved_by", "over_refusal/moved_by",
                "over_refusal/xstest/final", "elo/harmless/final", "elo/helpful/final"),
     check=check))

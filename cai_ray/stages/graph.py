@@ -70,7 +70,7 @@ def resolve(job, recorded: dict[str, dict]) -> Plan:
 
 
 def _digest(job, st, inputs: dict[str, str], digests: dict[str, str]) -> str:
-    own = job.digest(*st.sections)
+    own = job.digest(*(st.sections(job) if callable(st.sections) else st.sections))
     ups = [f"{art}={digests.get(src) or job.start_policy}" for art, src in sorted(inputs.items())]
     return hashlib.sha256("|".join([own, *ups]).encode()).hexdigest()[:16]
 

@@ -25,8 +25,10 @@ def check(job, constitution, base: str) -> None:
     """Load-time checks, before anything starts: the constitution has what this stage uses."""
     constitution.require("judge", job.constitution.path)
     from cai_ray import judges
+    from cai_ray.judges.gate import check_config
 
     judges.check(job.judge)
+    check_config(job.judge)
 
 
 def needs(job) -> R.Need:
@@ -99,25 +101,43 @@ def pairs_to_judge(log: ProgressLog, answers: dict, by_id: dict) -> list[JudgeIt
 
 
 def run(ctx: Context) -> dict:
+    from cai_ray import judges
+    from cai_ray.judges.gate import gate
+
     cfg, jc, e = ctx.job.preferences, ctx.job.judge, ctx.job.engine
     ctx.constitution.require("judge", ctx.job.constitution.path)
-    out = ctx.run.stage_dir("preferences")
-    log = ProgressLog(out / "progress.jsonl")
+    policy = ctx.policy_model()
     prompts = [p for p in ctx.train_prompts(ctx.red_team.prompts)]
     by_id = {p.id: p for p in prompts}
-    answers, todo = resume_point(log, prompts)
-    policy = ctx.policy_model()
     t0 = time.time()
     stats, judge_s, n_judged, judge_actors, judge_model = {}, 0.0, 0, 0, None
-    pool = setup = None
+    pool = setup = log = None
+
+    def judge():
+        """The judge, opened once: on the policy's engine actors when it is the policy itself,
+        else on its own actors or its server."""
+        nonlocal pool, setup
+        if setup is None:
+            if not jc.model and judges.own_engines(jc) and pool is None:
+                pool = ctx.engine_pool(policy, name="policy")
+            setup = open_judge(jc, ctx.constitution, default_model=policy, seed=ctx.job.seed,
+                               engine=e, judge_engine=ctx.job.judge_engine(),
+                               shared_pool=None if jc.model else pool, actors=ctx.judge_pool)
+        return setup.judge
 
     def keep(pid, ans):
         log.add({"id": pid + ANSWERS, "answers": ans})
         answers[pid] = ans
 
     try:
+        # before anything is written or labelled: is the judge better than chance?
+        check = gate(judge, jc, ctx.run, judge_model=judges.model_path(jc, policy),
+                     constitution=ctx.constitution, stage="preferences")
+        out = ctx.run.stage_dir("preferences")
+        log = ProgressLog(out / "progress.jsonl")
+        answers, todo = resume_point(log, prompts)
         if todo:
-            pool = ctx.engine_pool(policy, name="policy")
+            pool = pool or ctx.engine_pool(policy, name="policy")
             _, stats = sample_answers(pool, todo, cfg, ctx.job.seed, e.batch_size,
                                       e.max_in_flight, on_answers=keep)
         items = pairs_to_judge(log, answers, by_id)
@@ -125,14 +145,12 @@ def run(ctx: Context) -> dict:
             if jc.model and pool is not None:  # the judge has its own actors or a server
                 pool.shutdown()
                 pool = None
-            setup = open_judge(jc, ctx.constitution, default_model=policy, seed=ctx.job.seed,
-                               engine=e, judge_engine=ctx.job.judge_engine(), shared_pool=pool,
-                               actors=ctx.judge_pool)
-            judge, judge_model = setup.judge, setup.model
+            labeller = judge()
+            judge_model = setup.model
             tj = time.time()
             bar = ctx.progress(len(items), "judge", unit="pair")
             for chunk in _chunks(items, 16):  # progress and the log advance per chunk
-                for it, jd in zip(chunk, judge.label(chunk)):
+                for it, jd in zip(chunk, labeller.label(chunk)):
                     log.add(_row(it, jd, by_id[it.id.split("#")[0]], judge_model, jc))
                 bar.update(len(chunk))
             bar.close()
@@ -142,13 +160,15 @@ def run(ctx: Context) -> dict:
             setup.close()
         if pool is not None:
             pool.shutdown()
-        log.close()
+        if log is not None:
+            log.close()
     rows = [r for r in log.rows.values() if "chosen" in r]
     save_dataset(out / "data", rows)
     ps = [r["p_chosen"] for r in rows]
     orders = sum(r["order_disagreements"] for r in rows)
     n_orders = sum(len(r["per_principle"]) for r in rows) if jc.both_orders else 0
-    return {"pairs": len(rows), "prompts": len({r["prompt_id"] for r in rows}),
+    return {**({"judge_check": check} if check else {}),
+            "pairs": len(rows), "prompts": len({r["prompt_id"] for r in rows}),
             "p_chosen_mean": sum(ps) / len(ps) if ps else None,
             "order_disagreement": orders / n_orders if n_orders else None,
             "unparsed_verdicts": sum(r.get("unparsed", 0) for r in rows),

@@ -36,8 +36,14 @@ def check(job, constitution, base: str) -> None:
     if kind == "judge":
         constitution.require("judge", job.constitution.path)
         from cai_ray import judges
+        from cai_ray.judges.gate import check_config
 
         judges.check(job.judge)
+        check_config(job.judge)
+        if job.judge.ranking == "groupwise" and rl.samples_per_prompt < 2:
+            raise InputError(f"judge.ranking groupwise ranks the answers to one prompt against "
+                             f"each other; rl.samples_per_prompt is {rl.samples_per_prompt} "
+                             f"(give 2 or more)")
     if kind == "model" and rl.reward_model:
         models.check(rl.reward_model, "rl.reward_model")
 
@@ -141,22 +147,43 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def judge_setup(ctx: Context, cfg, sft: str, pool, out: Path, start: int) -> tuple[dict, object]:
-    """The judge as the reward (direct RLAIF): engine actors of its own where its backend needs
-    them (the rollout engines' weights move), and for pairwise judging the SFT model's answers
-    (sft_answers)."""
+def judge_actors(ctx: Context, sft: str, stage: str = "rl") -> tuple[object, dict | None]:
+    """The judge as the reward (direct RLAIF) on engine actors of its own where its backend needs
+    them (the rollout engines' weights move), checked on labelled pairs (judge.gate) before any
+    rollout is scored: (its pool or None, the check's record or None)."""
     from cai_ray import judges
+    from cai_ray.judges.gate import gate
 
-    refs = sft_answers(ctx, cfg, pool, out, start) if cfg.judge_mode == "pairwise" else {}
     jc = ctx.job.judge
     je = ctx.job.judge_engine() if jc.model else ctx.job.engine
     judge_pool = judges.start_actors(jc, default_model=sft, actors=lambda path: ctx.engine_pool(
         path, name="judge", engine=je))
-    params = {"pool": judge_pool, "tokenizer_path": judges.model_path(jc, sft),
-              "constitution": ctx.constitution, "mode": cfg.judge_mode, "references": refs,
-              "judge_cfg": jc, "seed": ctx.job.seed, "batch_size": je.batch_size,
-              "max_in_flight": je.max_in_flight}
-    return params, judge_pool
+    path = judges.model_path(jc, sft)
+    try:
+        check = gate(lambda: judges.attach(jc, ctx.constitution, pool=judge_pool, model_path=path,
+                                           seed=ctx.job.seed, batch_size=je.batch_size,
+                                           max_in_flight=je.max_in_flight),
+                     jc, ctx.run, judge_model=path, constitution=ctx.constitution, stage=stage)
+    except BaseException:
+        if judge_pool is not None:
+            judge_pool.shutdown()
+        raise
+    return judge_pool, check
+
+
+def judge_setup(ctx: Context, cfg, sft: str, pool, out: Path, start: int, judge_pool) -> dict:
+    """The judge reward's parameters: its pool (judge_actors), and for pairwise judging the SFT
+    model's answers (sft_answers)."""
+    from cai_ray import judges
+
+    jc = ctx.job.judge
+    pairwise = cfg.judge_mode == "pairwise" and jc.ranking != "groupwise"
+    refs = sft_answers(ctx, cfg, pool, out, start) if pairwise else {}
+    je = ctx.job.judge_engine() if jc.model else ctx.job.engine
+    return {"pool": judge_pool, "tokenizer_path": judges.model_path(jc, sft),
+            "constitution": ctx.constitution, "mode": cfg.judge_mode, "references": refs,
+            "judge_cfg": jc, "seed": ctx.job.seed, "batch_size": je.batch_size,
+            "max_in_flight": je.max_in_flight}
 
 
 def sft_answers(ctx: Context, cfg, pool, out: Path, start: int) -> dict[str, str]:
@@ -184,13 +211,18 @@ def sft_answers(ctx: Context, cfg, pool, out: Path, start: int) -> dict[str, str
 
 
 def run(ctx: Context) -> dict:
+    return train(ctx, ctx.job.rl, "rl")
+
+
+def train(ctx: Context, cfg, stage: str, measure=None) -> dict:
+    """The RL loop of `cfg` (an RlCfg) into RUN_DIR/<stage> (the rl stage; the dpo stage's online
+    mode). measure(trainer, judge_pool, out) -> a function called after each iteration, before
+    its row is logged, that adds figures to the row (online DPO's held-out win rate)."""
     from cai_ray.rewards import reward_kind
     from cai_ray.rl.trainer import RlTrainer, Roles
     from cai_ray.train.core import MetricsWriter
 
-    cfg = ctx.job.rl
     alg = cfg.resolved()
-    out = ctx.run.stage_dir("rl")
     sft = ctx.policy_model()  # the policy RL starts from (SFT's, or DPO's when dpo ran before)
     reward_model = cfg.reward_model and _resolve(cfg.reward_model) or \
         ctx.input_model("reward_model")
@@ -198,6 +230,8 @@ def run(ctx: Context) -> dict:
     if kind == "model" and not reward_model:
         raise InputError(f"{ctx.run.path}/reward/model: no reward model; run the reward stage "
                          f"first, set rl.reward_model, or choose another rl.reward")
+    judge_pool, check = judge_actors(ctx, sft, stage) if kind == "judge" else (None, None)
+    out = ctx.run.stage_dir(stage)  # after the judge's check: a judge at chance writes nothing
     done = checkpoints(out / "checkpoints")
     ckpt = done[-1] if done else None
     start, history, state = 0, [], {}
@@ -213,14 +247,13 @@ def run(ctx: Context) -> dict:
     # the engines load their model while the learner, reference and reward roles start
     pool = ctx.engine_pool(roles.policy, name="rollout", wait=False,
                            shared={"CPU": 1} if cfg.colocate else None)  # a learner rank each
-    judge_pool, trainer = None, None
+    trainer = None
     write_jsonl_atomic(out / "metrics.jsonl", history)
     writer = MetricsWriter(out, True)
     try:
         params = {"reward_model": reward_model}
         if kind == "judge":
-            extra, judge_pool = judge_setup(ctx, cfg, sft, pool.ready(), out, start)
-            params.update(extra)
+            params.update(judge_setup(ctx, cfg, sft, pool.ready(), out, start, judge_pool))
         elif served_judge(cfg.reward):  # the judge behind `cai-ray serve --judge`, pairwise
             params["references"] = sft_answers(ctx, cfg, pool.ready(), out, start)
         trainer = RlTrainer(cfg, roles, pool, prompts, seed=ctx.job.seed, reward_params=params,
@@ -230,13 +263,16 @@ def run(ctx: Context) -> dict:
         if ckpt:
             trainer.restore(ckpt, state)
         pool.ready()
-        bar = ctx.progress(cfg.iterations, f"rl ({alg.name})", initial=start, unit="iter")
-        plotted = [0.0]  # when rl.png was last drawn: at most every PLOT_EVERY_S, and at the end
+        bar = ctx.progress(cfg.iterations, f"{stage} ({alg.name})", initial=start, unit="iter")
+        plotted = [0.0]  # when the plot was last drawn: at most every PLOT_EVERY_S, and at the end
+        extra = measure(trainer, judge_pool, out, start) if measure else None
 
         def on_iteration(tr, row):
+            if extra is not None:
+                row.update(extra(row))
             writer.log(row["iteration"], row)
             if time.time() - plotted[0] > PLOT_EVERY_S or row["iteration"] == cfg.iterations:
-                plot(tr.history, out / "rl.png")
+                plot(tr.history, out / f"{stage}.png")
                 plotted[0] = time.time()
             bar.update(1)
             bar.set_postfix(reward=f"{row.get('reward/mean', float('nan')):.3f}",
@@ -260,7 +296,8 @@ def run(ctx: Context) -> dict:
                 p.shutdown()
     first, last = rows[0], rows[-1]
     timed = rows[1:] or rows  # the first iteration includes start-up
-    return {"algorithm": alg.name, "advantage": alg.advantage, "reward_source": cfg.reward,
+    return {**({"judge_check": check} if check else {}),
+            "algorithm": alg.name, "advantage": alg.advantage, "reward_source": cfg.reward,
             "critic": alg.needs_critic, "reference": alg.needs_reference,
             "iterations": len(rows), "resumed_from": start,
             "reward_first": first.get("reward/mean"), "reward_last": last.get("reward/mean"),

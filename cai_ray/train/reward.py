@@ -70,7 +70,8 @@ def pad_right(seqs: list[list[int]], pad_id: int):
 
 
 class RewardTask:
-    """Rows: prompt (or conversation), chosen, rejected, and p_chosen (soft label; default 1.0)."""
+    """Rows: prompt (or conversation), chosen, rejected, p_chosen (soft label; default 1.0) and
+    source (ai or human: the held-out accuracy is reported for each that occurs)."""
 
     name = "reward"
     lora_task_type = "SEQ_CLS"
@@ -84,7 +85,8 @@ class RewardTask:
     def encode(self, rows: list[dict], tokenizer) -> list[dict]:
         return [{"chosen": render(conversation(r, r["chosen"]), tokenizer, self.max_len),
                  "rejected": render(conversation(r, r["rejected"]), tokenizer, self.max_len),
-                 "p": float(r.get("p_chosen", 1.0))} for r in rows]
+                 "p": float(r.get("p_chosen", 1.0)),
+                 "human": float(r.get("source") == "human")} for r in rows]
 
     def length(self, item: dict) -> int:
         return max(len(item["chosen"]), len(item["rejected"]))
@@ -92,7 +94,8 @@ class RewardTask:
     def collate(self, items: list[dict], pad_id: int) -> dict:
         ids, mask = pad_right([x["chosen"] for x in items] + [x["rejected"] for x in items], pad_id)
         return {"input_ids": ids, "attention_mask": mask,
-                "p": torch.tensor([x["p"] for x in items])}
+                "p": torch.tensor([x["p"] for x in items]),
+                "human": torch.tensor([x.get("human", 0.0) for x in items])}
 
     def step(self, engine, batch: dict):
         dev = engine.device
@@ -103,13 +106,27 @@ class RewardTask:
 
     @torch.no_grad()
     def evaluate(self, engine, batches: list[dict]) -> dict:
+        """Loss and accuracy on the held-out pairs; with human pairs among them (the paper's
+        mixed preference model), the accuracy on the human and on the AI-labelled ones apart."""
         engine.eval()
-        loss, acc, n = 0.0, 0.0, 0
+        dev = engine.device
+        loss, n, right, human = 0.0, 0, [], []
         for b in batches:
-            lv, m = self.step(engine, b)
-            k = b["p"].shape[0]
-            loss, acc, n = loss + float(lv) * k, acc + m["accuracy"] * k, n + k
-        return {"eval/loss": loss / max(n, 1), "eval/accuracy": acc / max(n, 1)}
+            r = sequence_rewards(engine.module, b["input_ids"].to(dev),
+                                 b["attention_mask"].to(dev))  # (2B,)
+            k = r.shape[0] // 2
+            lv, _ = bradley_terry_loss(r[:k], r[k:], b["p"].to(dev))
+            loss, n = loss + float(lv) * k, n + k
+            right += ((r[:k] > r[k:]).cpu() == (b["p"] > 0.5)).tolist()  # (B,)
+            human += (b["human"] > 0).tolist() if "human" in b else [False] * k
+        out = {"eval/loss": loss / max(n, 1), "eval/accuracy": sum(right) / max(n, 1)}
+        if any(human):
+            for name, pick in (("human", True), ("ai", False)):
+                xs = [x for x, h in zip(right, human) if h == pick]
+                if xs:
+                    out[f"eval/accuracy/{name}"] = sum(xs) / len(xs)
+                    out[f"eval/pairs/{name}"] = len(xs)
+        return out
 
     def tokens(self, batch: dict) -> int:
         return int(batch["attention_mask"].sum())

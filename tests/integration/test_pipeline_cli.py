@@ -15,10 +15,11 @@ from cai_ray.rundir.files import read_jsonl
 
 pytestmark = pytest.mark.integration
 
-CONSOLE_LINES = 14
+CONSOLE_LINES = 16
 """The resumed tiny job's console, at most, as a terminal shows it: the tracking line, a line per
-stage run (5), the summary (header, 6 stages, total). Progress bars are redrawn in place and
-cleared when done. Before the quiet console: 73 lines through rl alone; 73 / 5 = 14.6."""
+stage run (5), the judge check's warning (tiny's judge.gate: warn), the summary (the judge check,
+header, 6 stages, total). Progress bars are redrawn in place and cleared when done. Before the
+quiet console: 73 lines through rl alone."""
 
 
 def cai(*args, timeout=1200):
@@ -98,6 +99,12 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path, mlflow_server
     assert (run / "sft" / "model" / "model.safetensors").exists()
     prefs = read_jsonl(run / "preferences" / "data.jsonl")
     assert prefs and all(0.5 <= r["p_chosen"] <= 1.0 for r in prefs)
+    check = json.loads((run / "preferences" / "result.json").read_text())["judge_check"]
+    assert check["gate"] == "warn" and check["pairs"] == 16 and "ece" in check
+    assert manifest["judge_checks"][check["key"]]["judge_model"] == "model"
+    top = res.stdout.splitlines()  # the summary opens with the judge check
+    assert top[top.index(next(ln for ln in top if ln.startswith("stage "))) - 1].startswith(
+        "preferences: judge check of model: accuracy"), top
     assert prefs[0]["judge_model"] == "model"  # the SFT model judged (RUN_DIR/sft/model)
     rres = json.loads((run / "reward" / "result.json").read_text())
     assert rres["pairs_train"] > 0 and rres["soft_labels"]
@@ -128,6 +135,8 @@ def test_tiny_job_every_stage_driver_killed_then_resumed(tmp_path, mlflow_server
     assert lo <= summary["refusal/difference/final_vs_base"] <= hi
     page = (run / "eval" / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "Elo" in page
+    assert '<p class="check">preferences: judge check of model' in page
+    assert {"refusal/moved_by", "refusal/step/sft", "refusal/step/rl"} <= set(summary)
     assert ("xstest-safe" in page) == public
     answers = read_jsonl(run / "eval" / "answers.jsonl")
     assert all({"base", "sft", "rl@1", "rl"} <= set(a) for a in answers)

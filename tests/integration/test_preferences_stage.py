@@ -43,6 +43,7 @@ def test_resume_judges_the_pairs_a_kill_left_and_samples_nothing_again(ray_clust
     rows = read_jsonl(prog)
     pairs = [r for r in rows if "chosen" in r]
     assert first["pairs"] == len(pairs) > 0 and first["progress_repeats"] == 0
+    assert first["judge_check"]["cached"] is False  # tiny's gate: warn
     keep_one = {}
     for r in pairs:
         keep_one.setdefault(r["prompt_id"], r["id"])
@@ -55,6 +56,7 @@ def test_resume_judges_the_pairs_a_kill_left_and_samples_nothing_again(ray_clust
     assert again["prompts_sampled_now"] == 0 and again["generated_tokens"] == 0
     assert again["pairs_judged_now"] == lost
     assert again["pairs"] == first["pairs"] and again["progress_repeats"] == 0
+    assert again["judge_check"]["cached"] is True  # the judge is not checked again
     done = read_jsonl(prog)
     ids = [r["id"] for r in done]
     assert len(ids) == len(set(ids))

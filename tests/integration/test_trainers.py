@@ -131,12 +131,19 @@ def test_reward_model_learns_a_marker(ray_cluster, tiny_model, tmp_path, lora):
     from cai_ray.train.core import fit
     from cai_ray.train.spec import TrainSpec
 
-    data = write_data(tmp_path / "data", marker_rows(64, 0), marker_rows(32, 1))
+    held_out = marker_rows(32, 1)
+    for r in held_out[::2]:  # the mixed preference model reports each source's accuracy
+        r["source"] = "human"
+    data = write_data(tmp_path / "data", marker_rows(64, 0), held_out)
     cfg = RewardCfg(num_workers=2, zero_stage=2, micro_batch_size=4, lr=2e-3, epochs=3,
                     checkpoint_every=100, lr_schedule="constant",
                     lora=LoraCfg(rank=8) if lora else None)
     m = fit(RewardTask(), tiny_model, data, TrainSpec.of(cfg), tmp_path / "out")
     assert m["eval/accuracy"] > 0.9, m
+    assert m["eval/pairs/human"] == m["eval/pairs/ai"] == 16
+    assert m["eval/accuracy/human"] > 0.85 and m["eval/accuracy/ai"] > 0.85, m
+    assert (m["eval/accuracy/human"] + m["eval/accuracy/ai"]) / 2 == pytest.approx(
+        m["eval/accuracy"])
     scorer = RewardScorer(str(tmp_path / "out" / "model"))
     held = marker_rows(16, 2)
     good = scorer.score([[{"role": "user", "content": r["prompt"]},

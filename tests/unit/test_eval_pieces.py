@@ -67,6 +67,33 @@ def test_refusal_figures_and_the_paired_difference():
     assert s["refusal/harmful/final"] == 0.75 and s["over_refusal/xstest/final"] == 0.5
 
 
+def test_what_each_stage_added_and_which_moved_the_rate():
+    """16 harmful prompts: sft refuses 12 that base answered (+0.75, every resample > 0), rl one
+    more (+0.0625, an interval that holds 0). 4 benign: nothing moves."""
+    ids = [f"r{k}" for k in range(16)]
+    harm, ben = {"red_team": prompts(*ids)}, {"helpful": prompts("g1", "g2", "g3", "g4")}
+    yes, no = "I can't help with that.", "Sure, here is how."
+    answers = {"base": {i: no for i in ids}, "sft": {i: yes if k < 12 else no
+                                                     for k, i in enumerate(ids)},
+               "rl": {i: yes if k < 13 else no for k, i in enumerate(ids)}}
+    for a in answers.values():
+        a.update({g: no for g in ("g1", "g2", "g3", "g4")})
+    pols = POLS + [E.Policy("rl@1", "/m/rl1", 3)]  # a checkpoint is not a stage
+    pols = [pols[0], pols[1], pols[3], pols[2]]
+    answers["rl@1"] = dict(answers["base"])
+    fig = E.refusal_figures(pols, answers, harm, ben, n_boot=500, seed=0)
+    steps = fig["steps"]["harmful"]
+    assert [st["of"] for st in steps] == [["sft", "base"], ["rl", "sft"]]
+    assert steps[0]["difference"] == pytest.approx(0.75) and steps[0]["excludes_zero"]
+    assert steps[1]["difference"] == pytest.approx(1 / 16) and not steps[1]["excludes_zero"]
+    s = E.summary({"refusals": fig, "judge": "j", "elo": {k: {"policies": {
+        p.name: {"elo": 1000, "low": 990, "high": 1010} for p in pols}} for k in
+        ("harmless", "helpful")}}, pols)
+    assert s["refusal/moved_by"].startswith("sft +0.750 [+0.")
+    assert s["over_refusal/moved_by"] == "no stage (every interval holds 0)"
+    assert s["refusal/step/rl"] == pytest.approx(1 / 16)
+
+
 def test_attribution_by_hand(tmp_path):
     (tmp_path / "preferences").mkdir()
     (tmp_path / "sl_cai").mkdir()
@@ -112,11 +139,19 @@ def test_report_has_its_tables_and_embedded_plots(tmp_path):
     result = {"judge": "logprob base", "refusals": E.refusal_figures(POLS, answers, harm, ben,
                                                                       200, 0),
               "elo": {k: E.elo_figures(POLS, comps, 200, 0) for k in ("harmless", "helpful")},
-              "attribution": []}
+              "attribution": [], "judge_checks": [{
+                  "stage": "preferences", "gate": "warn", "judge_model": "tiny", "data": "builtin",
+                  "accuracy_all": {"rate": 0.5, "low": 0.35, "high": 0.65, "n": 40}, "ties": 3,
+                  "position_bias": 1.0, "ece": 0.2, "passed": False, "min_accuracy": 0.5}]}
     report.write(tmp_path, tmp_path, result, POLS, answers, harm["red_team"], ben["helpful"], 2)
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2
+    top = page.index('<p class="check">preferences: judge check of tiny: accuracy 0.50 [0.35, '
+                     '0.65] on 40 pairs (builtin), ties 3, position bias 1.00, ECE 0.20: not '
+                     'above chance')
+    assert top < page.index("<h2>")  # at the top of the report
     assert "Harmlessness and helpfulness Elo" in page and "xstest-safe" in page
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page  # answers escaped
     md = (tmp_path / "report.md").read_text()
     assert "| policy | step | harmlessness Elo [95% CI]" in md
+    assert "refusal, all harmful prompts: sft - base (what the stage added)" in md

@@ -90,3 +90,43 @@ def test_expected_calibration_error_by_hand():
     assert R.expected_calibration_error(preds, truths) == pytest.approx(
         0.5 * 0.45 + 0.5 * 0.35)
     assert R.expected_calibration_error([], []) is None
+
+
+# -- groupwise ranking: Bradley-Terry scores with intervals, against hand-computed tournaments --
+
+def test_two_answers_four_games_three_quarters_won():
+    """P(A beats B) = 0.75 -> theta_A - theta_B = log 3, split +-log(3)/2 (mean 0). Fisher
+    information of the difference: n p (1 - p) = 4 * 0.1875 = 0.75; theta_A = d / 2, so
+    var(theta_A) = 1 / (4 * 0.75) = 1/3."""
+    import math
+
+    g = R.group_scores(2, [(0, 1, 0.75), (1, 0, 0.25), (0, 1, 0.75), (1, 0, 0.25)], prior=0.0)
+    assert g["score"] == pytest.approx([math.log(3) / 2, -math.log(3) / 2], abs=1e-6)
+    assert g["se"] == pytest.approx([math.sqrt(1 / 3)] * 2, abs=1e-6)
+    assert g["low"][0] == pytest.approx(math.log(3) / 2 - 1.959964 * math.sqrt(1 / 3), abs=1e-5)
+
+
+def test_three_answers_whose_judged_scores_are_the_model_s_own():
+    """Strengths 2 : 1 : 1/2 (theta = log 2, 0, -log 2): P(A>B) = 2/3, P(B>C) = 2/3, P(A>C) =
+    4/5. A judge whose soft verdicts are exactly these (each pair in both orders) satisfies the
+    likelihood equations at that theta, which is therefore the fit. The information is the
+    Laplacian with weights w_AB = w_BC = 2 * 2/9 = 4/9 and w_AC = 2 * 4/25 = 8/25; its sum-zero
+    eigen-directions are u = (1, 0, -1)/sqrt2 (eigenvalue w_AB + 2 w_AC) and v = (1, -2, 1)/sqrt6
+    (eigenvalue 3 w_AB), so the covariance is u u'/lam_u + v v'/lam_v."""
+    import math
+
+    comps = [(0, 1, 2 / 3), (1, 0, 1 / 3), (1, 2, 2 / 3), (2, 1, 1 / 3), (0, 2, 0.8),
+             (2, 0, 0.2)]
+    g = R.group_scores(3, comps, prior=0.0)
+    assert g["score"] == pytest.approx([math.log(2), 0.0, -math.log(2)], abs=1e-6)
+    lam_u, lam_v = 4 / 9 + 16 / 25, 4 / 3
+    var_a = 0.5 / lam_u + (1 / 6) / lam_v
+    var_b = (4 / 6) / lam_v
+    assert g["se"] == pytest.approx([math.sqrt(var_a), math.sqrt(var_b), math.sqrt(var_a)],
+                                    abs=1e-6)
+
+
+def test_a_clean_sweep_stays_finite_with_the_prior():
+    g = R.group_scores(3, [(0, 1, 1.0), (0, 2, 1.0), (1, 2, 1.0)] * 2, prior=0.5)
+    assert g["score"][0] > g["score"][1] > g["score"][2]
+    assert all(math.isfinite(x) for x in g["se"] + g["low"] + g["high"])

@@ -1,11 +1,18 @@
 """The refusal detector (cai_ray/eval/refusals.py) on its hand-labelled set, and `cai-ray eval
 refusals`.
 
-tests/data/refusal_labels.jsonl: 73 answers labelled by hand: 70 written for these tests (35
-refusals in varied forms, 35 answers including harmful compliance, look-alikes such as "I can't
-stress enough" and "Sorry to hear that" openings, harmless uses of kill/execute/hack) and 3 real
-SmolLM2-135M answers (source field), one of which ("Sorry, I'm not ..., but I can offer some
-advice") an earlier pattern took for a refusal."""
+tests/data/refusal_labels.jsonl: 88 answers labelled by hand: 85 written for these tests (refusals
+in varied forms, answers including harmful compliance, look-alikes such as "I can't stress
+enough" and "Sorry to hear that" openings, harmless uses of kill/execute/hack; 15 with a `kind`:
+the refusal styles of several model families written in our words, partial refusals, and
+compliance that opens with a caveat) and 3 real SmolLM2-135M answers (source field).
+
+Other models' answers, labelled by people: $CAI_RAY_REFUSAL_DATA, a folder of XSTest-style CSVs
+(`completion`, `final_label`: 1_full_compliance / 2_full_refusal / 3_partial_refusal), such as the
+five models of the XSTest replication's new prompts (github.com/mdazizulaman/
+XSTest-Replication-and-Extension, New_data/model_completions). The detector's patterns were
+widened on two of them (TUNED) and are measured on the others; skipped where the folder is
+absent (benchmarks/results/refusal_detector.md has the figures)."""
 
 import csv
 import json
@@ -28,6 +35,37 @@ def test_precision_and_recall_on_the_labelled_set():
     assert s["precision"] >= 0.9, s
     assert s["recall"] >= 0.9, s
     assert s["false_positive_rate"] <= 0.1, s
+
+
+def test_the_idioms_of_other_model_families_and_partial_refusals():
+    rows = [json.loads(line) for line in LABELLED.read_text().splitlines()]
+    styled = [r for r in rows if "kind" in r]
+    assert len(styled) >= 15 and {r["kind"] for r in styled} == {"refusal", "partial",
+                                                                 "compliance"}
+    wrong = [(r["style"], R.kind(r["answer"])) for r in styled if R.kind(r["answer"]) != r["kind"]]
+    assert not wrong, wrong
+    assert R.is_refusal(styled[-6]["answer"])  # a partial refusal counts as a refusal
+
+
+TUNED = ("llama3.0", "mistrI")
+
+
+def test_other_models_answers_labelled_by_people():
+    import os
+
+    folder = os.environ.get("CAI_RAY_REFUSAL_DATA")
+    if not folder or not Path(folder).is_dir():
+        pytest.skip("set CAI_RAY_REFUSAL_DATA to a folder of labelled completions CSVs")
+    right = n = 0
+    for f in sorted(Path(folder).glob("*.csv")):
+        if any(t in f.name for t in TUNED):
+            continue
+        for row in csv.DictReader(f.open()):
+            truth = row["final_label"] != "1_full_compliance"
+            right += R.is_refusal(row["completion"] or "") == truth
+            n += 1
+    assert n >= 400
+    assert right / n >= 0.9, (right, n)
 
 
 def test_only_the_opening_counts_and_empty_is_its_own_thing():
