@@ -32,6 +32,7 @@ def reward_model(model: str) -> str:
     import torch
 
     from cai_ray import models
+    from cai_ray.models import trust_remote_code
     from cai_ray.train.reward import load_value_model
 
     dest = Path(scratch().parent) / "online_dpo_reward_model"
@@ -42,7 +43,8 @@ def reward_model(model: str) -> str:
         rm.save_pretrained(dest, safe_serialization=True)
         from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(path).save_pretrained(dest)
+        AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code()).save_pretrained(
+            dest)
     return str(dest)
 
 
@@ -88,11 +90,12 @@ def trl(model: str, rm: str, iterations: int, prompts: int, max_tokens: int) -> 
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
     from cai_ray import models
+    from cai_ray.models import trust_remote_code
     from cai_ray.platform import peak_rss_mb
     from cai_ray.prompts.sources import load_prompts
 
     path = models.resolve(model)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code())
     stamp, stamps = step_timer()
     ps = load_prompts(["builtin:red_team"]).prompts[:prompts * iterations]
     ds = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p.prompt}]}
@@ -102,7 +105,8 @@ def trl(model: str, rm: str, iterations: int, prompts: int, max_tokens: int) -> 
                            max_new_tokens=max_tokens, max_steps=iterations, learning_rate=LR,
                            beta=BETA, use_cpu=True, bf16=False, report_to=[], logging_steps=1,
                            save_strategy="no", temperature=1.0, gradient_checkpointing=False)
-    scorer = AutoModelForSequenceClassification.from_pretrained(rm, num_labels=1)
+    scorer = AutoModelForSequenceClassification.from_pretrained(
+        rm, num_labels=1, trust_remote_code=trust_remote_code())
     tr = OnlineDPOTrainer(model=path, reward_funcs=scorer, args=args, train_dataset=ds,
                           processing_class=tok, reward_processing_classes=tok,
                           callbacks=[stamp])

@@ -75,9 +75,10 @@ class JudgeReward:
         groups = [([{"role": "user", "content": batch[r[0]].prompt}],
                    [batch[k].response for k in r]) for r in runs]
         ranked, cost = rank_groups(self.judge, groups)
-        for key, v in cost.items():
-            if isinstance(v, (int, float)):
-                self.cost[key] = self.cost.get(key, 0) + v
+        for key in ("pairs_judged", "ties_without_call", "judge_prompts"):
+            self.cost[key] = self.cost.get(key, 0) + cost[key]
+        if cost["position_bias"] is not None:  # the latest batch's
+            self.cost["position_bias"] = cost["position_bias"]
         out = [0.0] * len(batch)
         for r, g in zip(runs, ranked):
             for k, s in zip(r, g["score"]):

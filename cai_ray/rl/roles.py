@@ -60,5 +60,11 @@ class RewardWorker:
     def score(self, batch: list[Scored]) -> list[float]:
         return [float(x) for x in self.source.score(batch)]
 
+    def costs(self) -> dict[str, float]:
+        """What scoring has cost so far, where the source counts it (the groupwise judge: pairs
+        judged, judge prompts, position bias), else {}."""
+        return {k: float(v) for k, v in getattr(self.source, "cost", {}).items()
+                if isinstance(v, (int, float))}
+
     def ping(self) -> bool:
         return True

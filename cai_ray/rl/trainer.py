@@ -248,6 +248,7 @@ class RlTrainer:
         nxt = self.collect(start)
         for it in range(start, cfg.iterations):
             exp, gen = self.gather(it, nxt)
+            costs = self.judge_costs()  # before the next batch is scored
             self.resume_cursor = self.cursor  # before the next iteration draws its prompts
             stale = 0
             if exp is not None:
@@ -282,12 +283,20 @@ class RlTrainer:
                    "skipped_update": int(not train_refs),
                    "perf/tokens_per_s": gen["generated_tokens"] / max(gen["timing/generate_s"],
                                                                       1e-9)}
+            row.update(costs)
             if stats:
                 self.kl.update(stats["kl/mean"], len(exp))
             self.history.append(row)
             if on_iteration:
                 on_iteration(self, row)
         return self.history
+
+    def judge_costs(self) -> dict:
+        """The judge reward's cost in judge calls so far (running totals), else {}."""
+        if self.cfg.reward.split(":")[0] != "judge":
+            return {}
+        return {f"judge/{k}": v for k, v in
+                self._get(self.reward.costs.remote(), "reward costs").items()}
 
     # -- checkpoints -------------------------------------------------------------------------------
     def state(self) -> dict:

@@ -39,6 +39,12 @@ def test_iterations_sync_weights_log_their_figures_and_resume(ray_cluster, tmp_p
             assert isinstance(r.get(key), float), (key, r)
         assert r["dpo/pairs"] >= 1
     assert rows[-1]["heldout/changed"] > 0  # the engines answer with the new weights
+    # the ranking's cost: 3 pairs per prompt, 2 prompts an iteration, each pair in both orders
+    # on 1 principle (tiny's judge) unless its two answers are the same
+    first = rows[0]
+    assert first["judge/pairs_judged"] + first["judge/ties_without_call"] == 6
+    assert first["judge/judge_prompts"] == 2 * first["judge/pairs_judged"]
+    assert rows[-1]["judge/pairs_judged"] + rows[-1]["judge/ties_without_call"] == 18
     assert rows[-1]["kl/mean"] != 0.0
     refs = read_jsonl(run / "dpo" / "reference_answers.jsonl")
     assert len(refs) == 2

@@ -54,7 +54,9 @@ def greedy(engine_or_pool):
     return [[o[0].token_ids for o in out] for out in outs]
 
 
-@pytest.mark.parametrize("kind", ["object_store", "gloo"])
+# object_store's push and its buckets are checked in CI by the killed-engine test below, which
+# starts the same engines and learners; its own run is in `make test-slow`
+@pytest.mark.parametrize("kind", [pytest.param("object_store", marks=pytest.mark.slow), "gloo"])
 def test_push_makes_engines_generate_the_learners_weights(ray_cluster, tiny_model, noisy_model,
                                                           kind):
     want = greedy(HfEngine(noisy_model))[0]
@@ -95,10 +97,12 @@ def test_push_makes_engines_generate_the_learners_weights(ray_cluster, tiny_mode
 
 def test_engine_killed_while_generating_comes_back_with_the_current_weights(
         ray_cluster, tiny_model, noisy_model, is_generating):
-    """After a push, engine 0 is SIGKILLed while it is generating (its process is titled
-    EngineWorker.generate). The scheduler retries its batch and, once Ray has restarted the actor,
-    reloads the pushed weights into it before giving it work: afterwards both engines generate
-    what the learner's weights generate, not the base model's text."""
+    """Two object-store pushes (the second reuses what the first set up; more than one bucket)
+    make the engines generate the learner's weights. Then engine 0 is SIGKILLed while it is
+    generating (its process is titled EngineWorker.generate). The scheduler retries its batch
+    and, once Ray has restarted the actor, reloads the pushed weights into it before giving it
+    work: afterwards both engines generate what the learner's weights generate, not the base
+    model's text."""
     import threading
     import time
 
@@ -108,8 +112,13 @@ def test_engine_killed_while_generating_comes_back_with_the_current_weights(
     try:
         rl = load_job("tiny").rl
         learners = LearnerGroup(noisy_model, None, LearnerSpec.of(rl), seed=0)
-        make_sync("object_store", pool, bucket_mb=0.25).push(learners)
-        assert greedy(pool) == [want, want]
+        assert greedy(pool)[0] != want  # the engines start from other weights
+        sync = make_sync("object_store", pool, bucket_mb=0.25)  # the tiny model is 1.3 MB
+        for push in (1, 2):
+            out = sync.push(learners)
+            assert out["weights_version"] == push and out.get("weight_sync/fallback", 0) == 0
+            assert greedy(pool) == [want, want]
+        assert out["weight_sync/buckets"] > 1
         pid = ray.get(pool.actors[0].__ray_call__.remote(lambda _: os.getpid()))
         killed = []
 
