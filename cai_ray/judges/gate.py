@@ -78,14 +78,13 @@ def describe(rec: dict) -> str:
         figs.append(f"position bias {bias:.2f}")
     if ece is not None:
         figs.append(f"ECE {ece:.2f}")
-    if rec["passed"]:
-        verdict = "above chance"
-    elif bias is not None and bias > rec.get("max_position_bias", 1.0):
-        verdict = (f"not above chance (its verdicts follow the answers' order: position bias "
-                   f"must be at most {rec['max_position_bias']:g})")
-    else:
-        verdict = f"not above chance (the interval's lower bound must exceed " \
-                  f"{rec['min_accuracy']:g})"
+    why = []
+    if acc["low"] is None or acc["low"] <= rec["min_accuracy"]:
+        why.append(f"the interval's lower bound must exceed {rec['min_accuracy']:g}")
+    if bias is not None and bias > rec.get("max_position_bias", 1.0):
+        why.append(f"its verdicts follow the answers' order: position bias must be at most "
+                   f"{rec['max_position_bias']:g}")
+    verdict = "above chance" if rec["passed"] else f"not above chance ({'; '.join(why)})"
     return f"judge check of {rec['judge_model']}: {', '.join(figs)}: {verdict}"
 
 

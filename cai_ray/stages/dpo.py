@@ -98,7 +98,8 @@ STAGE = register_stage(Stage(
         ("prompts", "judge", "engine") if job.dpo.online else ()),
     reads=reads, produces=("policy",), outputs=("dpo/model/config.json",),
     needs=needs,
-    key_figures=("eval/rewards/accuracy", "eval/rewards/margin", "train/loss_last"),
+    key_figures=("eval/rewards/accuracy", "eval/rewards/margin", "train/loss_last",
+                 "iterations", "heldout/win_rate", "dpo/margin", "kl/mean"),
     check=check,
     instead={"preferences": "set dpo.data to a preference file",
              "pairs": "set dpo.data to a preference file"}))
