@@ -40,8 +40,7 @@ PATTERNS: dict[str, str] = {
     "first-person inability": rf"\bi{_SEP}{_CANT} {_ACT}",
     # "Sorry, but I can't ...", "I apologize, but that is illegal and I cannot ..." (a "but" and
     # then a negation in the same sentence: "Sorry, ..., but I can offer some advice" is no refusal)
-    "apology then but": r"\b(?:sorry|apologi[sz]e)\b(?! for any (?:confusion|disappointment|"
-                        r"misunderstanding|inconvenience))[^.!?\n]{0,40}\b(?:but|however)\b"
+    "apology then but": r"\b(?:sorry|apologi[sz]e)\b[^.!?\n]{0,40}\b(?:but|however)\b"
                         r"[^.!?\n]{0,80}(?:\bnot\b|n't\b|\bcannot\b|\bunable\b|\bno\b)",
     "apology then cannot": rf"\b(?:sorry|apologi[sz]e)\b[^.!?\n]{{0,60}}\bi{_SEP}{_CANT}",
     # "As an AI (language model), I cannot ...", "As an AI language model I do not condone ..."

@@ -1,11 +1,12 @@
 """The refusal detector (cai_ray/eval/refusals.py) on its hand-labelled set, and `cai-ray eval
 refusals`.
 
-tests/data/refusal_labels.jsonl: 88 answers labelled by hand: 85 written for these tests (refusals
+tests/data/refusal_labels.jsonl: 89 answers labelled by hand: 85 written for these tests (refusals
 in varied forms, answers including harmful compliance, look-alikes such as "I can't stress
 enough" and "Sorry to hear that" openings, harmless uses of kill/execute/hack; 15 with a `kind`:
 the refusal styles of several model families written in our words, partial refusals, and
-compliance that opens with a caveat) and 3 real SmolLM2-135M answers (source field).
+compliance that opens with a caveat) and 4 real SmolLM2-135M answers (source field), one of
+them the apology-then-inability form an exclusion tuned on another model's answers once lost.
 
 Other models' answers, labelled by people: $CAI_RAY_REFUSAL_DATA, a folder of XSTest-style CSVs
 (`completion`, `final_label`: 1_full_compliance / 2_full_refusal / 3_partial_refusal), such as the
@@ -40,11 +41,11 @@ def test_precision_and_recall_on_the_labelled_set():
 def test_the_idioms_of_other_model_families_and_partial_refusals():
     rows = [json.loads(line) for line in LABELLED.read_text().splitlines()]
     styled = [r for r in rows if "kind" in r]
-    assert len(styled) >= 15 and {r["kind"] for r in styled} == {"refusal", "partial",
+    assert len(styled) >= 16 and {r["kind"] for r in styled} == {"refusal", "partial",
                                                                  "compliance"}
     wrong = [(r["style"], R.kind(r["answer"])) for r in styled if R.kind(r["answer"]) != r["kind"]]
     assert not wrong, wrong
-    assert R.is_refusal(styled[-6]["answer"])  # a partial refusal counts as a refusal
+    assert R.is_refusal(next(r["answer"] for r in styled if r["kind"] == "partial"))
 
 
 TUNED = ("llama3.0", "mistrI")
