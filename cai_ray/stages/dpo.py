@@ -44,9 +44,15 @@ def needs(job):
     """Offline: the trainer's workers. Online: the rl stage's (engines, learners, a judge)."""
     if not job.dpo.online:
         return trainer_need(job.dpo, "dpo.num_workers")
+    from cai_ray import judges
     from cai_ray.stages import online_dpo, rl
+    from cai_ray.stages.resources import engine_need, plus
 
-    return rl.needs(job.model_copy(update={"rl": online_dpo.rl_section(job)}))
+    need = rl.needs(job.model_copy(update={"rl": online_dpo.rl_section(job)}))
+    if job.dpo.heldout_prompts and job.dpo.ranker.split(":")[0] != "judge":
+        # the held-out judge's own actors (a judge ranker's are counted by rl.needs)
+        need = plus(need, engine_need(judges.engine_section(job, separate=True), "judge.engine"))
+    return need
 
 
 def data_source(ctx: Context) -> Path | str:

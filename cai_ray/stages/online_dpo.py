@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cai_ray.errors import InputError
-from cai_ray.rundir.files import read_jsonl, write_jsonl_atomic
+from cai_ray.rundir.files import read_jsonl
 from cai_ray.stages.context import Context
 
 ROLLOUT_FIELDS = ("num_workers", "use_gpu", "offload_optimizer", "offload_params", "precision",
@@ -69,31 +68,6 @@ def run(ctx: Context) -> dict:
                                         "dpo/margin", "dpo/accuracy", "kl/mean")}}
 
 
-def reference_answers(ctx: Context, pool, out: Path, start: int, prompts) -> dict[str, str]:
-    """The start policy's greedy answers to the held-out prompts, before any update, kept in
-    RUN_DIR/dpo/reference_answers.jsonl (a resumed stage reads them back)."""
-
-    path = out / "reference_answers.jsonl"
-    refs = {r["prompt_id"]: r["answer"] for r in read_jsonl(path)}
-    todo = [p for p in prompts if p.id not in refs]
-    if todo and start:
-        raise InputError(f"{path}: missing on resume; remove {out}/checkpoints to start the "
-                         f"stage again")
-    if todo:
-        refs.update(greedy(pool, todo, ctx.job.dpo.max_new_tokens, ctx.job.engine.batch_size))
-        write_jsonl_atomic(path, [{"prompt_id": k, "answer": v} for k, v in refs.items()])
-    return refs
-
-
-def greedy(pool, prompts, max_tokens: int, batch_size: int) -> dict[str, str]:
-    from cai_ray.generation import Request, Sampling
-
-    sched = pool.scheduler(Sampling(max_tokens=max_tokens, temperature=0.0), batch_size)
-    for p in prompts:
-        sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
-    return {pid: outs[0].text.strip() for pid, outs in sched.results()}
-
-
 def heldout_judge(ctx: Context, trainer, judge_pool, out: Path, start: int):
     """A function of an iteration's row -> the held-out figures: the current policy's greedy
     answers against the reference's, judged (win rate with its Wilson interval, soft win rate,
@@ -101,6 +75,7 @@ def heldout_judge(ctx: Context, trainer, judge_pool, out: Path, start: int):
     from cai_ray import judges
     from cai_ray.algos.ratings import rate
     from cai_ray.judges import JudgeItem
+    from cai_ray.stages.rl import greedy, start_answers
 
     n = ctx.job.dpo.heldout_prompts
     prompts = (ctx.heldout_prompts(ctx.red_team.prompts) +
@@ -110,14 +85,15 @@ def heldout_judge(ctx: Context, trainer, judge_pool, out: Path, start: int):
     jc, sft = ctx.job.judge, ctx.policy_model()
     je = ctx.job.judge_engine() if jc.model else ctx.job.engine
     path = judges.model_path(jc, sft)
+    own = None  # the judge's actors, when the ranker is not the judge (this stage's to stop)
     if judge_pool is None and judges.own_engines(jc):
-        judge_pool = judges.start_actors(jc, default_model=sft, actors=lambda p: ctx.engine_pool(
-            p, name="judge", engine=je))
-        ctx.notes.append("dpo: the held-out judge runs on engine actors of its own")
+        own = judge_pool = judges.start_actors(jc, default_model=sft, actors=lambda p:
+                                               ctx.engine_pool(p, name="judge", engine=je))
     judge = judges.attach(jc, ctx.constitution, pool=judge_pool, model_path=path,
                           seed=ctx.job.seed, batch_size=je.batch_size,
                           max_in_flight=je.max_in_flight)
-    refs = reference_answers(ctx, trainer.pool, out, start, prompts)
+    refs = start_answers(trainer.pool, prompts, out / "reference_answers.jsonl", start,
+                         ctx.job.dpo.max_new_tokens, ctx.job.engine.batch_size)
 
     def measure(row: dict) -> dict:
         now = greedy(trainer.pool, prompts, ctx.job.dpo.max_new_tokens,
@@ -134,4 +110,5 @@ def heldout_judge(ctx: Context, trainer, judge_pool, out: Path, start: int):
                 "heldout/position_bias": (sum(j.disagreements for j in jds) / both
                                           if both else None)}
 
+    measure.close = own.shutdown if own is not None else None
     return measure

@@ -188,26 +188,37 @@ def judge_setup(ctx: Context, cfg, sft: str, pool, out: Path, start: int, judge_
 
 def sft_answers(ctx: Context, cfg, pool, out: Path, start: int) -> dict[str, str]:
     """The SFT model's greedy answer to every training prompt, which a pairwise judge compares
-    each rollout against: generated once, before any update, on the rollout engines (they hold
-    the SFT weights then), kept in RUN_DIR/rl/sft_answers.jsonl."""
-    from cai_ray.generation import Request, Sampling
-
-    refs_file = out / "sft_answers.jsonl"
-    refs = {r["prompt_id"]: r["answer"] for r in read_jsonl(refs_file)}
+    each rollout against (start_answers, in RUN_DIR/<stage>/sft_answers.jsonl)."""
     prompts = ctx.train_prompts(ctx.red_team.prompts) + ctx.train_prompts(ctx.helpful.prompts)
+    return start_answers(pool, prompts, out / "sft_answers.jsonl", start, cfg.max_new_tokens,
+                         ctx.job.engine.batch_size)
+
+
+def start_answers(pool, prompts, path: Path, start: int, max_tokens: int,
+                  batch_size: int) -> dict[str, str]:
+    """The start policy's greedy answer to each prompt: generated once, before any update, on the
+    rollout engines (they hold the start weights then), kept in `path`, which a resumed stage
+    reads back (missing on resume: InputError)."""
+    refs = {r["prompt_id"]: r["answer"] for r in read_jsonl(path)}
     todo = [p for p in prompts if p.id not in refs]
     if todo:
         if start:
-            raise InputError(f"{refs_file}: missing on resume; the SFT answers the judge compares "
-                             f"against are written before the first update (remove "
-                             f"{out}/checkpoints to start the stage again)")
-        sched = pool.scheduler(Sampling(max_tokens=cfg.max_new_tokens, temperature=0.0),
-                               ctx.job.engine.batch_size)
-        for p in todo:
-            sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
-        refs.update({pid: outs[0].text.strip() for pid, outs in sched.results()})
-        write_jsonl_atomic(refs_file, [{"prompt_id": k, "answer": v} for k, v in refs.items()])
+            raise InputError(f"{path}: missing on resume; the start policy's answers are written "
+                             f"before the first update (remove {path.parent}/checkpoints to "
+                             f"start the stage again)")
+        refs.update(greedy(pool, todo, max_tokens, batch_size))
+        write_jsonl_atomic(path, [{"prompt_id": k, "answer": v} for k, v in refs.items()])
     return refs
+
+
+def greedy(pool, prompts, max_tokens: int, batch_size: int) -> dict[str, str]:
+    """Prompt id -> the pool's greedy answer."""
+    from cai_ray.generation import Request, Sampling
+
+    sched = pool.scheduler(Sampling(max_tokens=max_tokens, temperature=0.0), batch_size)
+    for p in prompts:
+        sched.put(p.id, Request(p.id, messages=[{"role": "user", "content": p.prompt}]))
+    return {pid: outs[0].text.strip() for pid, outs in sched.results()}
 
 
 def run(ctx: Context) -> dict:
@@ -216,8 +227,9 @@ def run(ctx: Context) -> dict:
 
 def train(ctx: Context, cfg, stage: str, measure=None) -> dict:
     """The RL loop of `cfg` (an RlCfg) into RUN_DIR/<stage> (the rl stage; the dpo stage's online
-    mode). measure(trainer, judge_pool, out) -> a function called after each iteration, before
-    its row is logged, that adds figures to the row (online DPO's held-out win rate)."""
+    mode). measure(trainer, judge_pool, out, start) -> a function called after each iteration,
+    before its row is logged, that adds figures to the row (online DPO's held-out win rate); its
+    `close`, if set, runs when the stage ends."""
     from cai_ray.rewards import reward_kind
     from cai_ray.rl.trainer import RlTrainer, Roles
     from cai_ray.train.core import MetricsWriter
@@ -247,7 +259,7 @@ def train(ctx: Context, cfg, stage: str, measure=None) -> dict:
     # the engines load their model while the learner, reference and reward roles start
     pool = ctx.engine_pool(roles.policy, name="rollout", wait=False,
                            shared={"CPU": 1} if cfg.colocate else None)  # a learner rank each
-    trainer = None
+    trainer = extra = None
     write_jsonl_atomic(out / "metrics.jsonl", history)
     writer = MetricsWriter(out, True)
     try:
@@ -289,6 +301,8 @@ def train(ctx: Context, cfg, stage: str, measure=None) -> dict:
         memory = trainer.peak_memory_mb()
     finally:
         writer.close()
+        if getattr(extra, "close", None):  # what the measure started for itself
+            extra.close()
         if trainer is not None:
             trainer.shutdown()
         for p in (pool, judge_pool):
