@@ -123,14 +123,26 @@ def check_adapter_exports(job: JobConfig, plan) -> None:
 
 def platform_record(job: JobConfig) -> dict:
     """What the driver's machine decided for the run (engines on other nodes decide on theirs and
-    report it in their info): the engine dtype and why, the cores, a GPU or not."""
-    from cai_ray.platform import BF16_FLAGS, cpu_flags, engine_dtype, has_cuda, num_cores
+    report it in their info): the engine dtype and why, each trainer's compute precision and why
+    (master weights and optimizer state are fp32 in every case), the cores, a GPU or not."""
+    from cai_ray.platform import (
+        BF16_FLAGS,
+        cpu_flags,
+        engine_dtype,
+        has_cuda,
+        num_cores,
+        train_precision,
+    )
 
     dtype, why = engine_dtype(job.model.dtype)
+    trainers = {}
+    for name in ("sft", "reward", "dpo", "rl"):
+        sec = getattr(job, name)
+        p, reason = train_precision(sec.precision, sec.use_gpu)
+        trainers[name] = {"precision": p, "reason": reason}
     return {"engine_dtype": dtype, "engine_dtype_reason": why, "cores": num_cores(),
             "cuda": has_cuda(), "cpu_bf16_flags": sorted(cpu_flags() & set(BF16_FLAGS)),
-            "trainer_dtype": "float32 master weights"
-            + (", bf16 compute" if "bf16" in {job.sft.precision, job.rl.precision} else "")}
+            "trainer_precision": trainers, "master_weights": "float32"}
 
 
 def identity(job: JobConfig) -> str:

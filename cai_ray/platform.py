@@ -69,6 +69,21 @@ def engine_dtype(dtype: str) -> tuple[str, str]:
                        "bf16 runs about 3x slower than fp32")
 
 
+def train_precision(precision: str, use_gpu: bool = False) -> tuple[str, str]:
+    """The compute precision a trainer or the RL learner runs in, and why (master weights and the
+    optimizer's state stay fp32 either way). `auto`: bf16 on a GPU, and on a CPU with bf16
+    instructions (avx512_bf16 or AMX); fp32 on other CPUs, where bf16 training runs more than 10x
+    slower (benchmarks/results/train.md)."""
+    if precision != "auto":
+        return precision, "set in the job file (precision)"
+    if use_gpu:  # the workers' GPUs, which the driver's machine may not have
+        return "bf16", "auto: GPU workers (use_gpu; set precision: fp32 for GPUs older than Ampere)"
+    have = sorted(cpu_flags() & set(BF16_FLAGS))
+    if have:
+        return "bf16", f"auto: this CPU has {', '.join(have)}"
+    return "fp32", "auto: this CPU has no bf16 instructions (avx512_bf16, amx_bf16)"
+
+
 def num_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

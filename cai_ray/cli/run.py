@@ -21,7 +21,8 @@ def run_command(args) -> int:
         info = {"job": job.name, "run_dir": job.run_dir, "stages": job.stages,
                 "model": ctx.base_model, "constitution": ctx.constitution.name,
                 "red_team": len(ctx.red_team), "helpful": len(ctx.helpful),
-                "inputs": {s: ctx.plan.inputs.get(s, {}) for s in job.stages}}
+                "inputs": {s: ctx.plan.inputs.get(s, {}) for s in job.stages},
+                "platform": pipeline.platform_record(job)}
         if "rl" in job.stages:  # the algorithm with every knob resolved
             info["rl"] = {**asdict(job.rl.resolved()), "reward": job.rl.reward,
                           "weight_sync": job.weight_sync()}

@@ -142,15 +142,18 @@ class Learner:
     def logprobs(self, prompt_ids: list[list[int]], response, mask):
         """The policy's log-probs of given rollouts (B, T): the iteration's old log-probs."""
         self.actor.eval()
-        return frozen_logprobs(self.actor, prompt_ids, response, mask, self.pad_id,
-                               self.spec.logprob_chunk, self.spec.share_prompts).cpu()
+        with D.compute(self.spec.train.precision, self.actor.device):
+            return frozen_logprobs(self.actor, prompt_ids, response, mask, self.pad_id,
+                                   self.spec.logprob_chunk, self.spec.share_prompts).float().cpu()
 
     @torch.no_grad()
     def values(self, prompt_ids: list[list[int]], response, mask):
         """The critic's values before each response token (B, T)."""
         self.critic.eval()
-        return (rollout_values(self.critic, prompt_ids, response, mask, self.pad_id,
-                               self.spec.share_prompts) * mask.to(self.critic.device)).cpu()
+        with D.compute(self.spec.train.precision, self.critic.device):
+            values = rollout_values(self.critic, prompt_ids, response, mask, self.pad_id,
+                                    self.spec.share_prompts)
+        return (values.float() * mask.to(self.critic.device)).cpu()
 
     # -- training ------------------------------------------------------------------------------
     def train(self, exp: Experience, plan: Plan) -> dict:
@@ -204,10 +207,11 @@ class Learner:
         spec, alg, dev = self.spec, self.alg, self.actor.device
         timing = {} if timing is None else timing
         t0 = time.time()
-        logp, ent = rollout_logprobs(self.actor, mb.prompt_ids, mb.response, mb.mask, self.pad_id,
-                                     chunk=spec.logprob_chunk, entropy=True,
-                                     entropy_grad=spec.entropy_coef > 0,
-                                     share_prompts=spec.share_prompts)
+        with D.compute(spec.train.precision, dev):
+            logp, ent = rollout_logprobs(self.actor, mb.prompt_ids, mb.response, mb.mask,
+                                         self.pad_id, chunk=spec.logprob_chunk, entropy=True,
+                                         entropy_grad=spec.entropy_coef > 0,
+                                         share_prompts=spec.share_prompts)
         mask, adv, sampler = mb.mask.to(dev), mb.advantages.to(dev), mb.sampler_logp.to(dev)
         correction = spec.rollout_correction
         if correction == "none":
@@ -251,8 +255,9 @@ class Learner:
                       scale: float = 1.0) -> dict:
         dev = self.critic.device
         mask = mb.mask.to(dev)
-        values = rollout_values(self.critic, mb.prompt_ids, mb.response, mb.mask, self.pad_id,
-                                self.spec.share_prompts)
+        with D.compute(self.spec.train.precision, dev):
+            values = rollout_values(self.critic, mb.prompt_ids, mb.response, mb.mask,
+                                    self.pad_id, self.spec.share_prompts).float()
         loss, m = value_loss(values, mb.values.to(dev), mb.returns.to(dev), mask,
                              self.spec.critic.value_clip, denom=tokens)
         self.critic.set_gradient_accumulation_boundary(boundary)

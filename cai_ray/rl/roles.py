@@ -15,7 +15,9 @@ class ReferencePolicy:
     positions only, in chunks)."""
 
     def __init__(self, model_path: str, threads: int | None = None, chunk: int = 256,
-                 share_prompts: bool = True):
+                 share_prompts: bool = True, precision: str = "fp32"):
+        """precision: the learner's (fp32 or bf16 autocast), so that the KL to the policy at its
+        start is 0, not the two precisions' difference."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from cai_ray.models import trust_remote_code
@@ -30,11 +32,14 @@ class ReferencePolicy:
             trust_remote_code=trust_remote_code()).eval()
         tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code())
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-        self.chunk, self.share = chunk, share_prompts
+        self.chunk, self.share, self.precision = chunk, share_prompts, precision
 
     def logprobs(self, prompt_ids: list[list[int]], response, mask):
-        return frozen_logprobs(self.model, prompt_ids, response, mask, self.pad_id, self.chunk,
-                               self.share)
+        from cai_ray.train.dist import compute
+
+        with compute(self.precision, self.model.device):
+            return frozen_logprobs(self.model, prompt_ids, response, mask, self.pad_id,
+                                   self.chunk, self.share).float()
 
     def peak_rss_mb(self) -> float:
         from cai_ray.platform import peak_rss_mb

@@ -80,7 +80,7 @@ class RlTrainer:
         threads = None if has_cuda() else num_cores()
         self.ref = (ReferenceActor.options(num_cpus=0, **near).remote(
             roles.reference, threads=threads, chunk=cfg.logprob_chunk,
-            share_prompts=cfg.share_prompts)
+            share_prompts=cfg.share_prompts, precision=self.spec.train.precision)
             if alg.needs_reference else None)
         self.reward = RewardActor.options(num_cpus=0, **near).remote(
             cfg.reward, {"max_tokens": cfg.max_new_tokens, **(reward_params or {})}, threads,
@@ -254,11 +254,12 @@ class RlTrainer:
             if exp is not None:
                 exp, stale = self.refuse_stale(exp)
             stats = self.advantages(exp) if exp is not None and len(exp) else {}
-            if stats and self.alg.pairs_only:  # online DPO: each group's best and worst
-                exp, stats["pairs/groups_without_pair"] = pairs_of(exp)
-                stats = stats if exp is not None else {}
+            learn = exp if stats else None
+            if learn is not None and self.alg.pairs_only:  # online DPO: each group's best, worst
+                learn, stats["pairs/groups_without_pair"] = pairs_of(exp)
+                stats["pairs/kept"] = 0 if learn is None else int(learn.group.unique().numel())
             t_train = time.time()
-            train_refs = self.train_on(exp, it) if stats else []
+            train_refs = self.train_on(learn, it) if learn is not None else []
             overlapped = 0.0
             if cfg.async_mode and it + 1 < cfg.iterations:
                 nxt = self.collect(it + 1)  # generates while the learner trains

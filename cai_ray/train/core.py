@@ -23,6 +23,7 @@ from typing import Any
 from cai_ray.train.dist import (
     TRAINER_MMAP_THRESHOLD,
     build_engine,
+    compute,
     copy_tokenizer,
     export_model,
     limit_heap,
@@ -169,9 +170,10 @@ def train_loop(config: dict) -> None:
     engine = build_engine(model, cfg, cfg.lr, world)
     optimizer = engine.optimizer
     lr_at = lr_lambda(cfg.lr_schedule, cfg.warmup_steps, total)
-    prepared = task.prepare(engine, {"train": train_items, "eval": eval_items},
-                            data_dir, cfg.micro_batch_size, pad_id) \
-        if hasattr(task, "prepare") else {}
+    with compute(cfg.precision, engine.device):  # DPO's reference pass: the policy's own precision
+        prepared = task.prepare(engine, {"train": train_items, "eval": eval_items},
+                                data_dir, cfg.micro_batch_size, pad_id) \
+            if hasattr(task, "prepare") else {}
     size_of = getattr(task, "length", lambda x: len(x["input_ids"]))
     lengths = [size_of(x) for x in train_items] if cfg.group_by_length else None
 
@@ -205,7 +207,8 @@ def train_loop(config: dict) -> None:
             p, n = pad_share(batch)
             padded, positions = padded + p, positions + n
             engine.train()
-            loss, m = task.step(engine, batch)
+            with compute(cfg.precision, engine.device):
+                loss, m = task.step(engine, batch)
             engine.backward(loss)
             engine.step()
             losses.append(float(loss.detach()))
@@ -230,7 +233,8 @@ def train_loop(config: dict) -> None:
             metrics.update(prepared)
         last = step == total
         if last and eval_batches:
-            metrics.update(task.evaluate(engine, eval_batches))
+            with compute(cfg.precision, engine.device):
+                metrics.update(task.evaluate(engine, eval_batches))
         writer.log(step, metrics)
         if step % cfg.checkpoint_every == 0 or last:
             _report(engine, step, {**metrics, "step": step, "train/loss_first": first_loss},

@@ -2,8 +2,10 @@
 state, checkpoints and the export. The SFT / reward / DPO trainers (train/core.py, inside Ray Train)
 and the RL learner group (rl/learner.py, Ray actors) both build on it.
 
-    ds = deepspeed_config(spec, world)                 # ZeRO 0-3, offload, bf16, bucket sizes
+    ds = deepspeed_config(spec, world)                 # ZeRO 0-3, offload, bucket sizes
     engine = build_engine(model, spec, lr, world)      # spec: a TrainSpec (train/spec.py)
+    with compute(spec.precision, engine.device):       # bf16 autocast where the spec says
+        loss = ...
     with gathered(engine.module):                      # full parameters, also under ZeRO-3
         ...
     export_model(engine, out_dir)                      # save_pretrained on rank 0
@@ -58,12 +60,21 @@ def deepspeed_config(spec, world_size: int, *, grad_accum: int | None = None,
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
-    if spec.precision == "bf16":
-        out["bf16"] = {"enabled": True}
     if spec.offload_optimizer:  # ZeRO-Offload needs DeepSpeed's CPU Adam
         out["optimizer"] = {"type": "AdamW", "params": {"lr": spec.lr if lr is None else lr,
                                                         "weight_decay": spec.weight_decay}}
     return out
+
+
+def compute(precision: str, device):
+    """The forward passes' precision (a TrainSpec's, resolved): bf16 autocast for "bf16" (weights,
+    gradients and optimizer state stay fp32: the master weights are the model's own), else
+    nothing. Backward runs outside it, in the dtypes autocast chose."""
+    import torch
+
+    if precision != "bf16":
+        return nullcontext()
+    return torch.autocast(getattr(device, "type", str(device)), dtype=torch.bfloat16)
 
 
 def build_engine(model, spec, lr: float, world_size: int, *, grad_accum: int | None = None):

@@ -28,15 +28,17 @@ from cai_ray.train.packing import forward_inputs, pack, pack_pairs, shared_len
 from cai_ray.train.reward import conversation, pad_right
 
 
-def ref_path(data_dir: str | Path) -> Path:
-    """DATA_DIR/ref_logps-<digest of the data>.jsonl: other data never reads these numbers."""
+def ref_path(data_dir: str | Path, precision: str = "fp32") -> Path:
+    """DATA_DIR/ref_logps-<digest of the data>[-bf16].jsonl: other data, or a policy computing in
+    another precision, never reads these numbers."""
     import hashlib
 
     h = hashlib.sha256()
     for split in ("train", "eval"):
         f = Path(data_dir) / f"{split}.jsonl"
         h.update(f.read_bytes() if f.exists() else b"")
-    return Path(data_dir) / f"ref_logps-{h.hexdigest()[:16]}.jsonl"
+    tag = "" if precision == "fp32" else f"-{precision}"
+    return Path(data_dir) / f"ref_logps-{h.hexdigest()[:16]}{tag}.jsonl"
 
 
 def _render(messages: list[dict], tokenizer, gen: bool) -> list[int]:
@@ -197,7 +199,11 @@ class DpoTask:
         import torch.distributed as dist
 
         t0 = time.time()
-        path = ref_path(data_dir)
+        import torch
+
+        device = getattr(getattr(engine, "device", None), "type", "cpu")
+        bf16 = torch.is_autocast_enabled(device)  # train/dist.compute
+        path = ref_path(data_dir, "bf16" if bf16 else "fp32")
         if not path.exists():
             rank = dist.get_rank() if dist.is_initialized() else 0
             world = dist.get_world_size() if dist.is_initialized() else 1

@@ -30,6 +30,8 @@ class TrainSpec:
     offload_optimizer: bool = False
     offload_params: bool = False
     precision: str = "fp32"
+    """fp32 or bf16 (resolved from `auto` by `of`): the forward passes' autocast dtype."""
+    precision_reason: str = ""
     micro_batch_size: int = 4
     grad_accum: int = 1
     lr: float = 1e-5
@@ -59,4 +61,8 @@ class TrainSpec:
         if lora is not None:
             values["lora"] = LoraSpec(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
                                       target_modules=tuple(lora.target_modules), save=lora.save)
+        from cai_ray.platform import train_precision
+
+        values["precision"], values["precision_reason"] = train_precision(
+            values.get("precision", "fp32"), values.get("use_gpu", False))
         return replace(cls(**values), **over)

@@ -22,12 +22,14 @@ def test_dpo_learns_a_marker_and_stores_the_reference(ray_cluster, tiny_model, t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cai_ray.train.core import fit
+    from cai_ray.train.dist import compute
     from cai_ray.train.dpo import DpoTask, ref_path
     from cai_ray.train.spec import TrainSpec
 
     data = write_data(tmp_path / "data", marker_rows(64, 0), marker_rows(32, 1))
     task_kw = dict(max_len=128, beta=0.5, loss_type="cdpo")
-    m = fit(DpoTask(**task_kw), tiny_model, data, TrainSpec.of(dpo_cfg()), tmp_path / "out")
+    spec = TrainSpec.of(dpo_cfg())  # precision auto: bf16 where this CPU has bf16 instructions
+    m = fit(DpoTask(**task_kw), tiny_model, data, spec, tmp_path / "out")
     recs = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     first = recs[0]
     # held-out pairs: chosen over rejected above chance, and a wider margin than at the start (0:
@@ -42,8 +44,9 @@ def test_dpo_learns_a_marker_and_stores_the_reference(ray_cluster, tiny_model, t
     assert 0 <= first["perf/pad_share"] < 1
 
     # the stored reference log-probs (computed with each pair's prompt run once, the default)
-    # equal a fresh forward of the reference (initial) model, each sequence on its own
-    refs = [json.loads(x) for x in ref_path(data).read_text().splitlines()]
+    # equal a fresh forward of the reference (initial) model, each sequence on its own, in the
+    # trainer's precision (to bf16's rounding where that is bf16)
+    refs = [json.loads(x) for x in ref_path(data, spec.precision).read_text().splitlines()]
     assert len(refs) == 96
     tok = AutoTokenizer.from_pretrained(tiny_model)
     ref = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
@@ -54,8 +57,9 @@ def test_dpo_learns_a_marker_and_stores_the_reference(ray_cluster, tiny_model, t
     class Plain:  # what policy_logprobs reads from a DeepSpeed engine
         module, device = ref, torch.device("cpu")
 
-    with torch.no_grad():
+    with torch.no_grad(), compute(spec.precision, "cpu"):
         c, r = t.policy_logprobs(Plain, batch)
+    tol = 1e-3 if spec.precision == "fp32" else 0.01 * float(c.abs().max())
     stored = {(x["split"], x["i"]): (x["chosen"], x["rejected"]) for x in refs}
     for i in range(6):
-        assert stored[("eval", i)] == pytest.approx((float(c[i]), float(r[i])), abs=1e-3)
+        assert stored[("eval", i)] == pytest.approx((float(c[i]), float(r[i])), abs=tol)

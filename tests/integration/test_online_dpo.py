@@ -76,5 +76,9 @@ def test_a_rule_ranker_moves_the_policy_its_way(ray_cluster, tmp_path):
                    run_dir=str(run), stages="dpo", limit=16)
     assert pipeline.run(job, quiet=True)["dpo"]["status"] == "complete"
     rows = read_jsonl(run / "dpo" / "metrics.jsonl")
-    assert len(rows) == 12 and all(r["dpo/pairs"] >= 1 for r in rows)
+    assert len(rows) == 12 and rows[0]["pairs/kept"] == 8 - rows[0]["pairs/groups_without_pair"]
+    # an iteration whose answers all tie (the rule learned) has no pair and trains nothing, but
+    # still reports its rewards
+    assert all(r["skipped_update"] == (r["pairs/kept"] == 0) for r in rows)
+    assert all("reward/mean" in r for r in rows)
     assert_reward_rose(rows)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -459,7 +460,13 @@ def test_sigterm_to_the_process_group_leaves_no_process_and_no_listening_port(se
     ports = [port for _, port in _listening(set(tree))]
     assert server.port in ports
     os.killpg(server.proc.pid, signal.SIGTERM)  # as a supervisor stops a service
-    assert server.proc.wait(120) == 0
+    code = server.proc.wait(120)
+    server.log.flush()
+    log = Path(server.log.name).read_text(errors="replace")
+    # 0: the command's own shutdown ran first; 1: Ray's driver saw its raylet (in the same group,
+    # signalled at the same moment) die first and exited on its own: which comes first is a race
+    # between two processes, not ours to decide. Never a traceback of ours.
+    assert code == 0 or (code == 1 and "Traceback" not in log), (code, log[-3000:])
     deadline = time.time() + 30
     while time.time() < deadline and any(_running(p) for p in tree):
         time.sleep(0.5)

@@ -139,3 +139,39 @@ def test_gradient_checkpointing_same_gradients_fewer_saved_activations(tiny_mode
         assert torch.allclose(ckpt[1][n], g, atol=1e-6), n
         assert g.abs().sum() > 0, n  # the adapters (or every weight) do get a gradient
     assert ckpt[2] < 0.6 * plain[2], (ckpt[2], plain[2])
+
+
+def test_bf16_compute_keeps_fp32_weights_and_gradients_and_tracks_the_fp32_loss(tiny_model):
+    """precision bf16 is autocast (train/dist.compute): the step's matmuls run in bf16, the
+    parameters and their gradients stay fp32 (the master weights), and the loss stays within
+    bf16's rounding of fp32's."""
+    from transformers import AutoModelForCausalLM
+
+    from cai_ray.train.dist import compute
+    from cai_ray.train.sft import SftTask
+
+    ids = torch.randint(3, 200, (2, 24), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+    out = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).train()
+        seen = []
+        hook = model.get_output_embeddings().register_forward_hook(
+            lambda m, i, o: seen.append(o.dtype))
+
+        class Eng:
+            device = torch.device("cpu")
+            module = model
+
+        with compute(precision, Eng.device):
+            loss, _ = SftTask(64).step(Eng, batch)
+        loss.backward()
+        hook.remove()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(g.dtype == torch.float32 for g in grads)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        out[precision] = (float(loss), seen[0])
+    assert out["fp32"][1] == torch.float32 and out["bf16"][1] == torch.bfloat16
+    assert out["bf16"][0] != out["fp32"][0]  # it did compute in bf16
+    assert abs(out["bf16"][0] - out["fp32"][0]) < 0.02 * abs(out["fp32"][0])

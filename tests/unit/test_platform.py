@@ -45,3 +45,31 @@ def test_this_machines_flags_are_read():
     assert want and platform.cpu_flags() == want
     bf16 = bool(want & {"avx512_bf16", "amx_bf16"})
     assert (platform.engine_dtype("auto")[0] == "bfloat16") == (bf16 or platform.has_cuda())
+
+
+@pytest.mark.parametrize("flags,use_gpu,want", [
+    ({"avx2", "fma"}, False, "fp32"),
+    ({"avx2", "avx512_bf16"}, False, "bf16"),
+    ({"amx_bf16"}, False, "bf16"),
+    (set(), True, "bf16"),  # GPU workers, whatever the driver's processor
+])
+def test_trainer_precision_auto_follows_the_hardware(cpu, flags, use_gpu, want):
+    cpu(flags)
+    got, why = platform.train_precision("auto", use_gpu)
+    assert got == want and why.startswith("auto: ")
+
+
+def test_an_explicit_trainer_precision_wins_and_every_trainer_spec_resolves_auto(cpu):
+    from cai_ray.config.rl import RlCfg
+    from cai_ray.config.sections import DpoCfg, SftCfg
+    from cai_ray.rl.spec import LearnerSpec
+    from cai_ray.train.spec import TrainSpec
+
+    cpu({"avx512_bf16"})
+    assert platform.train_precision("fp32")[0] == "fp32"
+    assert TrainSpec.of(SftCfg()).precision == "bf16"  # the default is auto
+    assert TrainSpec.of(DpoCfg(precision="fp32")).precision == "fp32"
+    spec = LearnerSpec.of(RlCfg(algorithm="ppo"))  # the critic trains with the learner's spec
+    assert spec.train.precision == "bf16" and "avx512_bf16" in spec.train.precision_reason
+    cpu({"avx2"})
+    assert TrainSpec.of(SftCfg()).precision == "fp32"
