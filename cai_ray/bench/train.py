@@ -7,10 +7,12 @@ grouping. Throughput is the median step after the first (DPO also end to end).
     cai-ray bench train [--steps 6] [--length 256] [--batch 4] [--rounds N]
                         [--sft-data RUN/sl_cai/sft] [--dpo-data hh-rlhf|filler]
 
-A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc]; flags: lora, jemalloc, gc
-(gradient checkpointing), varied (SFT answers of varied length), pack (padding-free packing),
-separate (DPO: a sequence per answer). LoRA rows are compared with the full run of the same other
-flags, packed rows with the padded one.
+A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc][:bf16]; flags: lora, jemalloc,
+gc (gradient checkpointing), varied (SFT answers of varied length), pack (padding-free packing),
+separate (DPO: a sequence per answer), bf16 (bf16 autocast, fp32 weights: ours `precision: bf16`,
+TRL `bf16=True`; else both fp32). Each row is compared with TRL in the same precision; LoRA rows
+with the full run of the same other flags, packed rows with the padded one. The default list adds
+the bf16 rows where this machine computes in bf16 (a GPU, avx512_bf16 or AMX).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ BETA = 0.1
 
 def ours(task: str, model: str, length: int, batch: int, steps: int, workers: int,
          zero: int, lora: bool = False, grad_ckpt: bool = False, varied: bool = False,
-         packing: bool = False, share_prompt: bool = True, dpo_data: str = "hh-rlhf") -> dict:
+         packing: bool = False, share_prompt: bool = True, dpo_data: str = "hh-rlhf",
+         precision: str = "fp32") -> dict:
     from cai_ray.cluster import init_ray
     from cai_ray.config.sections import DpoCfg, LoraCfg, RewardCfg, SftCfg
     from cai_ray.rundir.files import read_jsonl, write_jsonl_atomic
@@ -68,7 +71,7 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
     cfg = Cfg(num_workers=workers, zero_stage=zero, micro_batch_size=batch // workers,
               max_steps=steps, max_len=length, checkpoint_every=10 ** 6, lr=1e-5,
               lora=LoraCfg() if lora else None, gradient_checkpointing=grad_ckpt,
-              **extra)
+              precision=precision, **extra)
     fit(make_task(task, max_len=length, **extra), model, tmp / "data", TrainSpec.of(cfg),
         tmp / "out")
     recs = read_jsonl(tmp / "out" / "metrics.jsonl")
@@ -84,7 +87,7 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
 
 
 def trl(task: str, model: str, length: int, batch: int, steps: int,
-        dpo_data: str = "hh-rlhf") -> dict:
+        dpo_data: str = "hh-rlhf", precision: str = "fp32") -> dict:
     import datasets
     import torch
     from transformers import AutoTokenizer
@@ -93,7 +96,8 @@ def trl(task: str, model: str, length: int, batch: int, steps: int,
     tok = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
     common = dict(output_dir=str(scratch()), per_device_train_batch_size=batch,
                   gradient_accumulation_steps=1, max_steps=steps, learning_rate=1e-5,
-                  logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
+                  logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+                  bf16=precision == "bf16",  # autocast over fp32 weights, as ours
                   dataloader_num_workers=0, max_length=length)
     torch.set_num_threads(os.cpu_count() or 1)
     if task == "sft":
@@ -176,13 +180,14 @@ def compare(rows: list[dict]) -> None:
     """Adds each row's ratios: against TRL (and TRL on jemalloc) on the same task, packed against
     padded, LoRA against the full run with the same other flags."""
     for r in (r for r in rows if "step_s" in r):
-        trl = partner(rows, r, r["task"], "TRL")
+        bf16 = " bf16" if r["runner"].endswith(" bf16") else ""
+        trl = partner(rows, r, r["task"], "TRL" + bf16)
         if trl:
             r["x_trl"] = trl["step_s"] / r["step_s"]
             if r.get("pairs_per_s_end_to_end") and trl.get("pairs_per_s_end_to_end"):
                 r["x_trl_end_to_end"] = (r["pairs_per_s_end_to_end"] /
                                          trl["pairs_per_s_end_to_end"])
-        trl_je = partner(rows, r, r["task"], "TRL jemalloc")
+        trl_je = partner(rows, r, r["task"], "TRL jemalloc" + bf16)
         if trl_je:
             r["x_trl_jemalloc"] = trl_je["step_s"] / r["step_s"]
         padded = partner(rows, r, r["task"], r["runner"].replace(" packed", ""))
@@ -216,15 +221,27 @@ def medians(rows: list[dict]) -> list[dict]:
     return [{k: r.get(k) for k in keys} for r in out]
 
 
+DEFAULT_RUNS = ("sft:ours:1:2,sft:ours:2:2,sft:ours:1:3,sft:ours:1:2:lora,sft:trl,"
+                "reward:ours:1:2,reward:ours:2:2,reward:ours:1:3,reward:trl,dpo:ours:1:2,"
+                "dpo:ours:2:2,dpo:trl")
+BF16_RUNS = ("sft:ours:1:2:bf16,sft:trl:bf16,reward:ours:1:2:bf16,reward:trl:bf16,"
+             "dpo:ours:1:2:bf16,dpo:trl:bf16")
+
+
+def default_runs() -> str:
+    from cai_ray.platform import train_precision
+
+    return DEFAULT_RUNS + ("," + BF16_RUNS if train_precision("auto")[0] == "bf16" else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="cai-ray bench train")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--runs", default="sft:ours:1:2,sft:ours:2:2,sft:ours:1:3,sft:ours:1:2:lora,"
-                                       "sft:trl,reward:ours:1:2,reward:ours:2:2,reward:ours:1:3,"
-                                       "reward:trl,dpo:ours:1:2,dpo:ours:2:2,dpo:trl")
+    ap.add_argument("--runs", default=None, help="default: " + DEFAULT_RUNS + "; and where this "
+                    "machine has bf16: " + BF16_RUNS)
     ap.add_argument("--sft-data", default="runs/dpo/sl_cai/sft",
                     help="SFT data for the padding figures (the default job's sl_cai output)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -239,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                          "a shared prompt)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    args.runs = args.runs or default_runs()
     from cai_ray import models
 
     path = models.resolve(args.model)
@@ -249,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         res = (ours(task, path, args.length, args.batch, args.steps, int(rest[0]), int(rest[1]),
                     lora="lora" in rest[2:], grad_ckpt="gc" in rest[2:],
                     varied="varied" in rest[2:], packing="pack" in rest[2:],
-                    share_prompt="separate" not in rest[2:], dpo_data=args.dpo_data)
+                    share_prompt="separate" not in rest[2:], dpo_data=args.dpo_data,
+                    precision="bf16" if "bf16" in rest[2:] else "fp32")
                if who == "ours" else trl(task, path, args.length, args.batch, args.steps,
-                                         args.dpo_data))
+                                         args.dpo_data, "bf16" if "bf16" in rest else "fp32"))
         print("RESULT " + json.dumps(res))
         return 0
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -292,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         alloc += " varied lengths" if "varied" in rest[2:] else ""
         alloc += " packed" if "pack" in rest[2:] else ""
         alloc += " prompt per answer" if "separate" in rest[2:] else ""
-        runner = (("TRL jemalloc" if "jemalloc" in rest else "TRL") if who == "trl" else
+        prec = " bf16" if "bf16" in rest else ""
+        alloc += prec
+        runner = (("TRL jemalloc" if "jemalloc" in rest else "TRL") + prec if who == "trl" else
                   f"cai-ray {rest[0]} worker(s) ZeRO-{rest[1]}{lora}{alloc}")
         row = {"task": task, "runner": runner, "round": rnd + 1, "step_s": r["step_s"],
                "first_step_s": r["first_step_s"],
@@ -325,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{pad['padded_tokens_fewer']:.1%} |")
     tbl += (f"\n\nfp32 matmul peak measured here: {peaks[1]:.0f} GFLOP/s (1 thread), "
             f"{peaks[2]:.0f} GFLOP/s (2 threads); MFU = 6 x {n_params / 1e6:.0f}M params x tokens/s"
-            f" / 2-thread peak. Batch {args.batch}, length {args.length}, fp32, {args.steps} steps."
+            f" / 2-thread peak. Batch {args.batch}, length {args.length}, {args.steps} steps; fp32 "
+            f"unless the runner says bf16 (autocast over fp32 weights, both sides)."
             f" DPO: beta {BETA}, sigmoid loss, the same {args.batch * args.steps} pairs "
             f"({DPO_DATA[args.dpo_data]}; DPO tokens_per_s counts both sequences of a pair, "
             f"prompt twice, shared or not); TRL with "

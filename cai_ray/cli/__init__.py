@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks (JSON + table)")
     b.add_argument("what", choices=["generation", "sl_cai", "train", "judge", "rl", "ppo",
-                                      "online_dpo", "serve"],
+                                      "online_dpo", "serve", "precision"],
                    help="ppo: the old name of rl")
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(fn=_bench)

@@ -52,6 +52,30 @@ def cpu_env(cpu_cores: str | None, kv_cache_gib: float) -> dict[str, str]:
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+def die_with_parent() -> None:
+    """Processes forked from here from now on (vLLM's engine core in a process of its own, and
+    its workers) get SIGKILL when their parent ends, however it ends: an engine actor killed by
+    Ray (pool shutdown, a kill, a crash) leaves no engine core holding memory. Linux only."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    pr_set_pdeathsig = 1
+
+    def child() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the call: follow it
+            os._exit(1)
+
+    os.register_at_fork(after_in_child=child)
+
+
+_FORK_HOOK = []
+
+
 def _use_cores(cpu_cores: str | None) -> None:
     """Ray sets OMP_NUM_THREADS to an actor's num_cpus (often 1); an engine bound to a core range
     should use every core in it."""
@@ -87,6 +111,9 @@ class VllmEngine(Engine):
             _use_cores(cpu_cores)
         if multiprocess is not None:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocess else "0"
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "1" and not _FORK_HOOK:
+            die_with_parent()
+            _FORK_HOOK.append(True)
         from vllm import LLM
 
         from cai_ray.engines.vllm_worker_ext import EXTENSION

@@ -257,11 +257,12 @@ def _wait_running(names: list[str], timeout_s: float = 900) -> None:
     raise TimeoutError(f"serve: not ready after {timeout_s:.0f} s: {states}")
 
 
-def foreground(info: dict, teardown) -> int:
+def foreground(info: dict, teardown, local: bool = False) -> int:
     """Serve until Ctrl-C, SIGTERM, or `cai-ray serve --stop` (which deletes the applications,
-    then the cluster's record of what is served). A signal ends the applications (for at most
-    SHUTDOWN_S: with a process group stopped at once, Ray's own processes may be gone already),
-    then `teardown` ends everything this command started."""
+    then the cluster's record of what is served). On a signal, `teardown` ends everything this
+    command started; on a cluster it joined (not local) the applications are deleted first, for at
+    most SHUTDOWN_S. A local cluster is this command's own and ends with it: asking its Serve to
+    stop first only waits on replicas that the same signal may have ended already."""
     from ray import serve
     from ray.experimental import internal_kv
 
@@ -288,11 +289,12 @@ def foreground(info: dict, teardown) -> int:
             time.sleep(3)  # let the stopping command leave before this cluster goes
             return 0
     print("cai-ray serve: shutting down", file=sys.stderr)
-    import threading
+    if not local:
+        import threading
 
-    done = threading.Thread(target=serve.shutdown, daemon=True)
-    done.start()
-    done.join(SHUTDOWN_S)
+        done = threading.Thread(target=serve.shutdown, daemon=True)
+        done.start()
+        done.join(SHUTDOWN_S)
     teardown(0)
     return 0
 
@@ -399,7 +401,7 @@ def main(args) -> int:
         return 0
     process.write_record(p.cfg.port, {"ray_address": info["ray_address"], "url": info["url"],
                                       "model": info["model"], "local": not args.address})
-    return foreground(info, teardown)
+    return foreground(info, teardown, local=not args.address)
 
 
 def _owner(port: int, workdir: str | None, *, local: bool, detach: bool):

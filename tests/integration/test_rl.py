@@ -30,7 +30,10 @@ RL = ["start_policy=base", "rl.reward=share:abcdefghijklmnopqrstuvwxyz", "rl.ite
       "rl.samples_per_prompt=4",
       "rl.max_new_tokens=16", "rl.lr=2e-3", "rl.kl_coef=0.01", "rl.checkpoint_every=6"]
 PER_ALGORITHM = {"ppo": ["rl.lr=1e-3", "rl.critic_lr=1e-3", "rl.update_epochs=2",
-                         "rl.mini_batch_size=16"],
+                         "rl.mini_batch_size=16",
+                         # colocated (the learner in the engine's bundle, the frozen roles beside
+                         # it), weights through gloo: test_colocated_roles' path, learning here
+                         "rl.colocate=true", "rl.weight_sync=gloo"],
                  "grpo": ["rl.async_mode=true"],  # the async path with the same correction
                  "rloo": ["rl.lr=1e-3"],
                  "reinforce_pp": []}
@@ -79,6 +82,7 @@ def test_reward_rises(ray_cluster, tmp_path, algorithm):
             assert isinstance(r.get(key), float), (key, r)
         assert ("critic/loss" in r) == (algorithm == "ppo")  # a value loss only with a critic
         assert r["policy_version"] == r["iteration"] and r["algorithm"] == algorithm
+        assert r["weights_version"] == r["iteration"] and r.get("weight_sync/fallback", 0) == 0
     if algorithm == "grpo":  # async: generation overlapped training, nothing refused as stale
         assert all(r["stale_refused"] == 0 for r in rows)
         assert any(r["timing/overlapped_generate_s"] > 0 for r in rows)
@@ -187,6 +191,7 @@ def _engine_pids():
     return [int(x) for x in out.stdout.split()]
 
 
+@pytest.mark.slow  # in CI the PPO learning test above runs colocated with gloo's weight sync
 def test_colocated_roles_finish_a_run(ray_cluster, tmp_path):
     """rl.colocate: the learner rank lives in the rollout engine's bundle (and the reference and
     reward roles beside it); a short PPO run completes and its weights reach the engine."""

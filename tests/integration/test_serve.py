@@ -440,6 +440,7 @@ def _listening(pids: set[int]) -> list[tuple[int, int]]:
 def test_sigterm_to_the_process_group_leaves_no_process_and_no_listening_port(server):
     """After the replaced replica has settled, `--status` shows the three applications running;
     then SIGTERM to the process group, as a supervisor stops a service."""
+    t0 = time.time()
     deadline = time.time() + 90  # the controller may still be settling the replaced replica
     while True:
         st = server.cli("--status")
@@ -459,8 +460,10 @@ def test_sigterm_to_the_process_group_leaves_no_process_and_no_listening_port(se
     assert any("EngineCore" in n or "VLLM" in n.upper() for n in names) or len(tree) > 8, names
     ports = [port for _, port in _listening(set(tree))]
     assert server.port in ports
+    t1 = time.time()
     os.killpg(server.proc.pid, signal.SIGTERM)  # as a supervisor stops a service
     code = server.proc.wait(120)
+    print(f"settled in {t1 - t0:.1f} s; exit {code} {time.time() - t1:.1f} s after SIGTERM")
     server.log.flush()
     log = Path(server.log.name).read_text(errors="replace")
     # 0: the command's own shutdown ran first; 1: Ray's driver saw its raylet (in the same group,
@@ -471,6 +474,7 @@ def test_sigterm_to_the_process_group_leaves_no_process_and_no_listening_port(se
     while time.time() < deadline and any(_running(p) for p in tree):
         time.sleep(0.5)
     left = {p: tree[p] for p in tree if _running(p)}
+    print(f"processes gone {time.time() - t1:.1f} s after SIGTERM")
     assert not left, f"still running after SIGTERM: {left}"
     still = [p for p in ports if _port_open(p)]
     assert not still, f"ports still listening: {still}"

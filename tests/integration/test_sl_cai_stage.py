@@ -116,6 +116,8 @@ def run_with_a_fault(tmp_path, sig, *overrides):
     return stats, ids, log, pids, after, prompts
 
 
+@pytest.mark.slow  # in CI: test_weight_sync's engine killed while generating (the same pool
+# scheduler: every request once, the killed batch retried) and the tiny job's killed driver
 def test_killed_engine_actor_loses_no_prompt(ray_cluster, tmp_path):
     """Two engine actors; one is SIGKILLed while batches are in flight. The stage finishes and every
     prompt id appears exactly once."""
