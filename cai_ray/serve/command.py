@@ -429,6 +429,7 @@ def _owner(port: int, workdir: str | None, *, local: bool, detach: bool):
         return teardown
     if local:
         process.become_subreaper()
+        process.start_guard()
     atexit.register(cleanup)  # before ray.init: runs after Ray's own exit hook
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: teardown(128 + signum))

@@ -6,7 +6,10 @@ children), the raylet's workers (replicas, Serve's controller and proxy), and wh
 process group, the raylet dies with everyone else and the grandchildren are orphaned; by default
 they go to PID 1 and keep serving. So the command makes itself their "child subreaper"
 (prctl(PR_SET_CHILD_SUBREAPER)): orphans come to it instead, and `sweep()` finds and ends every
-descendant (SIGTERM, then SIGKILL) before it leaves.
+descendant (SIGTERM, then SIGKILL) before it leaves. The command may not get to leave: its Ray
+driver exits at once when the raylet dies with the same signal. So a guard in a session of its
+own (`start_guard`) keeps the list of the command's descendants and, once the command has ended
+however it ended, ends those still running.
 
 A record per running server ($CAI_RAY_CACHE/serve/PORT.json: pid, port, Ray address) is how
 `--status` / `--stop` without --address find the cluster this command started, and only it.
@@ -34,6 +37,49 @@ def become_subreaper() -> bool:
         return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def start_guard() -> None:
+    """Start the guard of this process's descendants (`python -m cai_ray.serve.process PID`)."""
+    import subprocess
+    import sys
+
+    subprocess.Popen([sys.executable, "-m", "cai_ray.serve.process", str(os.getpid())],
+                     start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _started(pid: int) -> str | None:
+    """A process's start time (field 22 of /proc/PID/stat): tells it from a later one that was
+    given the same pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def guard(owner: int, poll_s: float = 0.5, grace_s: float = 5.0) -> list[int]:
+    """While `owner` runs, note its descendants; after, end the ones still running (SIGTERM,
+    grace_s, SIGKILL). Returns the pids it ended."""
+    me, seen = os.getpid(), {}
+    while alive(owner):
+        for p in descendants(owner):
+            if p != me and p not in seen:
+                seen[p] = _started(p)
+        time.sleep(poll_s)
+    ended = []
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
+        left = [p for p, t in seen.items() if alive(p) and _started(p) == t]
+        for p in left:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        ended += [p for p in left if p not in ended]
+        deadline = time.time() + wait_s
+        while time.time() < deadline and any(alive(p) for p in left):
+            time.sleep(0.1)
+    return ended
 
 
 def _parents() -> dict[int, int]:
@@ -160,3 +206,9 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+if __name__ == "__main__":  # the guard (start_guard)
+    import sys
+
+    guard(int(sys.argv[1]))

@@ -294,3 +294,38 @@ def test_sweep_ends_orphans_that_ignore_sigterm():
     is ignored."""
     r = subprocess.run([sys.executable, "-c", SWEEP], capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["True", "True", "False"], r.stdout + r.stderr[-2000:]
+
+
+GUARDED = r"""
+import os, subprocess, sys, time
+from cai_ray.serve import process
+process.start_guard()
+# a child that ignores SIGTERM, as vLLM's engine core may; then this owner is SIGKILLed (as Ray's
+# driver exits at once when its raylet dies) and never gets to sweep
+child = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_guard_ends_what_an_owner_killed_outright_left_running():
+    """start_guard(): the serve command's descendants outlive a SIGKILL of the command (no sweep
+    runs); the guard, in a session of its own, ends them once the command is gone."""
+    import signal
+    import time
+
+    from cai_ray.serve import process
+
+    owner = subprocess.Popen([sys.executable, "-c", GUARDED], stdout=subprocess.PIPE, text=True)
+    child = int(owner.stdout.readline())
+    time.sleep(1.5)  # the guard has seen the child
+    owner.kill()
+    owner.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and process.alive(child):
+        time.sleep(0.2)
+    gone = not process.alive(child)
+    if not gone:
+        os.kill(child, signal.SIGKILL)
+    assert gone, "the guard left the owner's child running"
