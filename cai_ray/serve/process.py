@@ -1,15 +1,11 @@
 """What a foreground `cai-ray serve` owns on this machine, and how it lets go of all of it.
 
-A local cluster's processes are all descendants of the serve command: Ray's GCS and raylet (its
-children), the raylet's workers (replicas, Serve's controller and proxy), and what those start
-(vLLM's engine-core processes, HAProxy). When a supervisor stops the command with SIGTERM to its
-process group, the raylet dies with everyone else and the grandchildren are orphaned; by default
-they go to PID 1 and keep serving. So the command makes itself their "child subreaper"
-(prctl(PR_SET_CHILD_SUBREAPER)): orphans come to it instead, and `sweep()` finds and ends every
-descendant (SIGTERM, then SIGKILL) before it leaves. The command may not get to leave: its Ray
-driver exits at once when the raylet dies with the same signal. So a guard in a session of its
-own (`start_guard`) keeps the list of the command's descendants and, once the command has ended
-however it ended, ends those still running.
+A local cluster's processes (GCS, raylet, replicas, vLLM engine cores, HAProxy) all descend from
+the serve command. A SIGTERM to its process group orphans the grandchildren, so the command is
+their "child subreaper" and `sweep()` ends every descendant (SIGTERM, then SIGKILL) before it
+leaves. Its Ray driver may exit first (the raylet dies with the same signal), so a guard in a
+session of its own (`start_guard`) notes the descendants and ends what is left once the command
+has ended, however it ended.
 
 A record per running server ($CAI_RAY_CACHE/serve/PORT.json: pid, port, Ray address) is how
 `--status` / `--stop` without --address find the cluster this command started, and only it.

@@ -16,17 +16,20 @@ pytestmark = pytest.mark.integration
 ONLINE = ["start_policy=base", "dpo.online=true", "engine.backend=hf", "judge.gate=off"]
 
 
-def test_iterations_sync_weights_log_their_figures_and_resume(ray_cluster, tmp_path):
+def iterations_job(run):
+    return load_job("tiny", ONLINE + ["dpo.lr=5e-3", "dpo.keep_checkpoints=3",
+                                      "dpo.checkpoint_every=1", "dpo.samples_per_prompt=3",
+                                      "judge.ranking=groupwise"],
+                    run_dir=str(run), stages="dpo")
+
+
+def test_iterations_sync_weights_and_log_their_figures(ray_cluster, tmp_path):
     """3 iterations, 3 answers per prompt ranked by the judge groupwise (every pair in both
     orders, Bradley-Terry per prompt): every iteration updates the policy and its engines
     (answers to the held-out prompts change from the reference's), and logs the pair's margin,
-    the KL to the reference and the held-out win rate; removing the last checkpoint (a driver
-    killed before writing it) and running again resumes there and logs the same iteration."""
+    the KL to the reference and the held-out win rate."""
     run = tmp_path / "run"
-    job = load_job("tiny", ONLINE + ["dpo.lr=5e-3", "dpo.keep_checkpoints=3",
-                                     "dpo.checkpoint_every=1", "dpo.samples_per_prompt=3",
-                                     "judge.ranking=groupwise"],
-                   run_dir=str(run), stages="dpo")
+    job = iterations_job(run)
     res = pipeline.run(job, quiet=True)["dpo"]
     assert res["status"] == "complete", res
     rows = read_jsonl(run / "dpo" / "metrics.jsonl")
@@ -53,6 +56,15 @@ def test_iterations_sync_weights_log_their_figures_and_resume(ray_cluster, tmp_p
     assert result["online"] and result["ranker"] == "judge" and result["iterations"] == 3
     assert (run / "dpo" / "model" / "config.json").exists()
 
+
+@pytest.mark.slow  # in CI the RL loop's resume runs in test_rl (the same loop, exactly)
+def test_a_resumed_run_goes_on_from_the_last_checkpoint(ray_cluster, tmp_path):
+    """Removing the last checkpoint (a driver killed before writing it) and running again
+    resumes there, logs the same iterations, and does not sample the reference answers again."""
+    run = tmp_path / "run"
+    job = iterations_job(run)
+    assert pipeline.run(job, quiet=True)["dpo"]["status"] == "complete"
+    refs = read_jsonl(run / "dpo" / "reference_answers.jsonl")
     shutil.rmtree(run / "dpo" / "checkpoints" / "iter_3")
     again = pipeline.run(job, quiet=True)["dpo"]
     assert again["status"] == "complete" and again["result"]["resumed_from"] == 2

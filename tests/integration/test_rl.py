@@ -117,6 +117,9 @@ def test_resume_continues_exactly_where_it_stopped(ray_cluster, tmp_path):
     assert worst < 1e-6, worst
 
 
+@pytest.mark.slow  # in CI: online DPO's iterations rank by the judge through this reward source
+# in the rl loop (judge actors, gate, start answers), and test_serve compares the pairwise judge
+# reward's scores with the served judge's
 def test_judge_as_the_reward(ray_cluster, tmp_path):
     """Direct RLAIF: the constitutional judge scores every rollout against the SFT model's answer
     to the same prompt, on its own engine actors; its probability is the reward."""
