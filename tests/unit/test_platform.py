@@ -73,3 +73,18 @@ def test_an_explicit_trainer_precision_wins_and_every_trainer_spec_resolves_auto
     assert spec.train.precision == "bf16" and "avx512_bf16" in spec.train.precision_reason
     cpu({"avx2"})
     assert TrainSpec.of(SftCfg()).precision == "fp32"
+
+
+def test_our_processes_do_not_import_scikit_learn_through_transformers():
+    """cai_ray's import hook: transformers' generation module (imported by every model load, in
+    every engine, learner and trainer process) does not pull in scikit-learn, which costs each
+    process about a second; without the hook it does (scikit-learn is installed, for MLflow)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n{}from transformers import AutoModelForCausalLM\n"
+            "import transformers.generation.utils\nprint('sklearn' in sys.modules)")
+    got = [subprocess.run([sys.executable, "-c", code.format(first)], capture_output=True,
+                          text=True, timeout=120).stdout.strip()
+           for first in ("import cai_ray\n", "")]
+    assert got == ["False", "True"], got
