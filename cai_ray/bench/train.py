@@ -7,7 +7,8 @@ grouping. Throughput is the median step after the first (DPO also end to end).
     cai-ray bench train [--steps 6] [--length 256] [--batch 4] [--rounds N]
                         [--sft-data RUN/sl_cai/sft] [--dpo-data hh-rlhf|filler]
 
-A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc][:bf16]; flags: lora, jemalloc,
+A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc][:precompute][:bf16] (precompute:
+DPO's reference log-probs computed once, TRL's precompute_ref_log_probs); flags: lora, jemalloc,
 gc (gradient checkpointing), varied (SFT answers of varied length), pack (padding-free packing),
 separate (DPO: a sequence per answer), bf16 (bf16 autocast, fp32 weights: ours `precision: bf16`,
 TRL `bf16=True`; else both fp32). Each row is compared with TRL in the same precision; LoRA rows
@@ -87,7 +88,7 @@ def ours(task: str, model: str, length: int, batch: int, steps: int, workers: in
 
 
 def trl(task: str, model: str, length: int, batch: int, steps: int,
-        dpo_data: str = "hh-rlhf", precision: str = "fp32") -> dict:
+        dpo_data: str = "hh-rlhf", precision: str = "fp32", precompute: bool = False) -> dict:
     import datasets
     import torch
     from transformers import AutoTokenizer
@@ -122,7 +123,8 @@ def trl(task: str, model: str, length: int, batch: int, steps: int,
             for r in dpo_rows(model, batch * steps, length, dpo_data)])
         m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32,
                                                  trust_remote_code=False)
-        tr = DPOTrainer(model=m, args=DPOConfig(beta=BETA, loss_type=["sigmoid"], **common),
+        tr = DPOTrainer(model=m, args=DPOConfig(beta=BETA, loss_type=["sigmoid"],
+                                                precompute_ref_log_probs=precompute, **common),
                         train_dataset=ds, processing_class=tok, callbacks=[stamp])
     else:
         from trl import RewardConfig, RewardTrainer
@@ -181,7 +183,8 @@ def compare(rows: list[dict]) -> None:
     padded, LoRA against the full run with the same other flags."""
     for r in (r for r in rows if "step_s" in r):
         bf16 = " bf16" if r["runner"].endswith(" bf16") else ""
-        trl = partner(rows, r, r["task"], "TRL" + bf16)
+        trl = (partner(rows, r, r["task"], "TRL precomputed reference" + bf16)  # its fast setting
+               or partner(rows, r, r["task"], "TRL" + bf16))
         if trl:
             r["x_trl"] = trl["step_s"] / r["step_s"]
             if r.get("pairs_per_s_end_to_end") and trl.get("pairs_per_s_end_to_end"):
@@ -270,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                     share_prompt="separate" not in rest[2:], dpo_data=args.dpo_data,
                     precision="bf16" if "bf16" in rest[2:] else "fp32")
                if who == "ours" else trl(task, path, args.length, args.batch, args.steps,
-                                         args.dpo_data, "bf16" if "bf16" in rest else "fp32"))
+                                         args.dpo_data, "bf16" if "bf16" in rest else "fp32",
+                                         precompute="precompute" in rest))
         print("RESULT " + json.dumps(res))
         return 0
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -313,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         alloc += " prompt per answer" if "separate" in rest[2:] else ""
         prec = " bf16" if "bf16" in rest else ""
         alloc += prec
-        runner = (("TRL jemalloc" if "jemalloc" in rest else "TRL") + prec if who == "trl" else
-                  f"cai-ray {rest[0]} worker(s) ZeRO-{rest[1]}{lora}{alloc}")
+        pre = " precomputed reference" if "precompute" in rest else ""
+        runner = (("TRL jemalloc" if "jemalloc" in rest else "TRL") + pre + prec
+                  if who == "trl" else f"cai-ray {rest[0]} worker(s) ZeRO-{rest[1]}{lora}{alloc}")
         row = {"task": task, "runner": runner, "round": rnd + 1, "step_s": r["step_s"],
                "first_step_s": r["first_step_s"],
                "tokens_per_s": r.get("tokens_per_s") or tokens / r["step_s"],
