@@ -7,13 +7,11 @@ grouping. Throughput is the median step after the first (DPO also end to end).
     cai-ray bench train [--steps 6] [--length 256] [--batch 4] [--rounds N]
                         [--sft-data RUN/sl_cai/sft] [--dpo-data hh-rlhf|filler]
 
-A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc][:precompute][:bf16] (precompute:
-DPO's reference log-probs computed once, TRL's precompute_ref_log_probs); flags: lora, jemalloc,
-gc (gradient checkpointing), varied (SFT answers of varied length), pack (padding-free packing),
-separate (DPO: a sequence per answer), bf16 (bf16 autocast, fp32 weights: ours `precision: bf16`,
-TRL `bf16=True`; else both fp32). Each row is compared with TRL in the same precision; LoRA rows
-with the full run of the same other flags, packed rows with the padded one. The default list adds
-the bf16 rows where this machine computes in bf16 (a GPU, avx512_bf16 or AMX).
+A run is TASK:ours:WORKERS:ZERO[:FLAGS...] or TASK:trl[:jemalloc][:precompute][:bf16]; flags:
+lora, jemalloc, gc (gradient checkpointing), varied, pack, separate (DPO: a sequence per answer),
+precompute (TRL's DPO reference computed once), bf16 (autocast over fp32 weights on both sides;
+else fp32). Rows compare with TRL in the same precision (its precomputed reference when run), LoRA
+with full, packed with padded. The default list adds bf16 rows where this machine has bf16.
 """
 
 from __future__ import annotations
