@@ -73,7 +73,7 @@ def train_precision(precision: str, use_gpu: bool = False) -> tuple[str, str]:
     """The compute precision a trainer or the RL learner runs in, and why (master weights and the
     optimizer's state stay fp32 either way). `auto`: bf16 on a GPU, and on a CPU with bf16
     instructions (avx512_bf16 or AMX); fp32 on other CPUs, where bf16 training runs more than 10x
-    slower (benchmarks/results/train.md)."""
+    slower (benchmarks/results/precision.md)."""
     if precision != "auto":
         return precision, "set in the job file (precision)"
     if use_gpu:  # the workers' GPUs, which the driver's machine may not have

